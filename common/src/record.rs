@@ -1,0 +1,93 @@
+//! The fixed-size record a BPF selector writes for every selected packet.
+
+/// Bytes of the packet, from the start of the IP header, copied into each record: enough for
+/// an IPv4 header with options (≤ 60) or an IPv6 header with a few extension headers, plus a
+/// TCP header with all its options (≤ 60).
+pub const SNAP_LEN: usize = 192;
+
+/// One selected packet, as written by the kernel into a ring buffer.
+///
+/// `data[..cap_len]` holds the packet from its IP header on (`family` says which version);
+/// link-layer headers are not copied. `wire_len` is the frame's full length at the hook.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct PacketRecord {
+    /// `bpf_ktime_get_ns()` at the hook: CLOCK_MONOTONIC nanoseconds.
+    pub ts_ns: u64,
+    /// [`crate::symmetric_flow_hash`] of the packet's addresses and ports.
+    pub flow_hash: u32,
+    /// Interface the packet was seen on.
+    pub ifindex: u32,
+    /// RX queue (ingress) or 0 (egress).
+    pub rx_queue: u32,
+    /// Length of the whole frame (link layer included) at the hook.
+    pub wire_len: u16,
+    /// Valid bytes in `data`.
+    pub cap_len: u16,
+    /// [`Direction`] as `u8`.
+    pub direction: u8,
+    /// [`Reason`] as `u8`.
+    pub reason: u8,
+    /// IP version of `data`: 4 or 6.
+    pub family: u8,
+    /// Number of 802.1Q/802.1ad tags that were skipped.
+    pub vlan_depth: u8,
+    pub _pad: [u8; 4],
+    /// The packet from its IP header on, `cap_len` bytes valid.
+    pub data: [u8; SNAP_LEN],
+}
+
+const _: () = assert!(core::mem::size_of::<PacketRecord>() == 32 + SNAP_LEN);
+const _: () = assert!(core::mem::align_of::<PacketRecord>() == 8);
+
+impl PacketRecord {
+    /// Size of a record in bytes, as the ring buffer carries it.
+    pub const SIZE: usize = core::mem::size_of::<PacketRecord>();
+}
+
+/// Where the packet was seen relative to the host the program is attached to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Direction {
+    /// Received by the interface (XDP).
+    Ingress = 0,
+    /// Sent by the host through the interface (TC egress).
+    Egress = 1,
+}
+
+impl TryFrom<u8> for Direction {
+    type Error = u8;
+    fn try_from(v: u8) -> Result<Self, u8> {
+        match v {
+            0 => Ok(Self::Ingress),
+            1 => Ok(Self::Egress),
+            other => Err(other),
+        }
+    }
+}
+
+/// Why the selector kept the packet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Reason {
+    /// SYN, FIN or RST set.
+    Control = 1,
+    /// Inside a flow's handshake follow window (the packets right after a SYN or SYN-ACK).
+    Follow = 2,
+}
+
+impl TryFrom<u8> for Reason {
+    type Error = u8;
+    fn try_from(v: u8) -> Result<Self, u8> {
+        match v {
+            1 => Ok(Self::Control),
+            2 => Ok(Self::Follow),
+            other => Err(other),
+        }
+    }
+}
+
+#[cfg(feature = "user")]
+// SAFETY: PacketRecord is repr(C), Copy, has no padding bytes left implicit (asserted above)
+// and every bit pattern is a valid value of each field.
+unsafe impl aya::Pod for PacketRecord {}

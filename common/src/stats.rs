@@ -1,0 +1,44 @@
+//! Indices of the per-CPU verdict counters (`STATS` map) and their names.
+//!
+//! Every packet the selector sees increments `PACKETS` and exactly one of the outcome
+//! counters (`SELECTED`, `NOT_SELECTED`, `NOT_TCP` or one `UNPARSABLE_*`); a selected packet
+//! whose record could not be written also increments `RING_FULL` or `LOAD_FAILED`.
+//! Every packet is passed on to the kernel whatever its outcome.
+
+/// Packets seen (and passed on: the selector never drops).
+pub const PACKETS: u32 = 0;
+/// TCP packets selected (a record was attempted).
+pub const SELECTED: u32 = 1;
+/// TCP packets that were not selected (no control flag, not followed).
+pub const NOT_SELECTED: u32 = 2;
+/// Frames that are not IPv4/IPv6 TCP.
+pub const NOT_TCP: u32 = 3;
+/// Frame ended inside a header.
+pub const UNPARSABLE_TRUNCATED: u32 = 4;
+/// Non-first IP fragment: the TCP header is elsewhere.
+pub const UNPARSABLE_FRAGMENT: u32 = 5;
+/// IPv6 extension header chain longer than the selector follows.
+pub const UNPARSABLE_EXT_CHAIN: u32 = 6;
+/// IP header with an impossible length field.
+pub const UNPARSABLE_BAD_HEADER: u32 = 7;
+/// Ring buffer full: the record was lost, the packet was not.
+pub const RING_FULL: u32 = 8;
+/// Copying the headers into the record failed (record discarded).
+pub const LOAD_FAILED: u32 = 9;
+
+/// Number of counters.
+pub const COUNT: u32 = 10;
+
+/// Stable names (metric labels, summary lines), indexed by counter.
+pub const NAMES: [&str; COUNT as usize] = [
+    "packets",
+    "selected",
+    "not_selected",
+    "not_tcp",
+    "unparsable_truncated",
+    "unparsable_fragment",
+    "unparsable_ext_chain",
+    "unparsable_bad_header",
+    "ring_full",
+    "load_failed",
+];

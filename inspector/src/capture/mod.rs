@@ -1,0 +1,8 @@
+//! Capture sources. Each yields decoded packets with their capture metadata; none of them
+//! interprets TCP beyond parsing.
+
+pub mod clock;
+pub mod record;
+pub mod ringbuf;
+
+pub use record::{CapturedPacket, RecordError, decode_record};

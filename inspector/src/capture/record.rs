@@ -1,0 +1,194 @@
+//! Decoding the fixed-size records the BPF selectors write (`synscope_common::PacketRecord`).
+
+use synscope_common::{Direction, PacketRecord, Reason, SNAP_LEN};
+
+use crate::wire::{Segment, WireError, parse_ip_tcp};
+
+/// A record that could not be decoded; counted by reason, never fatal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum RecordError {
+    #[error("record of {0} bytes, expected {size}", size = PacketRecord::SIZE)]
+    BadSize(usize),
+    #[error("record direction {0} unknown")]
+    BadDirection(u8),
+    #[error("record reason {0} unknown")]
+    BadReason(u8),
+    #[error("record cap_len {0} beyond the snap length")]
+    BadCapLen(u16),
+    #[error("record payload: {0}")]
+    Wire(#[from] WireError),
+}
+
+impl RecordError {
+    /// Stable label for counters.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::BadSize(_) => "record_size",
+            Self::BadDirection(_) => "record_direction",
+            Self::BadReason(_) => "record_reason",
+            Self::BadCapLen(_) => "record_cap_len",
+            Self::Wire(w) => w.reason(),
+        }
+    }
+}
+
+/// A captured TCP packet with its capture metadata.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CapturedPacket {
+    /// Capture time, nanoseconds since the Unix epoch.
+    pub ts_unix_ns: i128,
+    pub ifindex: u32,
+    pub rx_queue: u32,
+    pub direction: Direction,
+    pub reason: Reason,
+    pub flow_hash: u32,
+    pub wire_len: u16,
+    pub vlan_depth: u8,
+    pub segment: Segment,
+}
+
+/// Decodes one ring-buffer record; `to_unix_ns` converts the kernel's monotonic timestamp.
+pub fn decode_record(
+    bytes: &[u8],
+    to_unix_ns: impl Fn(u64) -> i128,
+) -> Result<CapturedPacket, RecordError> {
+    if bytes.len() != PacketRecord::SIZE {
+        return Err(RecordError::BadSize(bytes.len()));
+    }
+    // SAFETY: the length equals size_of::<PacketRecord>(), PacketRecord is Pod (every bit
+    // pattern valid), and read_unaligned imposes no alignment on the source.
+    let rec: PacketRecord = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) };
+    let direction = Direction::try_from(rec.direction).map_err(RecordError::BadDirection)?;
+    let reason = Reason::try_from(rec.reason).map_err(RecordError::BadReason)?;
+    let cap = usize::from(rec.cap_len);
+    if cap > SNAP_LEN {
+        return Err(RecordError::BadCapLen(rec.cap_len));
+    }
+    let segment = parse_ip_tcp(&rec.data[..cap])?;
+    Ok(CapturedPacket {
+        ts_unix_ns: to_unix_ns(rec.ts_ns),
+        ifindex: rec.ifindex,
+        rx_queue: rec.rx_queue,
+        direction,
+        reason,
+        flow_hash: rec.flow_hash,
+        wire_len: rec.wire_len,
+        vlan_depth: rec.vlan_depth,
+        segment,
+    })
+}
+
+/// Serializes a record the way the kernel lays it out (for tests and replay tools).
+pub fn encode_record(rec: &PacketRecord) -> Vec<u8> {
+    let mut out = vec![0u8; PacketRecord::SIZE];
+    // SAFETY: `out` has exactly size_of::<PacketRecord>() bytes and write_unaligned imposes no
+    // alignment on the destination.
+    unsafe { std::ptr::write_unaligned(out.as_mut_ptr().cast(), *rec) };
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::{
+        TcpFlags,
+        emit::{SegmentBuilder, ip_tcp},
+    };
+
+    fn record_of(ip: &[u8]) -> PacketRecord {
+        let mut data = [0u8; SNAP_LEN];
+        let n = ip.len().min(SNAP_LEN);
+        data[..n].copy_from_slice(&ip[..n]);
+        PacketRecord {
+            ts_ns: 5_000,
+            flow_hash: 7,
+            ifindex: 3,
+            rx_queue: 0,
+            wire_len: (ip.len() + 14) as u16,
+            cap_len: n as u16,
+            direction: 0,
+            reason: 1,
+            family: 4,
+            vlan_depth: 0,
+            _pad: [0; 4],
+            data,
+        }
+    }
+
+    fn syn() -> Vec<u8> {
+        ip_tcp(
+            &SegmentBuilder::v4([192, 0, 2, 1], 40000, [192, 0, 2, 2], 8080)
+                .flags(TcpFlags::SYN)
+                .seq(42)
+                .timestamps(100, 0),
+        )
+    }
+
+    #[test]
+    fn a_kernel_record_decodes_to_its_segment() {
+        let bytes = encode_record(&record_of(&syn()));
+        let p = decode_record(&bytes, |ns| i128::from(ns) + 1).unwrap();
+        assert_eq!(p.ts_unix_ns, 5_001);
+        assert_eq!(p.ifindex, 3);
+        assert_eq!(p.direction, Direction::Ingress);
+        assert_eq!(p.segment.flags, TcpFlags::SYN);
+        assert_eq!(p.segment.seq, 42);
+        assert_eq!(p.segment.options.timestamps, Some((100, 0)));
+    }
+
+    #[test]
+    fn short_and_long_records_are_rejected() {
+        let bytes = encode_record(&record_of(&syn()));
+        assert_eq!(
+            decode_record(&bytes[1..], |n| n.into()),
+            Err(RecordError::BadSize(PacketRecord::SIZE - 1))
+        );
+        let mut long = bytes.clone();
+        long.push(0);
+        assert_eq!(
+            decode_record(&long, |n| n.into()),
+            Err(RecordError::BadSize(PacketRecord::SIZE + 1))
+        );
+    }
+
+    #[test]
+    fn cap_len_cutting_the_tcp_header_is_truncation() {
+        let mut rec = record_of(&syn());
+        rec.cap_len = 30;
+        let err = decode_record(&encode_record(&rec), |n| n.into()).unwrap_err();
+        assert_eq!(err, RecordError::Wire(WireError::Truncated));
+        assert_eq!(err.reason(), "truncated");
+    }
+
+    #[test]
+    fn impossible_metadata_is_rejected() {
+        let mut rec = record_of(&syn());
+        rec.cap_len = SNAP_LEN as u16 + 1;
+        assert_eq!(
+            decode_record(&encode_record(&rec), |n| n.into()),
+            Err(RecordError::BadCapLen(SNAP_LEN as u16 + 1))
+        );
+        let mut rec = record_of(&syn());
+        rec.direction = 9;
+        assert_eq!(
+            decode_record(&encode_record(&rec), |n| n.into()),
+            Err(RecordError::BadDirection(9))
+        );
+        let mut rec = record_of(&syn());
+        rec.reason = 0;
+        assert_eq!(
+            decode_record(&encode_record(&rec), |n| n.into()),
+            Err(RecordError::BadReason(0))
+        );
+    }
+
+    #[test]
+    fn garbage_payload_is_a_counted_error_not_a_panic() {
+        let mut rec = record_of(&syn());
+        for b in rec.data.iter_mut() {
+            *b = 0xff;
+        }
+        let err = decode_record(&encode_record(&rec), |n| n.into()).unwrap_err();
+        assert_eq!(err, RecordError::Wire(WireError::BadVersion(15)));
+    }
+}

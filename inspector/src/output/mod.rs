@@ -1,0 +1,3 @@
+//! Outputs: NDJSON lines and human-readable summaries. Writers only format; they decide nothing.
+
+pub mod ndjson;

@@ -1,0 +1,82 @@
+//! NDJSON: one JSON object per line. Endpoints are written `ip:port` (`[v6]:port`), times as
+//! RFC 3339 UTC with microseconds.
+
+use std::io::{self, Write};
+
+use serde::Serialize;
+use synscope_common::Direction;
+
+use crate::{capture::CapturedPacket, wire::TcpFlags};
+
+/// Formats nanoseconds since the Unix epoch as `2026-11-22T01:02:03.456789Z`.
+pub fn rfc3339_micros(unix_ns: i128) -> String {
+    const FMT: &[time::format_description::FormatItem<'_>] = time::macros::format_description!(
+        "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:6]Z"
+    );
+    time::OffsetDateTime::from_unix_timestamp_nanos(unix_ns)
+        .ok()
+        .and_then(|t| t.format(FMT).ok())
+        .unwrap_or_else(|| "1970-01-01T00:00:00.000000Z".to_owned())
+}
+
+/// One captured packet as `synscope live --json` prints it.
+#[derive(Debug, Serialize)]
+pub struct PacketLine {
+    pub ts: String,
+    pub ifindex: u32,
+    pub direction: &'static str,
+    pub src: String,
+    pub dst: String,
+    pub flags: String,
+    pub seq: u32,
+    /// Null when the ACK flag is not set.
+    pub ack: Option<u32>,
+    pub window: u16,
+    pub tsval: Option<u32>,
+    pub tsecr: Option<u32>,
+    pub payload_len: u32,
+    pub flow_hash: u32,
+}
+
+impl From<&CapturedPacket> for PacketLine {
+    fn from(p: &CapturedPacket) -> Self {
+        let s = &p.segment;
+        Self {
+            ts: rfc3339_micros(p.ts_unix_ns),
+            ifindex: p.ifindex,
+            direction: match p.direction {
+                Direction::Ingress => "ingress",
+                Direction::Egress => "egress",
+            },
+            src: s.src.to_string(),
+            dst: s.dst.to_string(),
+            flags: s.flags.names(),
+            seq: s.seq,
+            ack: s.flags.contains(TcpFlags::ACK).then_some(s.ack),
+            window: s.window,
+            tsval: s.options.timestamps.map(|t| t.0),
+            tsecr: s.options.timestamps.map(|t| t.1),
+            payload_len: s.payload_len,
+            flow_hash: p.flow_hash,
+        }
+    }
+}
+
+/// Writes `value` as one line.
+pub fn write_line(out: &mut dyn Write, value: &impl Serialize) -> io::Result<()> {
+    serde_json::to_writer(&mut *out, value)?;
+    out.write_all(b"\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamps_have_microseconds_and_z() {
+        assert_eq!(
+            rfc3339_micros(1_795_396_923_456_789_123),
+            "2026-11-23T01:22:03.456789Z"
+        );
+    }
+}

@@ -1,0 +1,125 @@
+//! IPv4 header view (RFC 791).
+
+use std::net::Ipv4Addr;
+
+use super::WireError;
+
+/// IP protocol number of TCP.
+pub const PROTO_TCP: u8 = 6;
+
+/// A checked view of an IPv4 header (options included) at the start of a buffer.
+#[derive(Debug, Clone, Copy)]
+pub struct Ipv4Packet<'a> {
+    buf: &'a [u8],
+}
+
+impl<'a> Ipv4Packet<'a> {
+    /// Checks version, header length (≥ 20, present in `buf`, ≤ total length).
+    pub fn new_checked(buf: &'a [u8]) -> Result<Self, WireError> {
+        if buf.len() < 20 {
+            return Err(WireError::Truncated);
+        }
+        if buf[0] >> 4 != 4 {
+            return Err(WireError::BadVersion(buf[0] >> 4));
+        }
+        let p = Self { buf };
+        let hl = p.header_len();
+        if hl < 20 {
+            return Err(WireError::BadIpHeaderLen);
+        }
+        if buf.len() < hl {
+            return Err(WireError::Truncated);
+        }
+        if usize::from(p.total_len()) < hl {
+            return Err(WireError::BadIpTotalLen);
+        }
+        Ok(p)
+    }
+
+    /// Header length in bytes (IHL × 4).
+    pub fn header_len(&self) -> usize {
+        usize::from(self.buf[0] & 0x0f) * 4
+    }
+    /// Total length field: header plus payload, in bytes.
+    pub fn total_len(&self) -> u16 {
+        u16::from_be_bytes([self.buf[2], self.buf[3]])
+    }
+    /// Fragment offset in 8-byte units (0 for unfragmented and first fragments).
+    pub fn frag_offset(&self) -> u16 {
+        u16::from_be_bytes([self.buf[6], self.buf[7]]) & 0x1fff
+    }
+    /// More-fragments flag.
+    pub fn more_fragments(&self) -> bool {
+        self.buf[6] & 0x20 != 0
+    }
+    /// Time to live.
+    pub fn ttl(&self) -> u8 {
+        self.buf[8]
+    }
+    /// Upper-layer protocol number.
+    pub fn protocol(&self) -> u8 {
+        self.buf[9]
+    }
+    /// Source address.
+    pub fn src(&self) -> Ipv4Addr {
+        Ipv4Addr::new(self.buf[12], self.buf[13], self.buf[14], self.buf[15])
+    }
+    /// Destination address.
+    pub fn dst(&self) -> Ipv4Addr {
+        Ipv4Addr::new(self.buf[16], self.buf[17], self.buf[18], self.buf[19])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn header() -> [u8; 20] {
+        let mut h = [0u8; 20];
+        h[0] = 0x45;
+        h[3] = 20;
+        h[9] = PROTO_TCP;
+        h
+    }
+
+    #[test]
+    fn header_length_below_20_is_rejected() {
+        let mut h = header();
+        h[0] = 0x44;
+        assert_eq!(
+            Ipv4Packet::new_checked(&h).unwrap_err(),
+            WireError::BadIpHeaderLen
+        );
+    }
+
+    #[test]
+    fn options_beyond_the_buffer_are_truncation() {
+        let mut h = header();
+        h[0] = 0x46;
+        h[3] = 24;
+        assert_eq!(
+            Ipv4Packet::new_checked(&h).unwrap_err(),
+            WireError::Truncated
+        );
+    }
+
+    #[test]
+    fn total_length_shorter_than_header_is_rejected() {
+        let mut h = header();
+        h[3] = 10;
+        assert_eq!(
+            Ipv4Packet::new_checked(&h).unwrap_err(),
+            WireError::BadIpTotalLen
+        );
+    }
+
+    #[test]
+    fn fragment_fields_are_decoded() {
+        let mut h = header();
+        h[6] = 0x20 | 0x01;
+        h[7] = 0x02;
+        let p = Ipv4Packet::new_checked(&h).unwrap();
+        assert!(p.more_fragments());
+        assert_eq!(p.frag_offset(), 0x102);
+    }
+}
