@@ -109,10 +109,10 @@ pub fn capture(
         report.records += 1;
         match decode_record(bytes, |ns| clock.to_unix_ns(ns)) {
             Ok(p) => {
-                if let Some(out) = json.as_deref_mut() {
-                    if let Err(e) = write_line(out, &PacketLine::from(&p)) {
-                        write_err.borrow_mut().get_or_insert(e);
-                    }
+                if let Some(out) = json.as_deref_mut()
+                    && let Err(e) = write_line(out, &PacketLine::from(&p))
+                {
+                    write_err.borrow_mut().get_or_insert(e);
                 }
                 on_packet(&p);
             }

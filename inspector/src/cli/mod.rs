@@ -113,35 +113,6 @@ impl JsonSink {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn ring_sizes_must_be_powers_of_two_in_range() {
-        assert_eq!(parse_ring_size("8M"), Ok(8 << 20));
-        assert_eq!(parse_ring_size("4096"), Ok(4096));
-        assert!(parse_ring_size("3000").is_err());
-        assert!(parse_ring_size("6M").is_err());
-        assert!(parse_ring_size("2G").is_err());
-        assert!(parse_ring_size("x").is_err());
-    }
-
-    #[test]
-    fn durations_must_be_positive_numbers() {
-        assert_eq!(parse_secs("1.5"), Ok(Duration::from_millis(1500)));
-        assert!(parse_secs("0").is_err());
-        assert!(parse_secs("-3").is_err());
-        assert!(parse_secs("soon").is_err());
-    }
-
-    #[test]
-    fn cli_definition_is_consistent() {
-        use clap::CommandFactory;
-        Cli::command().debug_assert();
-    }
-}
-
 /// Runs a parsed command line.
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     crate::install_stop_handler()?;
@@ -174,4 +145,33 @@ fn run_live(a: &LiveArgs) -> anyhow::Result<()> {
         print!("{}", report.render());
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ring_sizes_must_be_powers_of_two_in_range() {
+        assert_eq!(parse_ring_size("8M"), Ok(8 << 20));
+        assert_eq!(parse_ring_size("4096"), Ok(4096));
+        assert!(parse_ring_size("3000").is_err());
+        assert!(parse_ring_size("6M").is_err());
+        assert!(parse_ring_size("2G").is_err());
+        assert!(parse_ring_size("x").is_err());
+    }
+
+    #[test]
+    fn durations_must_be_positive_numbers() {
+        assert_eq!(parse_secs("1.5"), Ok(Duration::from_millis(1500)));
+        assert!(parse_secs("0").is_err());
+        assert!(parse_secs("-3").is_err());
+        assert!(parse_secs("soon").is_err());
+    }
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
 }

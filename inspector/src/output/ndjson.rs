@@ -35,6 +35,8 @@ pub struct PacketLine {
     pub tsval: Option<u32>,
     pub tsecr: Option<u32>,
     pub payload_len: u32,
+    /// 802.1Q/802.1ad tags in front of the IP header.
+    pub vlan_depth: u8,
     pub flow_hash: u32,
 }
 
@@ -57,6 +59,7 @@ impl From<&CapturedPacket> for PacketLine {
             tsval: s.options.timestamps.map(|t| t.0),
             tsecr: s.options.timestamps.map(|t| t.1),
             payload_len: s.payload_len,
+            vlan_depth: p.vlan_depth,
             flow_hash: p.flow_hash,
         }
     }

@@ -203,11 +203,17 @@ pub fn ip_tcp(b: &SegmentBuilder) -> Vec<u8> {
     p
 }
 
-/// The IP packet inside an Ethernet II frame, with optional 802.1Q tag.
-pub fn ethernet(b: &SegmentBuilder, vlan: Option<u16>) -> Vec<u8> {
+/// TPID of an 802.1Q (customer) VLAN tag.
+pub const TPID_8021Q: u16 = 0x8100;
+/// TPID of an 802.1ad (service, QinQ outer) VLAN tag.
+pub const TPID_8021AD: u16 = 0x88a8;
+
+/// The IP packet inside an Ethernet II frame, behind VLAN `tags` (TPID, VLAN id), outermost
+/// first.
+pub fn ethernet(b: &SegmentBuilder, tags: &[(u16, u16)]) -> Vec<u8> {
     let mut f = vec![0x02, 0, 0, 0, 0, 2, 0x02, 0, 0, 0, 0, 1];
-    if let Some(id) = vlan {
-        f.extend_from_slice(&[0x81, 0x00]);
+    for (tpid, id) in tags {
+        f.extend_from_slice(&tpid.to_be_bytes());
         f.extend_from_slice(&(id & 0x0fff).to_be_bytes());
     }
     let et: u16 = if b.src.is_ipv4() { 0x0800 } else { 0x86dd };

@@ -1,0 +1,171 @@
+//! Helpers for the privileged end-to-end tests: run the real `synscope` binary inside a lab
+//! namespace, wait until it is attached, stop it, and collect its NDJSON and summary.
+#![allow(dead_code)]
+
+use std::{
+    io::{BufRead, BufReader, Read, Write},
+    net::{SocketAddr, TcpListener, TcpStream},
+    process::{Child, Command, Stdio},
+    sync::mpsc,
+    thread,
+    time::Duration,
+};
+
+use synscope::lab::{Lab, spawn_in_netns};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_synscope");
+
+/// Privileged tests need root. Running them unprivileged is a setup error, not a pass: they
+/// fail unless SYNSCOPE_SKIP_PRIVILEGED=1 asks to skip them explicitly.
+pub fn require_root() -> bool {
+    if nix::unistd::geteuid().is_root() {
+        return true;
+    }
+    if std::env::var_os("SYNSCOPE_SKIP_PRIVILEGED").is_some() {
+        eprintln!("skipping a privileged test (SYNSCOPE_SKIP_PRIVILEGED set)");
+        return false;
+    }
+    panic!("privileged end-to-end tests need root (or SYNSCOPE_SKIP_PRIVILEGED=1 to skip)");
+}
+
+/// A running `synscope live` inside a namespace.
+pub struct Live {
+    pub child: Child,
+    stderr_rx: mpsc::Receiver<String>,
+    pub stderr: String,
+}
+
+impl Live {
+    /// Starts `synscope live --iface IF --json - ARGS...` in `ns` and waits for `attached`.
+    pub fn start(ns: &str, iface: &str, args: &[&str]) -> Live {
+        let mut child = Command::new("ip")
+            .args([
+                "netns", "exec", ns, BIN, "live", "--iface", iface, "--json", "-",
+            ])
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn synscope");
+        let stderr = child.stderr.take().expect("stderr");
+        let (tx, rx) = mpsc::channel();
+        thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut live = Live {
+            child,
+            stderr_rx: rx,
+            stderr: String::new(),
+        };
+        loop {
+            match live.stderr_rx.recv_timeout(Duration::from_secs(30)) {
+                Ok(line) => {
+                    live.stderr.push_str(&line);
+                    live.stderr.push('\n');
+                    if line.contains("attached") {
+                        return live;
+                    }
+                }
+                Err(_) => {
+                    let _ = live.child.kill();
+                    panic!("synscope did not attach; stderr:\n{}", live.stderr);
+                }
+            }
+        }
+    }
+
+    /// Sends SIGINT, waits, and returns (NDJSON objects, exit code, full stderr).
+    pub fn stop(mut self) -> (Vec<serde_json::Value>, i32, String) {
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).expect("SIGINT");
+        let mut out = String::new();
+        self.child
+            .stdout
+            .take()
+            .expect("stdout")
+            .read_to_string(&mut out)
+            .expect("read stdout");
+        let status = self.child.wait().expect("wait");
+        while let Ok(line) = self.stderr_rx.recv_timeout(Duration::from_secs(5)) {
+            self.stderr.push_str(&line);
+            self.stderr.push('\n');
+        }
+        let lines = out
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad NDJSON {l:?}: {e}")))
+            .collect();
+        (
+            lines,
+            status.code().unwrap_or(-1),
+            std::mem::take(&mut self.stderr),
+        )
+    }
+}
+
+impl Drop for Live {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A counter value from the summary synscope prints on stderr.
+pub fn counter(summary: &str, name: &str) -> u64 {
+    summary
+        .lines()
+        .find_map(|l| {
+            let mut it = l.split_whitespace();
+            (it.next() == Some(name))
+                .then(|| it.next()?.parse().ok())
+                .flatten()
+        })
+        .unwrap_or_else(|| panic!("counter {name} not in summary:\n{summary}"))
+}
+
+/// An echo server on [::]:port in the lab's server namespace, serving `conns` connections.
+pub fn echo_server(lab: &Lab, port: u16, conns: usize) -> thread::JoinHandle<()> {
+    let (tx, rx) = mpsc::channel();
+    let h = spawn_in_netns(&lab.server_ns, move || {
+        let l = TcpListener::bind(("::", port)).expect("bind echo");
+        tx.send(()).expect("ready");
+        for _ in 0..conns {
+            let (mut s, _) = l.accept().expect("accept");
+            let mut buf = Vec::new();
+            s.read_to_end(&mut buf).expect("read");
+            s.write_all(&buf).expect("echo");
+        }
+    });
+    rx.recv_timeout(Duration::from_secs(5))
+        .expect("echo server ready");
+    thread::spawn(move || h.join().expect("echo thread").expect("netns"))
+}
+
+/// Connects from the client namespace, sends `data`, half-closes, and returns (local address,
+/// echoed bytes).
+pub fn echo_once(lab: &Lab, to: SocketAddr, data: &[u8]) -> (SocketAddr, Vec<u8>) {
+    let data = data.to_vec();
+    synscope::lab::in_netns(&lab.client_ns, move || {
+        let mut s = TcpStream::connect_timeout(&to, Duration::from_secs(5)).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("timeout");
+        s.write_all(&data).expect("write");
+        s.shutdown(std::net::Shutdown::Write).expect("shutdown");
+        let mut back = Vec::new();
+        s.read_to_end(&mut back).expect("read echo");
+        (s.local_addr().expect("local addr"), back)
+    })
+    .expect("client netns")
+}
+
+/// Whether `ip` reports an XDP program on `iface` in `ns`.
+pub fn xdp_attached(lab: &Lab, ns: &str, iface: &str) -> bool {
+    let out = lab
+        .exec(ns, &["ip", "-d", "-j", "link", "show", "dev", iface])
+        .expect("ip link");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("ip json");
+    v[0].get("xdp").is_some()
+}
