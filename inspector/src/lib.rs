@@ -6,6 +6,8 @@
 pub mod capture;
 pub mod cli;
 pub mod demo;
+pub mod detect;
+pub mod flow;
 pub mod lab;
 pub mod live;
 pub mod loader;

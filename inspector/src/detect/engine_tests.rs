@@ -1,0 +1,328 @@
+//! Rule tests: each anomaly with its exact evidence, and the nearest case that must not fire.
+
+use super::*;
+use crate::wire::{emit::SegmentBuilder, parse_ip_tcp};
+
+const T0: u64 = 1_800_000_000 * SEC;
+const CLIENT: [u8; 4] = [192, 0, 2, 1];
+const SERVER: [u8; 4] = [192, 0, 2, 2];
+
+struct Sim {
+    eng: Engine,
+    out: Vec<Event>,
+}
+
+fn seg(b: SegmentBuilder) -> Segment {
+    parse_ip_tcp(&crate::wire::emit::ip_tcp(&b)).expect("emitted packet parses")
+}
+
+impl Sim {
+    fn new() -> Self {
+        Self {
+            eng: Engine::new(Config::default()),
+            out: Vec::new(),
+        }
+    }
+    fn at(&mut self, ms: u64, b: SegmentBuilder) -> &mut Self {
+        let s = seg(b);
+        self.eng.process(
+            &Packet {
+                ts_ns: T0 + ms * MS,
+                ifindex: 3,
+                seg: &s,
+            },
+            &mut self.out,
+        );
+        self
+    }
+    fn until(&mut self, ms: u64) -> &mut Self {
+        self.eng.advance(T0 + ms * MS, &mut self.out);
+        self
+    }
+    fn kinds(&self) -> Vec<&'static str> {
+        self.out.iter().map(|e| e.kind.as_str()).collect()
+    }
+    fn one(&self, kind: Kind) -> &Event {
+        let v: Vec<_> = self.out.iter().filter(|e| e.kind == kind).collect();
+        assert_eq!(v.len(), 1, "exactly one {kind:?} in {:?}", self.kinds());
+        v[0]
+    }
+}
+
+fn c(port: u16, flags: TcpFlags, seq: u32, ack: u32) -> SegmentBuilder {
+    SegmentBuilder::v4(CLIENT, port, SERVER, 80)
+        .flags(flags)
+        .seq(seq)
+        .ack(ack)
+}
+fn s(port: u16, flags: TcpFlags, seq: u32, ack: u32) -> SegmentBuilder {
+    SegmentBuilder::v4(SERVER, 80, CLIENT, port)
+        .flags(flags)
+        .seq(seq)
+        .ack(ack)
+}
+const SYN: TcpFlags = TcpFlags::SYN;
+const SA: TcpFlags = TcpFlags(0x12);
+const ACK: TcpFlags = TcpFlags::ACK;
+const RA: TcpFlags = TcpFlags(0x14);
+const FA: TcpFlags = TcpFlags(0x11);
+
+/// A complete handshake on client port `p` at `t` ms: ISNs 1000 (client) and 5000 (server).
+fn handshake(sim: &mut Sim, p: u16, t: u64) {
+    sim.at(t, c(p, SYN, 1000, 0).timestamps(100, 0))
+        .at(t + 1, s(p, SA, 5000, 1001))
+        .at(t + 2, c(p, ACK, 1001, 5001));
+}
+
+#[test]
+fn syn_answered_by_rst_is_rejected_and_refused() {
+    let mut sim = Sim::new();
+    sim.at(0, c(40000, SYN, 1000, 0))
+        .at(1, s(40000, RA, 0, 1001));
+    assert_eq!(sim.kinds(), ["reset", "syn_rejected"]);
+    let r = sim.one(Kind::Reset);
+    assert_eq!(r.ev("rst_class"), "refused");
+    assert_eq!(r.ev("phase"), "handshake");
+    assert_eq!(r.ev("from"), "server");
+    assert_eq!(sim.one(Kind::SynRejected).ev("rst_ack"), 1001);
+    assert_eq!(r.client.to_string(), "192.0.2.1:40000");
+    assert_eq!(r.server.to_string(), "192.0.2.2:80");
+    assert!(r.reverse_seen);
+}
+
+#[test]
+fn unanswered_syns_fire_once_at_the_timeout_with_their_count() {
+    let mut sim = Sim::new();
+    sim.at(0, c(40000, SYN, 1000, 0).timestamps(77, 0))
+        .at(1000, c(40000, SYN, 1000, 0));
+    sim.until(2999);
+    assert!(sim.out.is_empty(), "not before syn_timeout");
+    sim.until(3000).until(10_000);
+    let e = sim.one(Kind::SynUnanswered);
+    assert_eq!(
+        e.evidence,
+        evidence! { "syn_count" => 2, "isn" => 1000, "tsval" => 77 }
+    );
+    assert_eq!(e.ts_ns, T0 + 3000 * MS);
+    assert!(!e.reverse_seen, "the server never sent anything");
+}
+
+#[test]
+fn retransmitted_then_answered_syn_reports_the_extra_delay() {
+    let mut sim = Sim::new();
+    sim.at(0, c(40000, SYN, 1000, 0))
+        .at(1000, c(40000, SYN, 1000, 0))
+        .at(1001, s(40000, SA, 5000, 1001));
+    assert_eq!(sim.kinds(), ["syn_retransmitted"]);
+    assert_eq!(sim.out[0].ev("syn_count"), 2);
+    assert_eq!(sim.out[0].ev("extra_delay_us"), 1_000_000);
+}
+
+#[test]
+fn synack_without_ack_is_half_open_but_not_when_acked() {
+    let mut sim = Sim::new();
+    sim.at(0, c(1, SYN, 1000, 0))
+        .at(1, s(1, SA, 5000, 1001))
+        .at(1001, s(1, SA, 5000, 1001));
+    handshake(&mut sim, 2, 0);
+    sim.until(5000);
+    assert_eq!(sim.kinds(), ["synack_unacked"]);
+    assert_eq!(sim.out[0].ev("synack_count"), 2);
+    assert_eq!(sim.out[0].client.port, 1);
+}
+
+#[test]
+fn synack_acking_the_wrong_isn_is_flagged() {
+    let mut sim = Sim::new();
+    sim.at(0, c(1, SYN, 1000, 0)).at(1, s(1, SA, 5000, 777));
+    assert_eq!(sim.kinds(), ["synack_wrong_ack"]);
+    assert_eq!(sim.out[0].ev("expected_ack"), 1001);
+    assert_eq!(sim.out[0].ev("ack"), 777);
+}
+
+#[test]
+fn synack_retransmitted_after_the_final_ack_is_accept_queue_overflow() {
+    let mut sim = Sim::new();
+    handshake(&mut sim, 1, 0);
+    sim.at(1003, s(1, SA, 5000, 1001));
+    let e = sim.one(Kind::AcceptQueueOverflow);
+    assert_eq!(e.ev("signature"), "ack_dropped");
+    assert_eq!(e.ev("synack_after_ack"), 1);
+    assert_eq!(e.ev("stall_us"), 1_001_000);
+}
+
+#[test]
+fn unanswered_syn_to_a_live_listener_is_accept_queue_overflow_not_syn_unanswered() {
+    let mut sim = Sim::new();
+    handshake(&mut sim, 1, 0);
+    sim.at(100, c(2, SYN, 9000, 0)).until(4000);
+    assert_eq!(sim.kinds(), ["accept_queue_overflow"]);
+    assert_eq!(sim.out[0].ev("signature"), "syn_dropped");
+    assert_eq!(sim.out[0].ev("last_handshake_age_ms"), 3098);
+    // The same SYN to a listener idle for longer than listener_alive is syn_unanswered.
+    let mut sim = Sim::new();
+    handshake(&mut sim, 1, 0);
+    sim.at(20_000, c(2, SYN, 9000, 0)).until(30_000);
+    assert_eq!(sim.kinds(), ["syn_unanswered"]);
+}
+
+fn probe(rst_tsval: Option<u32>, rst_seq: u32) -> Sim {
+    let mut sim = Sim::new();
+    sim.at(0, c(1, SYN, 1000, 0).timestamps(1_000_000, 0))
+        .at(1, s(1, SA, 5000, 1001).timestamps(9, 1_000_000));
+    let mut rst = c(1, TcpFlags::RST, rst_seq, 0);
+    if let Some(v) = rst_tsval {
+        rst = rst.timestamps(v, 9);
+    }
+    sim.at(2, rst)
+        .at(3, c(1, ACK, 1001, 5001).timestamps(1_000_001, 9));
+    sim
+}
+
+#[test]
+fn rst_before_ack_with_zero_tsval_is_a_leak() {
+    let mut sim = probe(Some(0), 1001);
+    sim.until(5000);
+    assert_eq!(
+        sim.kinds(),
+        ["reset", "probe_rst_before_ack", "probe_connection_leak"]
+    );
+    let e = sim.one(Kind::ProbeConnectionLeak);
+    assert_eq!(e.ev("rst_tsval"), 0);
+    assert_eq!(e.ev("syn_tsval"), 1_000_000);
+    assert_eq!(e.ev("paws_reject_expected"), true);
+    assert_eq!(e.ev("rst_seq_ok"), true);
+    assert_eq!(e.ev("late_ack_delay_us"), 2000);
+    assert_eq!(e.ts_ns, T0 + 1003 * MS);
+}
+
+#[test]
+fn rst_before_ack_with_a_valid_timestamp_is_no_leak() {
+    let mut sim = probe(Some(1_000_001), 1001);
+    sim.until(5000);
+    assert_eq!(sim.kinds(), ["reset", "probe_rst_before_ack"]);
+    assert_eq!(sim.out[1].ev("paws_reject_expected"), false);
+}
+
+#[test]
+fn rst_before_ack_with_bad_seq_is_a_leak_and_out_of_window() {
+    let mut sim = probe(None, 1500);
+    sim.until(5000);
+    assert_eq!(
+        sim.kinds(),
+        ["reset", "probe_rst_before_ack", "probe_connection_leak"]
+    );
+    assert_eq!(sim.out[0].ev("rst_class"), "out_of_window");
+    assert_eq!(sim.out[2].ev("rst_seq_ok"), false);
+    assert_eq!(sim.out[2].ev("rst_tsval"), &Value::Null);
+}
+
+#[test]
+fn server_rst_answering_the_late_ack_cancels_the_leak() {
+    let mut sim = probe(Some(0), 1001);
+    sim.at(4, s(1, TcpFlags::RST, 5001, 0)).until(5000);
+    assert_eq!(sim.kinds(), ["reset", "probe_rst_before_ack", "reset"]);
+    assert_eq!(sim.out[2].ev("rst_class"), "passive");
+}
+
+#[test]
+fn older_tsval_from_the_same_source_ip_is_a_nat_collision() {
+    let mut sim = Sim::new();
+    sim.at(0, c(1, SYN, 1000, 0).timestamps(500_000, 0))
+        .at(1, s(1, SA, 5000, 1001));
+    sim.at(10, c(2, SYN, 7000, 0).timestamps(100, 0))
+        .until(5000);
+    let e = sim.one(Kind::PawsNatCollision);
+    assert_eq!(e.ev("prev_tsval"), 500_000);
+    assert_eq!(e.ev("tsval"), 100);
+    assert_eq!(e.ev("prev_age_ms"), 10);
+    assert_eq!(e.ev("answered"), false);
+    assert_eq!(e.client.port, 2);
+    assert!(sim.kinds().contains(&"syn_unanswered"));
+    // Newer TSvals (one host opening more connections) never collide.
+    let mut sim = Sim::new();
+    sim.at(0, c(1, SYN, 1000, 0).timestamps(100, 0))
+        .at(10, c(2, SYN, 7000, 0).timestamps(110, 0));
+    sim.at(11, s(2, SA, 1, 7001));
+    assert!(
+        !sim.kinds().contains(&"paws_nat_collision"),
+        "{:?}",
+        sim.kinds()
+    );
+}
+
+#[test]
+fn new_isn_on_a_recently_closed_tuple_is_reuse() {
+    let mut sim = Sim::new();
+    handshake(&mut sim, 1, 0);
+    sim.at(10, c(1, FA, 1001, 5001))
+        .at(11, s(1, FA, 5001, 1002))
+        .at(12, c(1, ACK, 1002, 5002));
+    sim.at(10_000, c(1, SYN, 900_000, 0));
+    let e = sim.one(Kind::SynTupleReuse);
+    assert_eq!(e.ev("prev_state"), "closed");
+    assert_eq!(e.ev("prev_isn"), 1000);
+    assert_eq!(e.ev("isn"), 900_000);
+    let ep = sim.eng.endpoints().iter().next().unwrap().1;
+    assert_eq!((ep.syns, ep.established, ep.closed_normally), (2, 1, 1));
+}
+
+#[test]
+fn fin_without_answer_fires_after_fin_timeout() {
+    let mut sim = Sim::new();
+    handshake(&mut sim, 1, 0);
+    sim.at(100, c(1, FA, 1001, 5001)).until(5099);
+    assert!(sim.out.is_empty());
+    sim.until(5100);
+    let e = sim.one(Kind::FinUnanswered);
+    assert_eq!(e.ev("from"), "client");
+    assert_eq!(e.ev("fin_count"), 1);
+    // Answered by the peer's FIN: nothing.
+    let mut sim = Sim::new();
+    handshake(&mut sim, 1, 0);
+    sim.at(100, c(1, FA, 1001, 5001))
+        .at(101, s(1, FA, 5001, 1002))
+        .until(10_000);
+    assert!(sim.out.is_empty(), "{:?}", sim.kinds());
+}
+
+#[test]
+fn resets_are_classified_by_phase_and_sender() {
+    let mut sim = Sim::new();
+    handshake(&mut sim, 1, 0);
+    sim.at(10, c(1, RA, 1001, 5001)); // right after the handshake, no data: a probe abort
+    handshake(&mut sim, 2, 0);
+    sim.at(0, c(2, ACK, 1001, 5001).payload(b"GET"))
+        .at(5000, s(2, RA, 5001, 1004)); // active
+    assert_eq!(sim.out[0].ev("rst_class"), "probe_abort");
+    assert_eq!(sim.out[0].ev("from"), "client");
+    assert_eq!(sim.out[1].ev("rst_class"), "active");
+    assert_eq!(sim.out[1].ev("phase"), "established");
+    assert_eq!(sim.out[1].ev("expected_seq"), 5001);
+}
+
+#[test]
+fn latency_histograms_record_each_handshake_step() {
+    let mut sim = Sim::new();
+    sim.at(0, c(1, SYN, 1000, 0))
+        .at(1000, c(1, SYN, 1000, 0))
+        .at(1003, s(1, SA, 5000, 1001))
+        .at(1010, c(1, ACK, 1001, 5001));
+    let (_, st) = sim.eng.endpoints().iter().next().unwrap();
+    let p = |l: Latency| st.latency[l as usize].value_at_quantile(0.5);
+    assert!(
+        (2990..=3010).contains(&p(Latency::SynToSynack)),
+        "{}",
+        p(Latency::SynToSynack)
+    );
+    assert!((6950..=7050).contains(&p(Latency::SynackToAck)));
+    assert!((1_000_000..=1_020_000).contains(&p(Latency::ConnectTotal)));
+}
+
+#[test]
+fn midstream_rst_is_classified_but_raises_no_handshake_anomaly() {
+    let mut sim = Sim::new();
+    sim.at(0, s(40000, RA, 7, 9)).until(100_000);
+    assert_eq!(sim.kinds(), ["reset"]);
+    assert_eq!(sim.out[0].ev("from"), "server");
+}

@@ -1,0 +1,143 @@
+//! Anomaly events: the stable kinds of ANOMALIES.md, their severity and operator hints.
+
+use serde_json::{Map, Value};
+
+use crate::flow::Endpoint;
+
+/// Event kinds; `as_str` gives the stable NDJSON `kind` / metric label.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, PartialOrd, Ord)]
+pub enum Kind {
+    SynUnanswered,
+    SynRetransmitted,
+    SynRejected,
+    SynackUnacked,
+    SynackWrongAck,
+    AcceptQueueOverflow,
+    ProbeRstBeforeAck,
+    ProbeConnectionLeak,
+    PawsNatCollision,
+    SynTupleReuse,
+    FinUnanswered,
+    Reset,
+}
+
+impl Kind {
+    pub const ALL: [Kind; 12] = [
+        Kind::SynUnanswered,
+        Kind::SynRetransmitted,
+        Kind::SynRejected,
+        Kind::SynackUnacked,
+        Kind::SynackWrongAck,
+        Kind::AcceptQueueOverflow,
+        Kind::ProbeRstBeforeAck,
+        Kind::ProbeConnectionLeak,
+        Kind::PawsNatCollision,
+        Kind::SynTupleReuse,
+        Kind::FinUnanswered,
+        Kind::Reset,
+    ];
+
+    /// The stable name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::SynUnanswered => "syn_unanswered",
+            Kind::SynRetransmitted => "syn_retransmitted",
+            Kind::SynRejected => "syn_rejected",
+            Kind::SynackUnacked => "synack_unacked",
+            Kind::SynackWrongAck => "synack_wrong_ack",
+            Kind::AcceptQueueOverflow => "accept_queue_overflow",
+            Kind::ProbeRstBeforeAck => "probe_rst_before_ack",
+            Kind::ProbeConnectionLeak => "probe_connection_leak",
+            Kind::PawsNatCollision => "paws_nat_collision",
+            Kind::SynTupleReuse => "syn_tuple_reuse",
+            Kind::FinUnanswered => "fin_unanswered",
+            Kind::Reset => "reset",
+        }
+    }
+
+    /// Bit for "already reported on this connection".
+    pub fn bit(self) -> u16 {
+        1 << (self as u16)
+    }
+
+    /// How much an operator should care.
+    pub fn severity(self) -> &'static str {
+        match self {
+            Kind::ProbeConnectionLeak | Kind::AcceptQueueOverflow => "critical",
+            Kind::Reset | Kind::SynRetransmitted | Kind::ProbeRstBeforeAck => "info",
+            _ => "warning",
+        }
+    }
+
+    /// What to check, per ANOMALIES.md.
+    pub fn hint(self) -> &'static str {
+        match self {
+            Kind::SynUnanswered => {
+                "SYN dropped before the listener: look for a firewall rule (iptables -t raw -A PREROUTING ... -j TRACE, then dmesg), PAWS passive rejects (netstat -s: 'passive connections rejected because of time stamp'), SYN backlog overflow (nstat TcpExtListenDrops), or routing"
+            }
+            Kind::SynRetransmitted => {
+                "each SYN retransmission adds at least 1 s to connect time: something drops SYNs intermittently"
+            }
+            Kind::SynRejected => {
+                "nothing listens on the port, or a firewall REJECT --reject-with tcp-reset"
+            }
+            Kind::SynackUnacked => {
+                "half-open: spoofed SYN / SYN flood, the client dropped the SYN-ACK (e.g. an OUTPUT rule), or asymmetric routing"
+            }
+            Kind::SynackWrongAck => {
+                "stale or foreign SYN-ACK (TIME_WAIT reuse, middlebox); the client will answer with RST"
+            }
+            Kind::AcceptQueueOverflow => {
+                "the listener's accept queue is full: the application does not accept() fast enough. Check nstat TcpExtListenOverflows TcpExtListenDrops and ss -lnt (Recv-Q vs Send-Q), or a rate-limiting firewall rule"
+            }
+            Kind::ProbeRstBeforeAck => {
+                "typical of LVS/keepalived TCP health probes (connect, then RST) reordered on the way"
+            }
+            Kind::ProbeConnectionLeak => {
+                "the server now holds an ESTABLISHED socket nobody will close (fills the accept queue, leaks memory). Kernels 3.18-4.10 send TSval 0 in linger-close RSTs (7faee5c0d514, fixed by 675ee231d960). Check netstat -s 'packets rejected in established connections because of timestamp' (TcpExtPAWSEstab); fix the prober or the reordering"
+            }
+            Kind::PawsNatCollision => {
+                "several hosts behind one NAT address: servers with tcp_tw_recycle=1 (kernels < 4.12) drop such SYNs (PAWSPassive); set it to 0"
+            }
+            Kind::SynTupleReuse => {
+                "port reuse collision: client port exhaustion, tcp_tw_reuse, or NAT/DNAT mapping two flows onto one tuple"
+            }
+            Kind::FinUnanswered => {
+                "closed with error: the peer crashed, is stuck, or the path died"
+            }
+            Kind::Reset => {
+                "see rst_class: refused, passive (no socket), active (abort), probe_abort, out_of_window"
+            }
+        }
+    }
+}
+
+/// One anomaly verdict.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Event {
+    /// Capture time (ns since the Unix epoch) of the packet or deadline that settled it.
+    pub ts_ns: u64,
+    pub kind: Kind,
+    pub client: Endpoint,
+    pub server: Endpoint,
+    pub ifindex: u32,
+    pub reverse_seen: bool,
+    pub evidence: Map<String, Value>,
+}
+
+impl Event {
+    /// The evidence field `name`, or Null.
+    pub fn ev(&self, name: &str) -> &Value {
+        self.evidence.get(name).unwrap_or(&Value::Null)
+    }
+}
+
+/// Builds an evidence map from `(name, value)` pairs.
+#[macro_export]
+macro_rules! evidence {
+    ($($k:literal => $v:expr),* $(,)?) => {{
+        let mut m = serde_json::Map::new();
+        $( m.insert($k.to_owned(), serde_json::json!($v)); )*
+        m
+    }};
+}

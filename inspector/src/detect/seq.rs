@@ -1,0 +1,34 @@
+//! Sequence-number and timestamp arithmetic modulo 2^32.
+
+/// `a` before `b` in sequence space (RFC 9293 §3.4).
+pub fn seq_lt(a: u32, b: u32) -> bool {
+    (a.wrapping_sub(b) as i32) < 0
+}
+
+/// Whether `tsval` is older than `ts_recent` the way PAWS sees it (RFC 7323 §5; Linux
+/// `tcp_paws_check`: `(s32)(ts_recent - tsval) > TCP_PAWS_WINDOW`, the window being 1).
+pub fn ts_older(ts_recent: u32, tsval: u32) -> bool {
+    (ts_recent.wrapping_sub(tsval) as i32) > 1
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sequence_space_wraps() {
+        assert!(seq_lt(u32::MAX - 5, 3));
+        assert!(!seq_lt(3, u32::MAX - 5));
+        assert!(!seq_lt(7, 7));
+    }
+
+    #[test]
+    fn paws_treats_zero_and_far_past_as_older_but_not_one_tick() {
+        assert!(ts_older(1_000_000, 0));
+        assert!(ts_older(1_000_000, 999_000));
+        assert!(!ts_older(1_000_000, 999_999), "within the PAWS window of 1");
+        assert!(!ts_older(1_000_000, 1_000_001));
+        // A ts_recent past 2^31 makes TSval 0 look newer (s32 arithmetic), as in the kernel.
+        assert!(!ts_older(0x8000_0001, 0));
+    }
+}

@@ -1,0 +1,7 @@
+//! Per-flow state: the symmetric key, the bounded per-worker table with its timers.
+
+pub mod key;
+pub mod table;
+
+pub use key::{Endpoint, FlowKey, Side};
+pub use table::{EvictReason, FlowTable, TableStats, TimerKind};
