@@ -12,6 +12,7 @@ pub mod lab;
 pub mod live;
 pub mod loader;
 pub mod output;
+pub mod replay;
 pub mod wire;
 
 use std::sync::atomic::{AtomicBool, Ordering};

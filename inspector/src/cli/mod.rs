@@ -19,6 +19,8 @@ pub struct Cli {
 pub enum Command {
     /// Capture on a live interface and report what is seen.
     Live(LiveArgs),
+    /// Read pcap/pcapng files (tcpdump, tshark) through the detection engine.
+    Pcap(PcapArgs),
     /// Build a throw-away lab (network namespaces + veth), drive real TCP through it, capture
     /// it live, print what was found, and tear the lab down.
     Demo(DemoArgs),
@@ -55,6 +57,19 @@ pub struct LiveArgs {
     /// Detach an XDP program already attached to the interface instead of refusing.
     #[arg(long)]
     pub force: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct PcapArgs {
+    /// Capture files, processed in order as one stream.
+    #[arg(required = true, value_name = "FILE")]
+    pub files: Vec<PathBuf>,
+    /// Write NDJSON events to PATH, or to stdout with `-`.
+    #[arg(long, value_name = "PATH|-")]
+    pub json: Option<String>,
+    /// Flow table capacity (connections tracked at once).
+    #[arg(long, value_name = "N", default_value_t = 1 << 18)]
+    pub max_flows: usize,
 }
 
 #[derive(Debug, Args)]
@@ -118,7 +133,33 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     crate::install_stop_handler()?;
     match cli.command {
         Command::Live(a) => run_live(&a),
+        Command::Pcap(a) => run_pcap(&a),
         Command::Demo(a) => crate::demo::run(&a),
+    }
+}
+
+fn run_pcap(a: &PcapArgs) -> anyhow::Result<()> {
+    let sink = a.json.as_deref().map(JsonSink::parse);
+    let mut out = sink.as_ref().map(crate::live::open_sink).transpose()?;
+    let cfg = crate::detect::Config {
+        max_flows: a.max_flows,
+        ..Default::default()
+    };
+    let r = crate::replay::run(
+        &a.files,
+        cfg,
+        out.as_mut().map(|w| w as &mut dyn std::io::Write),
+    )?;
+    let summary = crate::output::summary::render(&r.engine, r.frames, &r.parse_errors);
+    // The summary never mixes with NDJSON on stdout.
+    if sink == Some(JsonSink::Stdout) {
+        eprint!("{summary}");
+    } else {
+        print!("{summary}");
+    }
+    match r.error {
+        Some(e) => Err(e.into()),
+        None => Ok(()),
     }
 }
 

@@ -530,9 +530,10 @@ impl Engine {
                     };
                     self.emit(out, slot, Kind::SynRetransmitted, now, ev);
                 }
-                if let Some((prev, age, tsval)) = paws {
-                    self.emit_paws(out, slot, now, prev, age, tsval, true);
-                }
+                // An answered SYN did no harm: since Linux 4.10 clients randomize the TSval
+                // offset per connection, so backwards TSvals across connections are normal.
+                // Only a SYN that then goes unanswered is reported (see the Syn timer).
+                let _ = paws;
             }
             State::SynReceived | State::Established if seg.seq == conn.server_isn => {
                 conn.synack_count = conn.synack_count.saturating_add(1);

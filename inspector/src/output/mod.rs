@@ -1,3 +1,4 @@
 //! Outputs: NDJSON lines and human-readable summaries. Writers only format; they decide nothing.
 
 pub mod ndjson;
+pub mod summary;

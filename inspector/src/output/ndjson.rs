@@ -83,3 +83,33 @@ mod tests {
         );
     }
 }
+
+/// One anomaly event in the envelope of ANOMALIES.md.
+#[derive(Debug, Serialize)]
+pub struct EventLine<'a> {
+    pub ts: String,
+    pub kind: &'static str,
+    pub severity: &'static str,
+    pub client: String,
+    pub server: String,
+    pub ifindex: u32,
+    pub reverse_seen: bool,
+    pub evidence: &'a serde_json::Map<String, serde_json::Value>,
+    pub hint: &'static str,
+}
+
+impl<'a> From<&'a crate::detect::Event> for EventLine<'a> {
+    fn from(e: &'a crate::detect::Event) -> Self {
+        Self {
+            ts: rfc3339_micros(i128::from(e.ts_ns)),
+            kind: e.kind.as_str(),
+            severity: e.kind.severity(),
+            client: e.client.to_string(),
+            server: e.server.to_string(),
+            ifindex: e.ifindex,
+            reverse_seen: e.reverse_seen,
+            evidence: &e.evidence,
+            hint: e.kind.hint(),
+        }
+    }
+}

@@ -9,6 +9,7 @@
 pub mod emit;
 pub mod ipv4;
 pub mod ipv6;
+pub mod link;
 pub mod tcp;
 
 use std::net::{IpAddr, SocketAddr};

@@ -1,0 +1,93 @@
+//! The human summary: per server endpoint, then engine counters.
+
+use std::{collections::BTreeMap, fmt::Write};
+
+use crate::detect::{
+    Engine, Kind, RstClass,
+    stats::{EndpointStats, Latency},
+};
+use crate::flow::table::EvictReason;
+
+fn endpoint_block(s: &mut String, name: &str, st: &EndpointStats) {
+    let _ = writeln!(
+        s,
+        "server {name}: {} SYNs, {} established, {} closed normally",
+        st.syns, st.established, st.closed_normally
+    );
+    let anomalies: Vec<String> = Kind::ALL
+        .iter()
+        .filter(|k| **k != Kind::Reset && st.anomalies[**k as usize] > 0)
+        .map(|k| format!("{} {}", k.as_str(), st.anomalies[*k as usize]))
+        .collect();
+    if !anomalies.is_empty() {
+        let _ = writeln!(s, "  anomalies: {}", anomalies.join(", "));
+    }
+    let rsts: Vec<String> = RstClass::ALL
+        .iter()
+        .filter(|c| st.rsts_of(**c) > 0)
+        .map(|c| format!("{} {}", c.as_str(), st.rsts_of(*c)))
+        .collect();
+    if !rsts.is_empty() {
+        let _ = writeln!(s, "  resets: {}", rsts.join(", "));
+    }
+    let passive_race = st.rsts[RstClass::Passive as usize][1][1];
+    if passive_race > 0 {
+        let _ = writeln!(
+            s,
+            "  ! {passive_race} passive RST(s) from the server right after the handshake (ehash race / DNAT early demux?)"
+        );
+    }
+    for l in Latency::ALL {
+        let h = &st.latency[l as usize];
+        if h.is_empty() {
+            continue;
+        }
+        let _ = writeln!(
+            s,
+            "  {:<14} µs  p50 {}  p90 {}  p99 {}  max {}  (n={})",
+            l.as_str(),
+            h.value_at_quantile(0.5),
+            h.value_at_quantile(0.9),
+            h.value_at_quantile(0.99),
+            h.max(),
+            h.len()
+        );
+    }
+}
+
+/// Renders the summary of an engine run, with the parse errors seen before it.
+pub fn render(engine: &Engine, frames: u64, parse_errors: &BTreeMap<&'static str, u64>) -> String {
+    let mut s = String::new();
+    for (ep, st) in engine.endpoints().iter() {
+        let name = ep.map_or_else(|| "other".to_owned(), |e| e.to_string());
+        endpoint_block(&mut s, &name, st);
+    }
+    if s.is_empty() {
+        s.push_str("no TCP handshakes seen\n");
+    }
+    let c = engine.counters();
+    let t = engine.table_stats();
+    let _ = writeln!(
+        s,
+        "engine: {frames} frames, {} TCP packets, {} unmatched, {} events; flows {} live, {} created, evicted {}",
+        c.packets,
+        c.unmatched,
+        c.events,
+        t.live,
+        t.created,
+        EvictReason::NAMES
+            .iter()
+            .zip(t.evicted)
+            .map(|(n, v)| format!("{n} {v}"))
+            .collect::<Vec<_>>()
+            .join(" / ")
+    );
+    if !parse_errors.is_empty() {
+        let errs: Vec<String> = parse_errors
+            .iter()
+            .map(|(k, v)| format!("{k} {v}"))
+            .collect();
+        let _ = writeln!(s, "skipped frames: {}", errs.join(", "));
+    }
+    s
+}

@@ -1,0 +1,156 @@
+//! `synscope pcap` on captures of REAL kernel traffic (regenerate them with
+//! `cargo run --example scenario_pcaps -- inspector/tests/pcaps`, as root): the exact events
+//! each seed scenario must produce, and nothing else.
+
+use std::{path::Path, process::Command};
+
+use serde_json::Value;
+
+const BIN: &str = env!("CARGO_BIN_EXE_synscope");
+
+fn events(name: &str) -> Vec<Value> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/pcaps")
+        .join(format!("{name}.pcap"));
+    let out = Command::new(BIN)
+        .arg("pcap")
+        .arg(&path)
+        .args(["--json", "-"])
+        .output()
+        .expect("run");
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("NDJSON line"))
+        .collect()
+}
+
+fn kinds(ev: &[Value]) -> Vec<&str> {
+    ev.iter().map(|e| e["kind"].as_str().unwrap()).collect()
+}
+
+#[test]
+fn clean_connection_raises_nothing() {
+    assert_eq!(kinds(&events("clean_connection")), Vec::<&str>::new());
+}
+
+#[test]
+fn closed_port_is_refused() {
+    let ev = events("closed_port");
+    assert_eq!(kinds(&ev), ["reset", "syn_rejected"]);
+    assert_eq!(ev[0]["evidence"]["rst_class"], "refused");
+    assert_eq!(ev[0]["evidence"]["from"], "server");
+    assert_eq!(
+        ev[0]["evidence"]["seq"], 0,
+        "Linux answers a SYN to a closed port with seq 0"
+    );
+    assert_eq!(ev[0]["server"], "192.0.2.2:9001");
+    assert_eq!(ev[1]["evidence"]["rst_ack"], ev[0]["evidence"]["ack"]);
+    assert_eq!(ev[1]["severity"], "warning");
+}
+
+#[test]
+fn firewall_dropped_syns_are_unanswered_without_reverse_traffic() {
+    let ev = events("syn_dropped_by_firewall");
+    assert_eq!(kinds(&ev), ["syn_unanswered"]);
+    assert_eq!(
+        ev[0]["evidence"]["syn_count"], 3,
+        "SYNs at 0, 1 and 2 s, all before the 3 s deadline"
+    );
+    assert_eq!(ev[0]["reverse_seen"], false);
+    assert!(ev[0]["hint"].as_str().unwrap().contains("TRACE"));
+}
+
+#[test]
+fn client_dropping_its_acks_leaves_the_server_half_open() {
+    let ev = events("half_open");
+    assert_eq!(kinds(&ev), ["synack_unacked"]);
+    assert_eq!(
+        ev[0]["evidence"]["synack_count"], 2,
+        "SYN-ACK and its 1 s retransmission"
+    );
+    assert_eq!(ev[0]["server"], "192.0.2.2:9003");
+}
+
+#[test]
+fn full_accept_queue_drops_later_syns_of_a_live_listener() {
+    let ev = events("accept_queue_full");
+    assert_eq!(
+        kinds(&ev),
+        ["accept_queue_overflow", "accept_queue_overflow"]
+    );
+    for e in &ev {
+        assert_eq!(e["evidence"]["signature"], "syn_dropped");
+        assert_eq!(e["severity"], "critical");
+        let age = e["evidence"]["last_handshake_age_ms"].as_u64().unwrap();
+        assert!(
+            (3000..3300).contains(&age),
+            "handshake of the 2nd client ~3.1 s before: {age}"
+        );
+    }
+}
+
+#[test]
+fn linger_zero_close_is_an_active_client_reset() {
+    let ev = events("linger_zero_reset");
+    assert_eq!(kinds(&ev), ["reset"]);
+    let e = &ev[0]["evidence"];
+    assert_eq!(
+        (
+            e["from"].as_str(),
+            e["rst_class"].as_str(),
+            e["phase"].as_str()
+        ),
+        (Some("client"), Some("active"), Some("established"))
+    );
+    assert_eq!(
+        e["seq"], e["expected_seq"],
+        "the RST carries the next sequence number"
+    );
+}
+
+#[test]
+fn fin_never_answered_is_reported_with_its_retransmissions() {
+    let ev = events("fin_unanswered");
+    assert_eq!(kinds(&ev), ["fin_unanswered"]);
+    assert_eq!(ev[0]["evidence"]["from"], "client");
+    assert_eq!(ev[0]["evidence"]["fin_count"], 6);
+}
+
+#[test]
+fn a_truncated_file_names_the_packet_after_reporting_what_was_processed() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/pcaps/accept_queue_full.pcap");
+    let bytes = std::fs::read(&src).expect("read");
+    let cut = std::env::temp_dir().join(format!("synscope-truncated-{}.pcap", std::process::id()));
+    std::fs::write(&cut, &bytes[..bytes.len() - 30]).expect("write");
+    let out = Command::new(BIN)
+        .arg("pcap")
+        .arg(&cut)
+        .output()
+        .expect("run");
+    let _ = std::fs::remove_file(&cut);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("packet 17 is truncated or corrupt"), "{err}");
+    assert!(err.contains("16 packets before it were processed"), "{err}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("server 192.0.2.2:9004: 4 SYNs"));
+}
+
+#[test]
+fn a_file_that_is_not_a_capture_is_a_clear_error() {
+    let out = Command::new(BIN)
+        .args(["pcap", "Cargo.toml"])
+        .output()
+        .expect("run");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("Cargo.toml: not a pcap or pcapng file"),
+        "{err}"
+    );
+}
