@@ -81,8 +81,11 @@ fn listener(lab: &Lab, port: u16, backlog: i32, accept: bool) -> thread::JoinHan
     let h = spawn_in_netns(&lab.server_ns, move || {
         let l = TcpListener::bind(("0.0.0.0", port)).expect("bind");
         // Re-listen with the scenario's backlog (std uses 128).
-        nix::sys::socket::listen(&l, nix::sys::socket::Backlog::new(backlog).expect("backlog"))
-            .expect("listen");
+        nix::sys::socket::listen(
+            &l,
+            nix::sys::socket::Backlog::new(backlog).expect("backlog"),
+        )
+        .expect("listen");
         tx.send(()).expect("ready");
         if !accept {
             thread::sleep(Duration::from_secs(8));
@@ -237,15 +240,7 @@ fn main() -> anyhow::Result<()> {
                 let mut s = TcpStream::connect(to(9005)).expect("connect");
                 s.write_all(b"request").expect("write");
                 thread::sleep(Duration::from_millis(100));
-                nix::sys::socket::setsockopt(
-                    &s,
-                    nix::sys::socket::sockopt::Linger,
-                    &nix::libc::linger {
-                        l_onoff: 1,
-                        l_linger: 0,
-                    },
-                )
-                .expect("linger");
+                synscope::lab::set_linger_zero(&s).expect("linger");
             })
             .expect("netns");
         },

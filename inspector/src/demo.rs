@@ -95,14 +95,7 @@ fn echo(addr: SocketAddr) -> std::io::Result<String> {
 
 fn linger_zero_reset(addr: SocketAddr) -> std::io::Result<String> {
     let s = TcpStream::connect_timeout(&addr, Duration::from_secs(3))?;
-    nix::sys::socket::setsockopt(
-        &s,
-        nix::sys::socket::sockopt::Linger,
-        &nix::libc::linger {
-            l_onoff: 1,
-            l_linger: 0,
-        },
-    )?;
+    crate::lab::set_linger_zero(&s)?;
     drop(s);
     Ok("connected, then closed with SO_LINGER 0".to_owned())
 }

@@ -192,6 +192,19 @@ impl Lab {
     }
 }
 
+/// Makes `close()` of `s` send a RST instead of a FIN (SO_LINGER with a zero timeout).
+pub fn set_linger_zero(s: &std::net::TcpStream) -> io::Result<()> {
+    nix::sys::socket::setsockopt(
+        s,
+        nix::sys::socket::sockopt::Linger,
+        &nix::libc::linger {
+            l_onoff: 1,
+            l_linger: 0,
+        },
+    )
+    .map_err(io::Error::from)
+}
+
 impl Lab {
     /// Sends raw Ethernet frames out of `ifname` in namespace `ns` (an AF_PACKET socket, via
     /// Python's standard library), for frames no kernel socket would produce.
