@@ -108,6 +108,16 @@ struct EarlyRst {
     paws_fail: bool,
 }
 
+/// Evidence shared by `probe_rst_before_ack` and `probe_connection_leak`.
+fn probe_evidence(early: &EarlyRst, syn_tsval: Option<u32>) -> serde_json::Map<String, Value> {
+    evidence! {
+        "rst_tsval" => early.tsval,
+        "syn_tsval" => syn_tsval,
+        "paws_reject_expected" => early.paws_fail,
+        "rst_seq_ok" => early.seq_ok,
+    }
+}
+
 const C: usize = 0;
 const S: usize = 1;
 
@@ -698,12 +708,7 @@ impl Engine {
                     conn.late_ack_ns = now;
                     conn.state = State::Established;
                     let leak_expected = early.paws_fail || !early.seq_ok;
-                    let ev = evidence! {
-                        "rst_tsval" => early.tsval,
-                        "syn_tsval" => conn.syn_tsval,
-                        "paws_reject_expected" => early.paws_fail,
-                        "rst_seq_ok" => early.seq_ok,
-                    };
+                    let ev = probe_evidence(&early, conn.syn_tsval);
                     self.emit(out, slot, Kind::ProbeRstBeforeAck, now, ev);
                     if leak_expected {
                         self.table
@@ -807,15 +812,8 @@ impl Engine {
             }
             TimerKind::Leak => {
                 let Some(early) = conn.early_rst else { return };
-                let ev = evidence! {
-                    "rst_tsval" => early.tsval,
-                    "syn_tsval" => conn.syn_tsval,
-                    "paws_reject_expected" => early.paws_fail,
-                    "rst_seq_ok" => early.seq_ok,
-                    "late_ack_delay_us" => Value::Null,
-                };
                 let late = conn.late_ack_ns;
-                let mut ev = ev;
+                let mut ev = probe_evidence(&early, conn.syn_tsval);
                 ev.insert(
                     "late_ack_delay_us".into(),
                     Value::from(late.saturating_sub(conn.synack_last) / 1000),
