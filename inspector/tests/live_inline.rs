@@ -180,18 +180,22 @@ fn a_second_instance_refuses_to_replace_the_first() {
     }
     let lab = Lab::create().expect("lab");
     let first = Live::start(&lab.server_ns, &lab.server_if, &[]);
-    let second = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            &lab.server_ns,
-            BIN,
-            "live",
-            "--iface",
-            &lab.server_if,
-        ])
-        .output()
-        .expect("run");
+    let live_again = |extra: &[&str]| {
+        Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &lab.server_ns,
+                BIN,
+                "live",
+                "--iface",
+                &lab.server_if,
+            ])
+            .args(extra)
+            .output()
+            .expect("run")
+    };
+    let second = live_again(&[]);
     let err = String::from_utf8_lossy(&second.stderr);
     assert_eq!(second.status.code(), Some(2), "{err}");
     assert!(
@@ -200,19 +204,7 @@ fn a_second_instance_refuses_to_replace_the_first() {
     );
     assert!(err.contains("--force"), "{err}");
     // --force cannot take over a bpf_link another process owns: it says so.
-    let forced = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            &lab.server_ns,
-            BIN,
-            "live",
-            "--iface",
-            &lab.server_if,
-            "--force",
-        ])
-        .output()
-        .expect("run");
+    let forced = live_again(&["--force"]);
     let err = String::from_utf8_lossy(&forced.stderr);
     assert_eq!(forced.status.code(), Some(1), "{err}");
     assert!(err.contains("only its owner can remove"), "{err}");

@@ -138,6 +138,15 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
+/// Prints a human summary on stdout, or on stderr when NDJSON goes to stdout: the two never mix.
+fn print_summary(sink: Option<&JsonSink>, summary: &str) {
+    if sink == Some(&JsonSink::Stdout) {
+        eprint!("{summary}");
+    } else {
+        print!("{summary}");
+    }
+}
+
 fn run_pcap(a: &PcapArgs) -> anyhow::Result<()> {
     let sink = a.json.as_deref().map(JsonSink::parse);
     let mut out = sink.as_ref().map(crate::live::open_sink).transpose()?;
@@ -151,12 +160,7 @@ fn run_pcap(a: &PcapArgs) -> anyhow::Result<()> {
         out.as_mut().map(|w| w as &mut dyn std::io::Write),
     )?;
     let summary = crate::output::summary::render(&r.engine, r.frames, &r.parse_errors);
-    // The summary never mixes with NDJSON on stdout.
-    if sink == Some(JsonSink::Stdout) {
-        eprint!("{summary}");
-    } else {
-        print!("{summary}");
-    }
+    print_summary(sink.as_ref(), &summary);
     match r.error {
         Some(e) => Err(e.into()),
         None => Ok(()),
@@ -179,12 +183,7 @@ fn run_live(a: &LiveArgs) -> anyhow::Result<()> {
         out.as_mut().map(|w| w as &mut dyn std::io::Write),
         |_| {},
     )?;
-    // The summary never mixes with NDJSON on stdout.
-    if sink == Some(JsonSink::Stdout) {
-        eprint!("{}", report.render());
-    } else {
-        print!("{}", report.render());
-    }
+    print_summary(sink.as_ref(), &report.render());
     Ok(())
 }
 
