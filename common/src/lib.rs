@@ -11,3 +11,10 @@ pub mod stats;
 
 pub use flow_hash::symmetric_flow_hash;
 pub use record::{Direction, PacketRecord, Reason, SNAP_LEN};
+
+/// Ring buffers the kernel side declares (`RECORDS_0` …): the most userspace workers inline
+/// mode can feed.
+pub const MAX_WORKERS: u32 = 16;
+
+/// Default number of packets followed after a SYN or SYN-ACK.
+pub const DEFAULT_FOLLOW_BUDGET: u32 = 4;

@@ -3,6 +3,8 @@
 //! Every packet the selector sees increments `PACKETS` and exactly one of the outcome
 //! counters (`SELECTED`, `NOT_SELECTED`, `NOT_TCP` or one `UNPARSABLE_*`); a selected packet
 //! whose record could not be written also increments `RING_FULL` or `LOAD_FAILED`.
+//! `EGRESS` counts the subset of `PACKETS` seen by the TC egress program, `FOLLOWED` the subset
+//! of `SELECTED` chosen by the handshake follow window rather than a control flag.
 //! Every packet is passed on to the kernel whatever its outcome.
 
 /// Packets seen (and passed on: the selector never drops).
@@ -26,8 +28,16 @@ pub const RING_FULL: u32 = 8;
 /// Copying the headers into the record failed (record discarded).
 pub const LOAD_FAILED: u32 = 9;
 
+/// Packets seen by the egress program (a subset of `PACKETS`).
+pub const EGRESS: u32 = 10;
+/// Selected because the flow was inside its handshake follow window (a subset of `SELECTED`).
+pub const FOLLOWED: u32 = 11;
+/// A SYN or SYN-ACK took over a follow slot another flow still had budget in: that flow's
+/// remaining follow-ups are not recorded (a bigger `--follow-slots` makes this rarer).
+pub const FOLLOW_COLLISION: u32 = 12;
+
 /// Number of counters.
-pub const COUNT: u32 = 10;
+pub const COUNT: u32 = 13;
 
 /// Stable names (metric labels, summary lines), indexed by counter.
 pub const NAMES: [&str; COUNT as usize] = [
@@ -41,4 +51,7 @@ pub const NAMES: [&str; COUNT as usize] = [
     "unparsable_bad_header",
     "ring_full",
     "load_failed",
+    "egress",
+    "followed",
+    "follow_collision",
 ];

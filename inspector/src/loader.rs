@@ -1,16 +1,17 @@
 //! Loading and attaching the embedded BPF programs; detaching is dropping.
 //!
-//! Inline mode attaches the XDP selector through a bpf_link (never the legacy netlink
-//! attachment), so the kernel removes it when the process dies, even on `kill -9`.
+//! Inline mode attaches the XDP ingress selector through a bpf_link and the TC egress selector
+//! through a tcx link (never the legacy netlink attachments), so the kernel removes both when
+//! the process dies, even on `kill -9`.
 
 use std::{io, process::Command};
 
 use aya::{
     Ebpf, EbpfLoader,
     maps::{MapData, PerCpuArray, RingBuf},
-    programs::{ProgramError, Xdp, XdpMode, links::LinkType},
+    programs::{ProgramError, SchedClassifier, TcAttachType, Xdp, XdpMode, links::LinkType},
 };
-use synscope_common::stats;
+use synscope_common::{MAX_WORKERS, stats};
 
 /// The BPF object built by `build.rs` from `xdp-prog`.
 static BPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/synscope-xdp"));
@@ -48,6 +49,18 @@ pub enum LoadError {
          (5.9+) is needed"
     )]
     NoLink(String),
+    #[error(
+        "the kernel attached the TC egress program on {0} without a tcx link (legacy netlink): \
+         it would outlive a crashed synscope, so synscope refuses; a kernel with tcx (6.6+) is \
+         needed, or run without --egress"
+    )]
+    NoTcxLink(String),
+    #[error("the kernel refused the TC egress attachment on {iface}: {source}")]
+    EgressRefused {
+        iface: String,
+        #[source]
+        source: ProgramError,
+    },
     #[error("loading the BPF object failed: {0}")]
     Load(#[from] aya::EbpfError),
     #[error("BPF program or map setup failed: {0}")]
@@ -91,17 +104,46 @@ pub struct InlineOptions {
     pub ring_bytes: u32,
     pub force: bool,
     pub attach: AttachMode,
+    /// Workers (one ring buffer each), 1..=MAX_WORKERS.
+    pub workers: u32,
+    /// Packets followed after a SYN or SYN-ACK (0 = control packets only).
+    pub follow_budget: u32,
+    /// Slots of the follow window (a power of two).
+    pub follow_slots: u32,
+    /// Attach the TC egress selector too (the host's own SYN-ACKs and RSTs).
+    pub egress: bool,
+}
+
+impl InlineOptions {
+    /// The defaults `synscope live` uses, for `iface`.
+    pub fn new(iface: &str) -> Self {
+        Self {
+            iface: iface.to_owned(),
+            ring_bytes: 1 << 22,
+            force: false,
+            attach: AttachMode::Auto,
+            workers: 1,
+            follow_budget: synscope_common::DEFAULT_FOLLOW_BUDGET,
+            follow_slots: 1 << 18,
+            egress: true,
+        }
+    }
 }
 
 /// A loaded and attached inline selector. Dropping it detaches everything.
 pub struct Inline {
-    /// Declared first so the maps are released before the programs and links.
-    pub ring: RingBuf<MapData>,
+    /// One ring per worker, indexed by worker. Declared first so the maps are released
+    /// before the programs and links.
+    pub rings: Vec<RingBuf<MapData>>,
     stats: PerCpuArray<MapData, u64>,
     _ebpf: Ebpf,
     pub ifindex: u32,
     /// `native` or `generic`.
     pub attach_mode: &'static str,
+    /// Whether the TC egress selector is attached.
+    pub egress: bool,
+    /// Kernel ids of the XDP and (when attached) TC programs, for `bpftool`.
+    pub prog_ids: (u32, Option<u32>),
 }
 
 impl Inline {
@@ -192,8 +234,24 @@ pub fn attach_inline(opts: &InlineOptions) -> Result<Inline, LoadError> {
         tracing::warn!(iface = %opts.iface, %existing, "--force: detaching the existing XDP program");
         force_detach(&opts.iface)?;
     }
-    let mut ebpf = EbpfLoader::new()
-        .map_max_entries("RECORDS", opts.ring_bytes)
+    let workers = opts.workers.clamp(1, MAX_WORKERS);
+    let ring_names: Vec<String> = (0..MAX_WORKERS).map(|i| format!("RECORDS_{i}")).collect();
+    let follow_mask = opts.follow_slots.max(1).next_power_of_two() - 1;
+    let mut loader = EbpfLoader::new();
+    for (i, name) in ring_names.iter().enumerate() {
+        // Rings beyond the workers in use stay at one page.
+        let size = if (i as u32) < workers {
+            opts.ring_bytes
+        } else {
+            4096
+        };
+        loader.map_max_entries(name, size);
+    }
+    let mut ebpf = loader
+        .map_max_entries("FOLLOW", follow_mask + 1)
+        .override_global("NWORKERS", &workers, true)
+        .override_global("FOLLOW_BUDGET", &opts.follow_budget, true)
+        .override_global("FOLLOW_MASK", &follow_mask, true)
         .load(BPF_OBJECT)
         .map_err(|e| match &e {
             aya::EbpfError::MapError(aya::maps::MapError::CreateError { io_error, .. })
@@ -237,21 +295,27 @@ pub fn attach_inline(opts: &InlineOptions) -> Result<Inline, LoadError> {
             }
         },
     };
-    let has_link = aya::programs::loaded_links()
-        .filter_map(Result::ok)
-        .any(|l| l.program_id() == prog_id && matches!(l.link_type(), Ok(LinkType::Xdp)));
-    if !has_link {
+    if !has_link(prog_id, LinkType::Xdp) {
         drop(ebpf);
         return Err(LoadError::NoLink(opts.iface.clone()));
     }
-    let ring = RingBuf::try_from(
-        ebpf.take_map("RECORDS")
-            .ok_or(LoadError::Program(ProgramError::NotLoaded))?,
-    )
-    .map_err(|source| LoadError::Map {
-        name: "RECORDS",
-        source,
-    })?;
+    let egress_id = if opts.egress {
+        Some(attach_egress(&mut ebpf, &opts.iface)?)
+    } else {
+        None
+    };
+    let mut rings = Vec::with_capacity(workers as usize);
+    for name in &ring_names[..workers as usize] {
+        let ring = RingBuf::try_from(
+            ebpf.take_map(name)
+                .ok_or(LoadError::Program(ProgramError::NotLoaded))?,
+        )
+        .map_err(|source| LoadError::Map {
+            name: "RECORDS_<worker>",
+            source,
+        })?;
+        rings.push(ring);
+    }
     let stats = PerCpuArray::try_from(
         ebpf.take_map("STATS")
             .ok_or(LoadError::Program(ProgramError::NotLoaded))?,
@@ -261,10 +325,41 @@ pub fn attach_inline(opts: &InlineOptions) -> Result<Inline, LoadError> {
         source,
     })?;
     Ok(Inline {
-        ring,
+        rings,
         stats,
         _ebpf: ebpf,
         ifindex,
         attach_mode,
+        egress: opts.egress,
+        prog_ids: (prog_id, egress_id),
     })
+}
+
+/// Whether the kernel holds a bpf_link of type `kind` for program `prog_id` (and so removes
+/// the attachment when synscope's last fd closes, even on `kill -9`).
+fn has_link(prog_id: u32, kind: LinkType) -> bool {
+    aya::programs::loaded_links()
+        .filter_map(Result::ok)
+        .any(|l| l.program_id() == prog_id && l.link_type().is_ok_and(|t| t == kind))
+}
+
+/// Attaches the TC egress selector through a tcx link (kernel 6.6+). aya falls back to a
+/// netlink (clsact) attachment on older kernels; that one would outlive a crashed synscope,
+/// so it is refused like the XDP one.
+fn attach_egress(ebpf: &mut Ebpf, iface: &str) -> Result<u32, LoadError> {
+    let prog: &mut SchedClassifier = ebpf
+        .program_mut("synscope_egress")
+        .ok_or(LoadError::Program(ProgramError::NotLoaded))?
+        .try_into()?;
+    prog.load()?;
+    let prog_id = prog.info()?.id();
+    prog.attach(iface, TcAttachType::Egress)
+        .map_err(|source| LoadError::EgressRefused {
+            iface: iface.to_owned(),
+            source,
+        })?;
+    if !has_link(prog_id, LinkType::Tcx) {
+        return Err(LoadError::NoTcxLink(iface.to_owned()));
+    }
+    Ok(prog_id)
 }

@@ -7,7 +7,7 @@ use std::{net::SocketAddr, process::Command, thread, time::Duration};
 
 use support::*;
 use synscope::{
-    lab::Lab,
+    lab::{Lab, scenarios},
     wire::{
         TcpFlags,
         emit::{SegmentBuilder, TPID_8021AD, TPID_8021Q, ethernet},
@@ -15,12 +15,13 @@ use synscope::{
 };
 
 #[test]
-fn records_exact_ingress_control_packets_of_real_connections() {
+fn records_exact_control_packets_of_real_connections_in_both_directions() {
     if !require_root() {
         return;
     }
     let lab = Lab::create().expect("lab");
-    let live = Live::start(&lab.server_ns, &lab.server_if, &[]);
+    // Control packets only: the follow-ups are timing-dependent (delayed ACKs).
+    let live = Live::start(&lab.server_ns, &lab.server_if, &["--follow", "0"]);
     let server = echo_server(&lab, 9000, 2);
     let v4: SocketAddr = (lab.server_v4, 9000).into();
     let v6: SocketAddr = (lab.server_v6, 9000).into();
@@ -42,46 +43,66 @@ fn records_exact_ingress_control_packets_of_real_connections() {
     assert_eq!(code, 0, "stderr:\n{stderr}");
 
     for (client, data_len) in [(c4, 10u64), (c6, 3)] {
-        let recs: Vec<_> = lines
+        let from: Vec<_> = lines
             .iter()
             .filter(|l| l["src"] == client.to_string())
             .collect();
-        let flags: Vec<&str> = recs.iter().map(|l| l["flags"].as_str().unwrap()).collect();
-        assert_eq!(flags, ["SYN", "FIN|ACK"], "records of {client}: {recs:?}");
-        for r in &recs {
+        let flags: Vec<&str> = from.iter().map(|l| l["flags"].as_str().unwrap()).collect();
+        assert_eq!(flags, ["SYN", "FIN|ACK"], "records of {client}: {from:?}");
+        for r in &from {
             assert_eq!(r["direction"], "ingress");
+            assert_eq!(r["reason"], "control");
             assert_eq!(r["dst"].as_str().unwrap().rsplit(':').next(), Some("9000"));
         }
-        let isn = recs[0]["seq"].as_u64().unwrap();
+        let isn = from[0]["seq"].as_u64().unwrap();
         assert_eq!(
-            recs[0]["ack"],
+            from[0]["ack"],
             serde_json::Value::Null,
             "a SYN carries no ACK"
         );
-        assert_eq!(recs[0]["payload_len"], 0);
+        assert_eq!(from[0]["payload_len"], 0);
         assert!(
-            recs[0]["tsval"].as_u64().is_some(),
+            from[0]["tsval"].as_u64().is_some(),
             "Linux SYNs carry timestamps"
         );
         // The FIN follows the data: seq = ISN + 1 (SYN) + bytes sent (RFC 9293 §3.4).
         assert_eq!(
-            recs[1]["seq"].as_u64().unwrap(),
+            from[1]["seq"].as_u64().unwrap(),
             (isn + 1 + data_len) % (1 << 32)
         );
+        // The server's side only shows up on egress: its SYN-ACK acks ISN+1, then its FIN.
+        let to: Vec<_> = lines
+            .iter()
+            .filter(|l| l["dst"] == client.to_string())
+            .collect();
+        assert_eq!(to.len(), 2, "records to {client}: {to:?}");
+        assert_eq!(to[0]["flags"], "SYN|ACK");
+        assert_eq!(to[0]["ack"].as_u64().unwrap(), (isn + 1) % (1 << 32));
+        assert!(to[1]["flags"].as_str().unwrap().contains("FIN"), "{to:?}");
+        assert!(to.iter().all(|r| r["direction"] == "egress"));
     }
-    let to_closed: Vec<_> = lines
+    let closed: Vec<(&str, &str)> = lines
         .iter()
-        .filter(|l| l["dst"] == format!("{}:9001", lab.server_v4))
+        .filter(|l| {
+            l["dst"] == format!("{}:9001", lab.server_v4)
+                || l["src"] == format!("{}:9001", lab.server_v4)
+        })
+        .map(|l| {
+            (
+                l["direction"].as_str().unwrap(),
+                l["flags"].as_str().unwrap(),
+            )
+        })
         .collect();
     assert_eq!(
-        to_closed.len(),
-        1,
-        "one SYN to the closed port, no retransmission: {to_closed:?}"
+        closed,
+        [("ingress", "SYN"), ("egress", "RST|ACK")],
+        "one SYN to the closed port, answered by RST"
     );
-    assert_eq!(to_closed[0]["flags"], "SYN");
-    assert_eq!(lines.len(), 5, "nothing else was recorded: {lines:#?}");
-    assert_eq!(counter(&stderr, "selected"), 5);
-    assert_eq!(counter(&stderr, "records_read"), 5);
+    assert_eq!(lines.len(), 10, "nothing else was recorded: {lines:#?}");
+    assert_eq!(counter(&stderr, "selected"), 10);
+    assert_eq!(counter(&stderr, "records_read"), 10);
+    assert_eq!(counter(&stderr, "followed"), 0);
     assert_eq!(counter(&stderr, "ring_full"), 0);
     assert!(
         !xdp_attached(&lab, &lab.server_ns, &lab.server_if),
@@ -90,12 +111,175 @@ fn records_exact_ingress_control_packets_of_real_connections() {
 }
 
 #[test]
+fn the_follow_window_records_the_packets_that_complete_a_handshake() {
+    if !require_root() {
+        return;
+    }
+    let lab = Lab::create().expect("lab");
+    let live = Live::start(&lab.server_ns, &lab.server_if, &["--follow", "1"]);
+    let server = echo_server(&lab, 9000, 1);
+    let (client, _) = echo_once(&lab, (lab.server_v4, 9000).into(), b"x");
+    server.join().expect("echo server");
+    thread::sleep(Duration::from_millis(200));
+    let (lines, code, stderr) = live.stop();
+    assert_eq!(code, 0, "stderr:\n{stderr}");
+    let followed: Vec<_> = lines.iter().filter(|l| l["reason"] == "follow").collect();
+    // Budget 1, renewed by the SYN-ACK: exactly the client's completing ACK.
+    assert_eq!(followed.len(), 1, "{followed:#?}");
+    assert_eq!(followed[0]["src"], client.to_string());
+    assert_eq!(followed[0]["flags"], "ACK");
+    assert_eq!(followed[0]["payload_len"], 0);
+    assert_eq!(counter(&stderr, "followed"), 1);
+}
+
+#[test]
+fn every_seed_scenario_is_detected_live_with_its_evidence() {
+    if !require_root() {
+        return;
+    }
+    let lab = Lab::create().expect("lab");
+    let live = Live::events(&lab.server_ns, &lab.server_if, &["--workers", "2"]);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let base = 9200;
+    let outcomes = scenarios::run_all(&lab, base, stop.clone()).expect("scenarios");
+    thread::sleep(scenarios::SETTLE);
+    // Stop synscope before the listeners: closing a listener resets its queued connections.
+    let (events, code, stderr) = live.stop();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(code, 0, "stderr:\n{stderr}");
+    let at = |s: scenarios::Scenario| -> Vec<&serde_json::Value> {
+        events
+            .iter()
+            .filter(|e| {
+                e["server"]
+                    .as_str()
+                    .unwrap()
+                    .ends_with(&format!(":{}", base + s.offset))
+            })
+            .collect()
+    };
+    let kinds = |v: &[&serde_json::Value]| -> Vec<String> {
+        v.iter()
+            .map(|e| e["kind"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    assert!(
+        outcomes[0].client_view.contains("echoed 14 bytes"),
+        "{outcomes:?}"
+    );
+    assert_eq!(kinds(&at(scenarios::CLEAN_V4)), Vec::<String>::new());
+    assert_eq!(kinds(&at(scenarios::CLEAN_V6)), Vec::<String>::new());
+
+    let e = at(scenarios::CLOSED_PORT);
+    assert_eq!(kinds(&e), ["reset", "syn_rejected"]);
+    assert_eq!(e[0]["evidence"]["rst_class"], "refused");
+    assert_eq!(e[0]["evidence"]["from"], "server");
+    assert_eq!(e[0]["reverse_seen"], true);
+
+    let e = at(scenarios::FIREWALL_DROP);
+    assert_eq!(kinds(&e), ["syn_unanswered"]);
+    assert_eq!(e[0]["evidence"]["syn_count"], 3);
+    assert_eq!(e[0]["reverse_seen"], false);
+
+    let e = at(scenarios::HALF_OPEN);
+    assert_eq!(kinds(&e), ["synack_unacked"]);
+    assert_eq!(e[0]["evidence"]["synack_count"], 2);
+
+    let e = at(scenarios::ACCEPT_QUEUE);
+    assert_eq!(
+        kinds(&e),
+        ["accept_queue_overflow", "accept_queue_overflow"]
+    );
+    for x in &e {
+        assert_eq!(x["evidence"]["signature"], "syn_dropped");
+    }
+
+    let e = at(scenarios::LINGER_ZERO);
+    assert_eq!(kinds(&e), ["reset"]);
+    let ev = &e[0]["evidence"];
+    assert_eq!(
+        (
+            ev["from"].as_str(),
+            ev["rst_class"].as_str(),
+            ev["phase"].as_str()
+        ),
+        (Some("client"), Some("active"), Some("established"))
+    );
+    assert_eq!(ev["seq"], ev["expected_seq"]);
+
+    let e = at(scenarios::FIN_UNANSWERED);
+    assert_eq!(kinds(&e), ["fin_unanswered"]);
+    assert_eq!(e[0]["evidence"]["from"], "client");
+    assert_eq!(e[0]["evidence"]["fin_count"], 6);
+
+    assert_eq!(events.len(), 8, "nothing else: {events:#?}");
+    // The kernel's and the workers' counts add up.
+    let selected = counter(&stderr, "selected");
+    assert_eq!(
+        selected,
+        counter(&stderr, "records_read")
+            + counter(&stderr, "ring_full")
+            + counter(&stderr, "load_failed")
+    );
+    assert_eq!(counter(&stderr, "ring_full"), 0);
+    assert_eq!(counter(&stderr, "dropped_messages"), 0);
+    assert_eq!(counter(&stderr, "workers"), 2);
+}
+
+#[test]
+fn two_thousand_connections_succeed_with_a_minimal_ring_and_the_loss_is_counted() {
+    if !require_root() {
+        return;
+    }
+    let lab = Lab::create().expect("lab");
+    // One page per ring: 18 records. Connections must not notice.
+    let live = Live::start(
+        &lab.server_ns,
+        &lab.server_if,
+        &["--ring-size", "4096", "--workers", "1"],
+    );
+    const N: usize = 2000;
+    let server = echo_server(&lab, 9300, N);
+    let to: SocketAddr = (lab.server_v4, 9300).into();
+    let ok = synscope::lab::in_netns(&lab.client_ns, move || {
+        (0..N)
+            .filter(|i| {
+                let msg = format!("connection {i}");
+                let mut s = std::net::TcpStream::connect_timeout(&to, Duration::from_secs(5))
+                    .expect("connect");
+                use std::io::{Read, Write};
+                s.write_all(msg.as_bytes()).expect("write");
+                s.shutdown(std::net::Shutdown::Write).expect("shutdown");
+                let mut back = String::new();
+                s.read_to_string(&mut back).expect("read");
+                back == msg
+            })
+            .count()
+    })
+    .expect("netns");
+    server.join().expect("echo server");
+    assert_eq!(ok, N, "every connection carried its data");
+    thread::sleep(Duration::from_millis(200));
+    let (lines, code, stderr) = live.stop();
+    assert_eq!(code, 0, "stderr:\n{stderr}");
+    let (selected, read, full) = (
+        counter(&stderr, "selected"),
+        counter(&stderr, "records_read"),
+        counter(&stderr, "ring_full"),
+    );
+    assert_eq!(read, lines.len() as u64);
+    assert_eq!(selected, read + full + counter(&stderr, "load_failed"));
+    // 2000 connections: at least SYN, SYN-ACK, 2 FINs each are selected.
+    assert!(selected >= 4 * N as u64, "{stderr}");
+}
+
+#[test]
 fn tagged_fragmented_and_truncated_frames_are_parsed_or_counted() {
     if !require_root() {
         return;
     }
     let lab = Lab::create().expect("lab");
-    let live = Live::start(&lab.server_ns, &lab.server_if, &[]);
+    let live = Live::start(&lab.server_ns, &lab.server_if, &["--workers", "1"]);
     let syn = |sport| {
         SegmentBuilder::v4([192, 0, 2, 1], sport, [192, 0, 2, 2], 7000)
             .flags(TcpFlags::SYN)
@@ -155,6 +339,11 @@ fn kill_9_leaves_nothing_attached_and_connections_still_work() {
     let lab = Lab::create().expect("lab");
     let mut live = Live::start(&lab.server_ns, &lab.server_if, &[]);
     assert!(xdp_attached(&lab, &lab.server_ns, &lab.server_if));
+    let (xdp_id, tc_id) = (
+        log_field(&live.stderr, "xdp_prog_id"),
+        log_field(&live.stderr, "egress_prog_id"),
+    );
+    assert!(prog_linked(xdp_id) && prog_linked(tc_id));
     live.child.kill().expect("SIGKILL");
     live.child.wait().expect("reap");
     // The bpf_link goes away with the last fd; allow the kernel a moment to release it.
@@ -167,6 +356,8 @@ fn kill_9_leaves_nothing_attached_and_connections_still_work() {
         thread::sleep(Duration::from_millis(100));
     }
     assert!(!attached, "XDP program still attached after kill -9");
+    assert!(!prog_linked(xdp_id), "XDP bpf_link left after kill -9");
+    assert!(!prog_linked(tc_id), "tcx egress link left after kill -9");
     let server = echo_server(&lab, 9100, 1);
     let (_, back) = echo_once(&lab, (lab.server_v4, 9100).into(), b"after kill");
     server.join().expect("echo");

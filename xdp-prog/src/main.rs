@@ -12,13 +12,48 @@ mod select;
 
 #[cfg(target_arch = "bpf")]
 mod entry {
-    use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
+    use aya_ebpf::{
+        bindings::{TC_ACT_UNSPEC, xdp_action},
+        macros::{classifier, xdp},
+        programs::{TcContext, XdpContext},
+    };
+    use synscope_common::Direction;
 
-    /// XDP ingress selector for inline mode: records TCP control packets, passes everything.
+    use crate::select::{Hook, select};
+
+    /// XDP ingress selector for inline mode: records selected TCP packets, passes everything.
     #[xdp]
     pub fn synscope_ingress(ctx: XdpContext) -> u32 {
-        crate::select::try_ingress(&ctx);
+        // SAFETY: `ctx.ctx` is the kernel's xdp_md for this invocation.
+        let (ifindex, rx_queue) =
+            unsafe { ((*ctx.ctx).ingress_ifindex, (*ctx.ctx).rx_queue_index) };
+        select(
+            &ctx,
+            Hook {
+                direction: Direction::Ingress,
+                ifindex,
+                rx_queue,
+            },
+        );
         xdp_action::XDP_PASS
+    }
+
+    /// TC egress selector for inline mode: the host's own SYN-ACKs, RSTs and ACKs only show up
+    /// here. Returns "no verdict" (TC_ACT_UNSPEC, tcx's TCX_NEXT) so the packet goes on and any
+    /// program attached after this one still runs.
+    #[classifier]
+    pub fn synscope_egress(ctx: TcContext) -> i32 {
+        // SAFETY: `ctx.skb.skb` is the kernel's __sk_buff for this invocation.
+        let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+        select(
+            &ctx,
+            Hook {
+                direction: Direction::Egress,
+                ifindex,
+                rx_queue: 0,
+            },
+        );
+        TC_ACT_UNSPEC
     }
 
     #[panic_handler]

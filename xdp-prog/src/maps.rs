@@ -1,15 +1,45 @@
-//! Every map of the selector, each with its purpose.
+//! Every map and load-time setting of the selectors, each with its purpose.
 
 use aya_ebpf::{
     macros::map,
-    maps::{PerCpuArray, RingBuf},
+    maps::{Array, PerCpuArray, RingBuf, ring_buf::RingBufEntry},
 };
-use synscope_common::stats;
+use synscope_common::{MAX_WORKERS, PacketRecord, stats};
 
-/// Records of selected packets for userspace. Userspace sets the size at load time
-/// (`--ring-size`); a full ring costs a record (counted in `RING_FULL`), never a packet.
+/// Number of userspace workers (rings in use), set by the loader; 1 ≤ N ≤ MAX_WORKERS.
+#[unsafe(no_mangle)]
+static NWORKERS: u32 = 1;
+
+/// Packets followed after a SYN or SYN-ACK (both directions), set by the loader.
+#[unsafe(no_mangle)]
+static FOLLOW_BUDGET: u32 = 4;
+
+/// `FOLLOW` has `FOLLOW_MASK + 1` slots (a power of two), set by the loader.
+#[unsafe(no_mangle)]
+static FOLLOW_MASK: u32 = (1 << 16) - 1;
+
+#[inline(always)]
+fn global(v: &'static u32) -> u32 {
+    // SAFETY: a valid static; volatile so the loader's value is read, not the compile-time one.
+    unsafe { core::ptr::read_volatile(v) }
+}
+
+pub fn nworkers() -> u32 {
+    global(&NWORKERS)
+}
+pub fn follow_budget() -> u32 {
+    global(&FOLLOW_BUDGET)
+}
+pub fn follow_mask() -> u32 {
+    global(&FOLLOW_MASK)
+}
+
+/// The handshake follow window: a direct-mapped array of tagged slots indexed by the
+/// symmetric flow hash. A slot holds `flow_hash << 32 | packets left`. Shared by ingress and
+/// egress and by every CPU without locks: a race or a collision costs one record more or less,
+/// never a packet.
 #[map]
-pub static RECORDS: RingBuf = RingBuf::with_byte_size(1 << 22, 0);
+pub static FOLLOW: Array<u64> = Array::with_max_entries(1 << 16, 0);
 
 /// Per-CPU verdict counters, indexed by `synscope_common::stats`.
 #[map]
@@ -24,3 +54,34 @@ pub fn count(idx: u32) {
         unsafe { *p += 1 };
     }
 }
+
+/// One ring buffer per worker (`RECORDS_<i>`): a flow's records always land in the ring of
+/// worker `flow_hash % NWORKERS`, so workers never share flow state. The loader sizes the
+/// rings in use (`--ring-size`) and shrinks the others to one page. A full ring costs a record
+/// (counted in `RING_FULL`), never a packet.
+macro_rules! worker_rings {
+    ($($i:literal => $name:ident),* $(,)?) => {
+        $(
+            #[map]
+            pub static $name: RingBuf = RingBuf::with_byte_size(4096, 0);
+        )*
+
+        /// Reserves a record in worker `w`'s ring.
+        #[inline(always)]
+        pub fn reserve(w: u32) -> Option<RingBufEntry<PacketRecord>> {
+            match w {
+                $( $i => $name.reserve::<PacketRecord>(0), )*
+                _ => None,
+            }
+        }
+    };
+}
+
+worker_rings! {
+    0 => RECORDS_0, 1 => RECORDS_1, 2 => RECORDS_2, 3 => RECORDS_3,
+    4 => RECORDS_4, 5 => RECORDS_5, 6 => RECORDS_6, 7 => RECORDS_7,
+    8 => RECORDS_8, 9 => RECORDS_9, 10 => RECORDS_10, 11 => RECORDS_11,
+    12 => RECORDS_12, 13 => RECORDS_13, 14 => RECORDS_14, 15 => RECORDS_15,
+}
+
+const _: () = assert!(MAX_WORKERS == 16);

@@ -1,9 +1,13 @@
 //! Bounds-checked header walking: Ethernet, up to two VLAN tags, IPv4 (options), IPv6 (common
-//! extension headers), TCP. Every packet pointer comes from [`ptr_at`].
+//! extension headers), TCP. Every byte is copied out by the hook's load helper ([`Packet`]).
 
 use core::mem::MaybeUninit;
 
-use aya_ebpf::{EbpfContext, helpers::generated::bpf_xdp_load_bytes, programs::XdpContext};
+use aya_ebpf::{
+    EbpfContext,
+    helpers::generated::{bpf_skb_load_bytes, bpf_xdp_load_bytes},
+    programs::{TcContext, XdpContext},
+};
 use synscope_common::{flow_hash::fold_addr, stats, symmetric_flow_hash};
 
 const ETH_HLEN: usize = 14;
@@ -26,22 +30,51 @@ pub struct Tcp {
     pub flow_hash: u32,
 }
 
+/// A packet both hooks can read: XDP (ingress) and TC (egress) differ only in the helper that
+/// copies bytes out and in how they tell the packet's length.
+pub trait Packet {
+    /// Copies `len` bytes at `off` to `dst`; non-zero when the range is not inside the packet.
+    ///
+    /// # Safety
+    /// `dst` must be valid for `len` bytes of writes.
+    unsafe fn load_raw(&self, off: u32, dst: *mut u8, len: u32) -> i64;
+    /// Length of the whole frame on the wire (from the Ethernet header).
+    fn wire_len(&self) -> usize;
+}
+
+impl Packet for XdpContext {
+    #[inline(always)]
+    unsafe fn load_raw(&self, off: u32, dst: *mut u8, len: u32) -> i64 {
+        // SAFETY: the caller guarantees `dst`; the helper bounds-checks the packet side.
+        unsafe { bpf_xdp_load_bytes(self.as_ptr() as *mut _, off, dst as *mut _, len) }
+    }
+    #[inline(always)]
+    fn wire_len(&self) -> usize {
+        self.data_end() - self.data()
+    }
+}
+
+impl Packet for TcContext {
+    #[inline(always)]
+    unsafe fn load_raw(&self, off: u32, dst: *mut u8, len: u32) -> i64 {
+        // SAFETY: the caller guarantees `dst`; the helper bounds-checks the packet side and
+        // reads paged (non-linear) skb data too.
+        unsafe { bpf_skb_load_bytes(self.as_ptr() as *const _, off, dst as *mut _, len) }
+    }
+    #[inline(always)]
+    fn wire_len(&self) -> usize {
+        self.len() as usize
+    }
+}
+
 /// Copies `N` packet bytes at `off` onto the stack. The helper bounds-checks the packet side,
 /// which keeps the verifier happy with the variable offsets of options and extension headers
 /// (direct packet pointers at variable offsets get re-derived by LLVM and rejected).
 #[inline(always)]
-fn load<const N: usize>(ctx: &XdpContext, off: usize) -> Result<[u8; N], u32> {
+fn load<const N: usize, P: Packet>(ctx: &P, off: usize) -> Result<[u8; N], u32> {
     let mut buf = MaybeUninit::<[u8; N]>::uninit();
-    // SAFETY: the destination is a stack buffer of exactly N bytes; the helper checks that
-    // [off, off + N) lies inside the packet and fails otherwise.
-    let rc = unsafe {
-        bpf_xdp_load_bytes(
-            ctx.as_ptr() as *mut _,
-            off as u32,
-            buf.as_mut_ptr() as *mut _,
-            N as u32,
-        )
-    };
+    // SAFETY: the destination is a stack buffer of exactly N bytes.
+    let rc = unsafe { ctx.load_raw(off as u32, buf.as_mut_ptr() as *mut u8, N as u32) };
     if rc != 0 {
         return Err(stats::UNPARSABLE_TRUNCATED);
     }
@@ -62,19 +95,19 @@ fn be32(b: &[u8], i: usize) -> u32 {
 /// Walks the headers of an Ethernet frame. `Err` carries the stats index of the reason the
 /// frame is not a parsable TCP packet.
 #[inline(always)]
-pub fn parse_tcp(ctx: &XdpContext) -> Result<Tcp, u32> {
-    let eth = load::<ETH_HLEN>(ctx, 0)?;
+pub fn parse_tcp<P: Packet>(ctx: &P) -> Result<Tcp, u32> {
+    let eth = load::<ETH_HLEN, P>(ctx, 0)?;
     let mut off = ETH_HLEN;
     let mut proto = be16(&eth, 12);
     let mut vlan_depth = 0u8;
     // 802.1ad outer tag, then 802.1Q inner tag: at most two.
     if proto == ETH_P_8021AD || proto == ETH_P_8021Q {
-        let tag = load::<4>(ctx, off)?;
+        let tag = load::<4, P>(ctx, off)?;
         proto = be16(&tag, 2);
         off += 4;
         vlan_depth += 1;
         if proto == ETH_P_8021AD || proto == ETH_P_8021Q {
-            let tag = load::<4>(ctx, off)?;
+            let tag = load::<4, P>(ctx, off)?;
             proto = be16(&tag, 2);
             off += 4;
             vlan_depth += 1;
@@ -83,7 +116,7 @@ pub fn parse_tcp(ctx: &XdpContext) -> Result<Tcp, u32> {
     let l3_off = off;
     let (l4_off, family, src, dst) = match proto {
         ETH_P_IP => {
-            let ip = load::<20>(ctx, off)?;
+            let ip = load::<20, P>(ctx, off)?;
             let ihl = ((ip[0] & 0x0f) as usize) * 4;
             if ip[0] >> 4 != 4 || ihl < 20 {
                 return Err(stats::UNPARSABLE_BAD_HEADER);
@@ -97,7 +130,7 @@ pub fn parse_tcp(ctx: &XdpContext) -> Result<Tcp, u32> {
             (off + ihl, 4u8, be32(&ip, 12), be32(&ip, 16))
         }
         ETH_P_IPV6 => {
-            let ip = load::<40>(ctx, off)?;
+            let ip = load::<40, P>(ctx, off)?;
             let mut next = ip[6];
             let s = fold_addr(&[be32(&ip, 8), be32(&ip, 12), be32(&ip, 16), be32(&ip, 20)]);
             let d = fold_addr(&[be32(&ip, 24), be32(&ip, 28), be32(&ip, 32), be32(&ip, 36)]);
@@ -108,7 +141,7 @@ pub fn parse_tcp(ctx: &XdpContext) -> Result<Tcp, u32> {
                     return Err(stats::UNPARSABLE_EXT_CHAIN);
                 }
                 i += 1;
-                let ext = load::<8>(ctx, l4)?;
+                let ext = load::<8, P>(ctx, l4)?;
                 let len = match next {
                     // Hop-by-hop, routing, destination options: length in 8-octet units.
                     0 | 43 | 60 => (ext[1] as usize + 1) * 8,
@@ -130,7 +163,7 @@ pub fn parse_tcp(ctx: &XdpContext) -> Result<Tcp, u32> {
         }
         _ => return Err(stats::NOT_TCP),
     };
-    let tcp = load::<20>(ctx, l4_off)?;
+    let tcp = load::<20, P>(ctx, l4_off)?;
     let doff = ((tcp[12] >> 4) as usize) * 4;
     if doff < 20 {
         return Err(stats::UNPARSABLE_BAD_HEADER);

@@ -1,21 +1,64 @@
-//! The selection decision and the record write.
+//! The selection decision and the record write, shared by the XDP ingress and TC egress hooks.
 
-use aya_ebpf::{EbpfContext, helpers::generated::bpf_xdp_load_bytes, programs::XdpContext};
-use synscope_common::{Direction, PacketRecord, Reason, SNAP_LEN, stats};
+use synscope_common::{Direction, Reason, SNAP_LEN, stats};
 
 use crate::{
-    maps::{RECORDS, count},
-    parse::parse_tcp,
+    maps::{FOLLOW, count, follow_budget, follow_mask, nworkers, reserve},
+    parse::{Packet, parse_tcp},
 };
 
 const TCP_FIN: u8 = 0x01;
 const TCP_SYN: u8 = 0x02;
 const TCP_RST: u8 = 0x04;
 
-/// Counts the packet, and writes a record when it is a TCP control packet.
+/// Where the packet was seen.
+pub struct Hook {
+    pub direction: Direction,
+    pub ifindex: u32,
+    pub rx_queue: u32,
+}
+
+/// Decides whether a TCP packet is selected, and why. Control packets always are; a SYN or
+/// SYN-ACK (re)opens the flow's follow window; other packets are selected while their flow's
+/// window has budget left.
 #[inline(always)]
-pub fn try_ingress(ctx: &XdpContext) {
+fn reason(flags: u8, flow_hash: u32) -> Option<Reason> {
+    let idx = flow_hash & follow_mask();
+    let slot = FOLLOW.get_ptr_mut(idx)?;
+    if flags & (TCP_SYN | TCP_FIN | TCP_RST) != 0 {
+        if flags & TCP_SYN != 0 && flags & TCP_RST == 0 {
+            let budget = follow_budget();
+            if budget > 0 {
+                // SAFETY: `slot` is a valid element of an array map; a concurrent writer can
+                // only make the value stale, which costs a record, not safety.
+                let old = unsafe { *slot };
+                if old & 0xffff_ffff != 0 && (old >> 32) as u32 != flow_hash {
+                    count(stats::FOLLOW_COLLISION);
+                }
+                // SAFETY: as above.
+                unsafe { *slot = (u64::from(flow_hash) << 32) | u64::from(budget) };
+            }
+        }
+        return Some(Reason::Control);
+    }
+    // SAFETY: as above.
+    let v = unsafe { *slot };
+    if (v >> 32) as u32 != flow_hash || v & 0xffff_ffff == 0 {
+        return None;
+    }
+    // SAFETY: as above.
+    unsafe { *slot = v - 1 };
+    count(stats::FOLLOWED);
+    Some(Reason::Follow)
+}
+
+/// Counts the packet, and writes a record into its flow's worker ring when it is selected.
+#[inline(always)]
+pub fn select<P: Packet>(ctx: &P, hook: Hook) {
     count(stats::PACKETS);
+    if hook.direction == Direction::Egress {
+        count(stats::EGRESS);
+    }
     let tcp = match parse_tcp(ctx) {
         Ok(t) => t,
         Err(reason) => {
@@ -23,18 +66,20 @@ pub fn try_ingress(ctx: &XdpContext) {
             return;
         }
     };
-    if tcp.flags & (TCP_SYN | TCP_FIN | TCP_RST) == 0 {
+    let Some(why) = reason(tcp.flags, tcp.flow_hash) else {
         count(stats::NOT_SELECTED);
         return;
-    }
+    };
     count(stats::SELECTED);
-    let Some(mut entry) = RECORDS.reserve::<PacketRecord>(0) else {
+    let n = nworkers();
+    let worker = if n > 1 { tcp.flow_hash % n } else { 0 };
+    let Some(mut entry) = reserve(worker) else {
         count(stats::RING_FULL);
         return;
     };
     let rec = entry.as_mut_ptr();
-    let wire_len = ctx.data_end() - ctx.data();
-    let avail = wire_len - tcp.l3_off;
+    let wire_len = ctx.wire_len();
+    let avail = wire_len.saturating_sub(tcp.l3_off);
     let mut cap = if tcp.hdr_len < avail {
         tcp.hdr_len
     } else {
@@ -48,12 +93,16 @@ pub fn try_ingress(ctx: &XdpContext) {
     unsafe {
         (*rec).ts_ns = aya_ebpf::helpers::bpf_ktime_get_ns();
         (*rec).flow_hash = tcp.flow_hash;
-        (*rec).ifindex = (*ctx.ctx).ingress_ifindex;
-        (*rec).rx_queue = (*ctx.ctx).rx_queue_index;
-        (*rec).wire_len = wire_len as u16;
+        (*rec).ifindex = hook.ifindex;
+        (*rec).rx_queue = hook.rx_queue;
+        (*rec).wire_len = if wire_len > 0xffff {
+            0xffff
+        } else {
+            wire_len as u16
+        };
         (*rec).cap_len = cap as u16;
-        (*rec).direction = Direction::Ingress as u8;
-        (*rec).reason = Reason::Control as u8;
+        (*rec).direction = hook.direction as u8;
+        (*rec).reason = why as u8;
         (*rec).family = tcp.family;
         (*rec).vlan_depth = tcp.vlan_depth;
         (*rec)._pad = [0; 4];
@@ -64,16 +113,8 @@ pub fn try_ingress(ctx: &XdpContext) {
         entry.discard(0);
         return;
     }
-    // SAFETY: the destination is the record's `data` array (SNAP_LEN bytes) and cap ≤ SNAP_LEN;
-    // the helper itself bounds-checks the packet side.
-    let rc = unsafe {
-        bpf_xdp_load_bytes(
-            ctx.as_ptr() as *mut _,
-            tcp.l3_off as u32,
-            (*rec).data.as_mut_ptr() as *mut _,
-            cap as u32,
-        )
-    };
+    // SAFETY: the destination is the record's `data` array (SNAP_LEN bytes) and cap ≤ SNAP_LEN.
+    let rc = unsafe { ctx.load_raw(tcp.l3_off as u32, (*rec).data.as_mut_ptr(), cap as u32) };
     if rc != 0 {
         count(stats::LOAD_FAILED);
         entry.discard(0);

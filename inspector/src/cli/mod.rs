@@ -29,8 +29,8 @@ pub enum Command {
 /// Capture mode of `live`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Mode {
-    /// XDP on ingress copies records of control packets to a ring buffer; every packet goes on
-    /// to the kernel.
+    /// XDP on ingress and TC on egress copy records of control packets (and each handshake's
+    /// follow-ups) to per-worker ring buffers; every packet goes on to the kernel.
     Inline,
 }
 
@@ -42,13 +42,35 @@ pub struct LiveArgs {
     /// Capture mode.
     #[arg(long, value_enum, default_value_t = Mode::Inline)]
     pub mode: Mode,
-    /// Write NDJSON lines to PATH, or to stdout with `-`.
+    /// Write anomaly events as NDJSON to PATH, or to stdout with `-`.
     #[arg(long, value_name = "PATH|-")]
     pub json: Option<String>,
+    /// Write every captured packet record as NDJSON to PATH, or to stdout with `-` (what the
+    /// kernel selected; for debugging the selection).
+    #[arg(long, value_name = "PATH|-", conflicts_with = "json")]
+    pub records: Option<String>,
     /// Stop after this many seconds (default: run until Ctrl-C or SIGTERM).
     #[arg(long, value_name = "SECS", value_parser = parse_secs)]
     pub duration: Option<Duration>,
-    /// Ring buffer size in bytes: a power of two, at least 4096 (K/M suffixes allowed).
+    /// Worker threads, one ring buffer each (default: one per usable core, at most 16).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=16))]
+    pub workers: Option<u32>,
+    /// Packets of a flow followed after each SYN and SYN-ACK, both directions (0: control
+    /// packets only).
+    #[arg(long, value_name = "N", default_value_t = synscope_common::DEFAULT_FOLLOW_BUDGET,
+          value_parser = clap::value_parser!(u32).range(0..=255))]
+    pub follow: u32,
+    /// Slots of the kernel's follow table (rounded up to a power of two; 8 bytes each).
+    #[arg(long, value_name = "N", default_value_t = 1 << 18,
+          value_parser = clap::value_parser!(u32).range(1..=(1 << 24)))]
+    pub follow_slots: u32,
+    /// Do not attach the TC egress program (ingress only: the host's own answers are not seen,
+    /// so handshake verdicts are off; for one-way vantage points).
+    #[arg(long)]
+    pub no_egress: bool,
+    #[command(flatten)]
+    pub engine: EngineArgs,
+    /// Ring buffer size per worker in bytes: a power of two, at least 4096 (K/M suffixes).
     #[arg(long, value_name = "BYTES", default_value = "8M", value_parser = parse_ring_size)]
     pub ring_size: u32,
     /// XDP attachment mode.
@@ -67,9 +89,39 @@ pub struct PcapArgs {
     /// Write NDJSON events to PATH, or to stdout with `-`.
     #[arg(long, value_name = "PATH|-")]
     pub json: Option<String>,
-    /// Flow table capacity (connections tracked at once).
-    #[arg(long, value_name = "N", default_value_t = 1 << 18)]
-    pub max_flows: usize,
+    #[command(flatten)]
+    pub engine: EngineArgs,
+}
+
+/// Detection settings shared by `live` and `pcap` (defaults from ANOMALIES.md).
+#[derive(Debug, Args)]
+pub struct EngineArgs {
+    /// Flow table capacity per worker (connections tracked at once).
+    #[arg(long, value_name = "N", default_value_t = 1 << 18,
+          value_parser = clap::value_parser!(u64).range(16..=(1 << 26)))]
+    pub max_flows: u64,
+    /// Seconds a SYN may wait for an answer before `syn_unanswered`.
+    #[arg(long, value_name = "SECS", default_value = "3", value_parser = parse_secs)]
+    pub syn_timeout: Duration,
+    /// Seconds a SYN-ACK may wait for the client's ACK before `synack_unacked`.
+    #[arg(long, value_name = "SECS", default_value = "3", value_parser = parse_secs)]
+    pub synack_timeout: Duration,
+    /// Seconds a FIN may wait for an answer before `fin_unanswered`.
+    #[arg(long, value_name = "SECS", default_value = "5", value_parser = parse_secs)]
+    pub fin_timeout: Duration,
+}
+
+impl EngineArgs {
+    /// The engine configuration these flags describe.
+    pub fn config(&self) -> crate::detect::Config {
+        crate::detect::Config {
+            max_flows: self.max_flows as usize,
+            syn_timeout: self.syn_timeout.as_nanos() as u64,
+            synack_timeout: self.synack_timeout.as_nanos() as u64,
+            fin_timeout: self.fin_timeout.as_nanos() as u64,
+            ..Default::default()
+        }
+    }
 }
 
 #[derive(Debug, Args)]
@@ -150,16 +202,14 @@ fn print_summary(sink: Option<&JsonSink>, summary: &str) {
 fn run_pcap(a: &PcapArgs) -> anyhow::Result<()> {
     let sink = a.json.as_deref().map(JsonSink::parse);
     let mut out = sink.as_ref().map(crate::live::open_sink).transpose()?;
-    let cfg = crate::detect::Config {
-        max_flows: a.max_flows,
-        ..Default::default()
-    };
+    let cfg = a.engine.config();
     let r = crate::replay::run(
         &a.files,
         cfg,
         out.as_mut().map(|w| w as &mut dyn std::io::Write),
     )?;
-    let summary = crate::output::summary::render(&r.engine, r.frames, &r.parse_errors);
+    let totals = crate::detect::engine::Totals::of([&r.engine]);
+    let summary = crate::output::summary::render(&totals, r.frames, &r.parse_errors);
     print_summary(sink.as_ref(), &summary);
     match r.error {
         Some(e) => Err(e.into()),
@@ -169,21 +219,31 @@ fn run_pcap(a: &PcapArgs) -> anyhow::Result<()> {
 
 fn run_live(a: &LiveArgs) -> anyhow::Result<()> {
     let opts = crate::loader::InlineOptions {
-        iface: a.iface.clone(),
         ring_bytes: a.ring_size,
         force: a.force,
         attach: a.xdp_mode,
+        workers: a.workers.unwrap_or_else(crate::live::default_workers),
+        follow_budget: a.follow,
+        follow_slots: a.follow_slots,
+        egress: !a.no_egress,
+        ..crate::loader::InlineOptions::new(&a.iface)
     };
-    let sink = a.json.as_deref().map(JsonSink::parse);
-    let mut out = sink.as_ref().map(crate::live::open_sink).transpose()?;
+    let events = a.json.as_deref().map(JsonSink::parse);
+    let records = a.records.as_deref().map(JsonSink::parse);
+    let mut ev_out = events.as_ref().map(crate::live::open_sink).transpose()?;
+    let mut rec_out = records.as_ref().map(crate::live::open_sink).transpose()?;
     let report = crate::live::run_inline(
         &opts,
+        a.engine.config(),
         a.duration,
         &crate::STOP,
-        out.as_mut().map(|w| w as &mut dyn std::io::Write),
-        |_| {},
+        crate::live::Sinks {
+            events: ev_out.as_mut().map(|w| w as &mut dyn std::io::Write),
+            records: rec_out.as_mut().map(|w| w as &mut dyn std::io::Write),
+            on_event: None,
+        },
     )?;
-    print_summary(sink.as_ref(), &report.render());
+    print_summary(events.as_ref().or(records.as_ref()), &report.render());
     Ok(())
 }
 

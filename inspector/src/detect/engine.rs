@@ -5,7 +5,7 @@
 //! a SYN-ACK is oriented from it; a flow first seen at a FIN or RST is `midstream` (the lower
 //! port is taken as the server's) and raises no handshake anomaly.
 
-use std::collections::HashMap;
+use std::sync::Arc;
 
 use serde_json::Value;
 
@@ -13,6 +13,7 @@ use super::{
     event::{Event, Kind},
     reset::{LastSeg, RstInput, RstWindows, classify},
     seq::{seq_lt, ts_older},
+    shared::Shared,
     stats::{Endpoints, Latency},
 };
 use crate::{
@@ -75,8 +76,45 @@ pub struct EngineCounters {
     pub events: u64,
     /// Connections dropped from a full table before their verdict was settled.
     pub evicted_pending: u64,
-    /// PAWS tracker resets because it was full.
-    pub paws_resets: u64,
+}
+
+impl EngineCounters {
+    /// Adds another worker's counters.
+    pub fn add(&mut self, o: &EngineCounters) {
+        self.packets += o.packets;
+        self.unmatched += o.unmatched;
+        self.events += o.events;
+        self.evicted_pending += o.evicted_pending;
+    }
+}
+
+/// What the summary shows of one engine or of several workers' engines added up.
+pub struct Totals {
+    pub endpoints: Endpoints,
+    pub counters: EngineCounters,
+    pub table: crate::flow::TableStats,
+}
+
+impl Totals {
+    /// Adds up `engines` (one per worker).
+    pub fn of<'a>(engines: impl IntoIterator<Item = &'a Engine>) -> Self {
+        let mut t: Option<Totals> = None;
+        for e in engines {
+            let t = t.get_or_insert_with(|| Totals {
+                endpoints: Endpoints::new(e.cfg.max_endpoints),
+                counters: EngineCounters::default(),
+                table: Default::default(),
+            });
+            t.endpoints.merge(&e.endpoints);
+            t.counters.add(&e.counters);
+            t.table.add(&e.table.stats());
+        }
+        t.unwrap_or_else(|| Totals {
+            endpoints: Endpoints::new(0),
+            counters: EngineCounters::default(),
+            table: Default::default(),
+        })
+    }
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -152,6 +190,9 @@ struct Conn {
     reverse_seen: bool,
     reported: u16,
     closed_ns: u64,
+    /// The newest TSval the client sent (remembered for the PAWS check when the server
+    /// closes first).
+    client_tsval: Option<u32>,
     /// PAWS NAT collision pending its answer: (prev_tsval, prev_age_ns, tsval).
     paws: Option<(u32, u64, u32)>,
 }
@@ -167,6 +208,7 @@ impl Conn {
             syn_count: 0,
             client_isn: 0,
             syn_tsval: None,
+            client_tsval: None,
             synack_first: 0,
             synack_last: 0,
             synack_count: 0,
@@ -191,22 +233,12 @@ impl Conn {
     }
 }
 
-/// Last SYN TSval per (source IP, server IP), for the NAT collision check.
-#[derive(Clone, Copy)]
-struct PawsEntry {
-    tsval: u32,
-    ts_ns: u64,
-    last_event_ns: u64,
-}
-
-const PAWS_MAX: usize = 1 << 16;
-
 /// The detection engine of one worker.
 pub struct Engine {
     cfg: Config,
     table: FlowTable<Conn>,
     endpoints: Endpoints,
-    paws: HashMap<([u8; 16], [u8; 16]), PawsEntry>,
+    shared: Arc<Shared>,
     counters: EngineCounters,
     now: u64,
 }
@@ -231,11 +263,18 @@ fn seq_len(seg: &Segment) -> u32 {
 }
 
 impl Engine {
+    /// An engine with its own cross-flow state (one worker, pcap replay, tests).
     pub fn new(cfg: Config) -> Self {
+        Self::with_shared(cfg, Arc::new(Shared::new()))
+    }
+
+    /// An engine that shares cross-flow state (listener liveness, PAWS) with the other
+    /// workers' engines of the same capture.
+    pub fn with_shared(cfg: Config, shared: Arc<Shared>) -> Self {
         Self {
             table: FlowTable::new(cfg.max_flows),
             endpoints: Endpoints::new(cfg.max_endpoints),
-            paws: HashMap::new(),
+            shared,
             counters: EngineCounters::default(),
             now: 0,
             cfg,
@@ -373,6 +412,8 @@ impl Engine {
         let role = role_of(conn, side);
         if role == S {
             conn.reverse_seen = true;
+        } else if let Some((ts, _)) = seg.options.timestamps {
+            conn.client_tsval = Some(ts);
         }
         let server_ep = key.get(conn.client.peer());
 
@@ -394,6 +435,7 @@ impl Engine {
             if seg.payload_len > 0 {
                 conn.data_seen = true;
             }
+
             conn.last[role] = Some(LastSeg {
                 seq: seg.seq,
                 ack: seg.ack,
@@ -466,8 +508,9 @@ impl Engine {
     }
 
     /// Returns (prev_tsval, prev_age_ns, tsval) when this SYN's TSval is older (PAWS sense)
-    /// than a recent SYN's from the same source IP to the same server IP. Rate-limited to one
-    /// per (source, server) per `paws_window`.
+    /// than the last one the same source IP sent in a connection to the same server IP that
+    /// the server closed first, less than `paws_window` before (across workers).
+    /// Rate-limited to one per (source, server) per `paws_window`.
     fn paws_check(
         &mut self,
         src: [u8; 16],
@@ -475,29 +518,9 @@ impl Engine {
         tsval: u32,
         now: u64,
     ) -> Option<(u32, u64, u32)> {
-        if self.paws.len() >= PAWS_MAX && !self.paws.contains_key(&(src, dst)) {
-            self.paws.clear();
-            self.counters.paws_resets += 1;
-        }
-        let window = self.cfg.paws_window;
-        let e = self.paws.entry((src, dst)).or_insert(PawsEntry {
-            tsval,
-            ts_ns: now,
-            last_event_ns: 0,
-        });
-        let age = now.saturating_sub(e.ts_ns);
-        let mut hit = None;
-        if age < window && ts_older(e.tsval, tsval) {
-            if e.last_event_ns == 0 || now.saturating_sub(e.last_event_ns) >= window {
-                e.last_event_ns = now;
-                hit = Some((e.tsval, age, tsval));
-            }
-        } else {
-            // Keep the newest TSval: that is what a tcp_tw_recycle server remembers.
-            e.tsval = tsval;
-            e.ts_ns = now;
-        }
-        hit
+        self.shared
+            .paws_check(src, dst, tsval, now, self.cfg.paws_window)
+            .map(|(prev, age)| (prev, age, tsval))
     }
 
     fn on_synack(&mut self, slot: u32, server_ep: Endpoint, p: &Packet<'_>, out: &mut Vec<Event>) {
@@ -676,6 +699,17 @@ impl Engine {
         }
         conn.state = State::Closed;
         conn.closed_ns = now;
+        // The server closed first: it now holds TIME_WAIT and (tcp_tw_recycle) remembers the
+        // client's last TSval for the PAWS check of that host's next SYNs.
+        let server_first =
+            conn.fin_ns[S] != 0 && (conn.fin_ns[C] == 0 || conn.fin_ns[S] <= conn.fin_ns[C]);
+        if server_first && let Some(ts) = conn.client_tsval {
+            let client_side = conn.client;
+            let key = self.table.key(slot);
+            let (client, server) = (key.get(client_side), key.get(client_side.peer()));
+            self.shared
+                .paws_remember(client.ip, server.ip, ts, now, self.cfg.paws_window);
+        }
         self.table.set_class(slot, FlowClass::Closed);
         self.table.disarm(slot, TimerKind::SynAck);
         self.table
@@ -729,6 +763,7 @@ impl Engine {
                 let st = self.endpoints.get(server_ep);
                 st.established += 1;
                 st.last_handshake_ns = now;
+                self.shared.handshake_done(&server_ep, now);
                 st.record(Latency::SynackToAck, now - synack_last);
                 if syn_first != 0 {
                     st.record(Latency::ConnectTotal, now - syn_first);
@@ -781,10 +816,13 @@ impl Engine {
                     conn.syn_tsval,
                     conn.paws.take(),
                 );
+                // A SYN that collides with a remembered TSval has a more specific
+                // explanation than a full accept queue: PAWS dropped it (seed 003).
                 let alive = self
-                    .endpoints
+                    .shared
                     .last_handshake(&server_ep)
-                    .filter(|&t| deadline.saturating_sub(t) < self.cfg.listener_alive);
+                    .filter(|&t| deadline.saturating_sub(t) < self.cfg.listener_alive)
+                    .filter(|_| paws.is_none());
                 if let Some(last) = alive {
                     let ev = evidence! {
                         "signature" => "syn_dropped",

@@ -6,6 +6,7 @@ pub mod engine;
 pub mod event;
 pub mod reset;
 pub mod seq;
+pub mod shared;
 pub mod stats;
 
 pub use engine::{Config, Engine, EngineCounters};

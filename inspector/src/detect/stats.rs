@@ -64,6 +64,30 @@ impl EndpointStats {
         self.rsts[class as usize][phase as usize][usize::from(!from_client)] += 1;
     }
 
+    /// Adds another worker's counters and histograms for the same endpoint.
+    pub fn merge(&mut self, o: &EndpointStats) {
+        self.syns += o.syns;
+        self.established += o.established;
+        self.closed_normally += o.closed_normally;
+        for (a, b) in self.anomalies.iter_mut().zip(o.anomalies) {
+            *a += b;
+        }
+        for (a, b) in self
+            .rsts
+            .iter_mut()
+            .flatten()
+            .flatten()
+            .zip(o.rsts.iter().flatten().flatten())
+        {
+            *a += b;
+        }
+        for (a, b) in self.latency.iter_mut().zip(&o.latency) {
+            // Same bounds on both sides: adding cannot fail.
+            let _ = a.add(b);
+        }
+        self.last_handshake_ns = self.last_handshake_ns.max(o.last_handshake_ns);
+    }
+
     /// Total RSTs of `class`.
     pub fn rsts_of(&self, class: RstClass) -> u64 {
         self.rsts[class as usize].iter().flatten().sum()
@@ -101,6 +125,14 @@ impl Endpoints {
             .get(ep)
             .map(|s| s.last_handshake_ns)
             .filter(|&t| t != 0)
+    }
+
+    /// Adds another worker's endpoints (the same `max` bound applies).
+    pub fn merge(&mut self, o: &Endpoints) {
+        for (ep, st) in &o.map {
+            self.get(*ep).merge(st);
+        }
+        self.other.merge(&o.other);
     }
 
     /// Endpoints sorted by address, then the `other` bucket if it saw anything.

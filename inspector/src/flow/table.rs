@@ -72,6 +72,18 @@ pub struct TableStats {
     pub evicted: [u64; 3],
 }
 
+impl TableStats {
+    /// Adds `o` (another worker's table) to these counters.
+    pub fn add(&mut self, o: &TableStats) {
+        self.live += o.live;
+        self.created += o.created;
+        self.removed += o.removed;
+        for (a, b) in self.evicted.iter_mut().zip(o.evicted) {
+            *a += b;
+        }
+    }
+}
+
 #[derive(Clone, Copy)]
 struct Timer {
     deadline: u64,

@@ -25,6 +25,8 @@ pub struct PacketLine {
     pub ts: String,
     pub ifindex: u32,
     pub direction: &'static str,
+    /// Why the kernel selected it: `control` (SYN/FIN/RST) or `follow` (handshake follow-up).
+    pub reason: &'static str,
     pub src: String,
     pub dst: String,
     pub flags: String,
@@ -49,6 +51,10 @@ impl From<&CapturedPacket> for PacketLine {
             direction: match p.direction {
                 Direction::Ingress => "ingress",
                 Direction::Egress => "egress",
+            },
+            reason: match p.reason {
+                synscope_common::Reason::Control => "control",
+                synscope_common::Reason::Follow => "follow",
             },
             src: s.src.to_string(),
             dst: s.dst.to_string(),

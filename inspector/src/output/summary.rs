@@ -3,7 +3,8 @@
 use std::{collections::BTreeMap, fmt::Write};
 
 use crate::detect::{
-    Engine, Kind, RstClass,
+    Kind, RstClass,
+    engine::Totals,
     stats::{EndpointStats, Latency},
 };
 use crate::flow::table::EvictReason;
@@ -55,18 +56,19 @@ fn endpoint_block(s: &mut String, name: &str, st: &EndpointStats) {
     }
 }
 
-/// Renders the summary of an engine run, with the parse errors seen before it.
-pub fn render(engine: &Engine, frames: u64, parse_errors: &BTreeMap<&'static str, u64>) -> String {
+/// Renders the summary of an engine run (one engine, or every worker's added up), with the
+/// parse errors seen before it.
+pub fn render(t: &Totals, frames: u64, parse_errors: &BTreeMap<&'static str, u64>) -> String {
     let mut s = String::new();
-    for (ep, st) in engine.endpoints().iter() {
+    for (ep, st) in t.endpoints.iter() {
         let name = ep.map_or_else(|| "other".to_owned(), |e| e.to_string());
         endpoint_block(&mut s, &name, st);
     }
     if s.is_empty() {
         s.push_str("no TCP handshakes seen\n");
     }
-    let c = engine.counters();
-    let t = engine.table_stats();
+    let c = &t.counters;
+    let t = &t.table;
     let _ = writeln!(
         s,
         "engine: {frames} frames, {} TCP packets, {} unmatched, {} events; flows {} live, {} created, evicted {}",

@@ -36,11 +36,22 @@ pub struct Live {
 }
 
 impl Live {
-    /// Starts `synscope live --iface IF --json - ARGS...` in `ns` and waits for `attached`.
+    /// Starts `synscope live --iface IF --records - ARGS...` in `ns` (one NDJSON line per
+    /// captured record) and waits for `attached`.
     pub fn start(ns: &str, iface: &str, args: &[&str]) -> Live {
+        Self::spawn(ns, iface, "--records", args)
+    }
+
+    /// Starts `synscope live --iface IF --json - ARGS...` in `ns` (one NDJSON line per anomaly
+    /// event) and waits for `attached`.
+    pub fn events(ns: &str, iface: &str, args: &[&str]) -> Live {
+        Self::spawn(ns, iface, "--json", args)
+    }
+
+    fn spawn(ns: &str, iface: &str, output: &str, args: &[&str]) -> Live {
         let mut child = Command::new("ip")
             .args([
-                "netns", "exec", ns, BIN, "live", "--iface", iface, "--json", "-",
+                "netns", "exec", ns, BIN, "live", "--iface", iface, output, "-",
             ])
             .args(args)
             .stdout(Stdio::piped())
@@ -159,6 +170,25 @@ pub fn echo_once(lab: &Lab, to: SocketAddr, data: &[u8]) -> (SocketAddr, Vec<u8>
         (s.local_addr().expect("local addr"), back)
     })
     .expect("client netns")
+}
+
+/// A `key=value` field of synscope's "attached" log line.
+pub fn log_field(stderr: &str, key: &str) -> u32 {
+    stderr
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix(&format!("{key}="))?.parse().ok())
+        .unwrap_or_else(|| panic!("{key}= not in:\n{stderr}"))
+}
+
+/// Whether any BPF link (XDP, tcx, …) still holds program `prog_id`.
+pub fn prog_linked(prog_id: u32) -> bool {
+    let out = std::process::Command::new("bpftool")
+        .args(["-j", "link", "show"])
+        .output()
+        .expect("bpftool link");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("bpftool json");
+    v.as_array()
+        .is_some_and(|a| a.iter().any(|l| l["prog_id"] == prog_id))
 }
 
 /// Whether `ip` reports an XDP program on `iface` in `ns`.

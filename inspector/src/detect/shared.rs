@@ -1,0 +1,190 @@
+//! State that spans flows, shared by every worker's engine without locks.
+//!
+//! Workers own flows (the kernel shards by flow hash), but two verdicts look across flows:
+//! accept-queue overflow case (b) needs "did this server endpoint complete a handshake
+//! recently?", and the PAWS NAT check needs "the newest SYN TSval from this source IP to this
+//! server IP". Both live in fixed-size, direct-mapped arrays of atomic slots indexed by a
+//! randomly seeded hash: bounded memory whatever the traffic, no locks, and a collision or a
+//! race between workers only replaces an older entry (a missed check, never a crash).
+
+use std::{
+    hash::BuildHasher,
+    sync::atomic::{AtomicU64, Ordering::Relaxed},
+};
+
+use super::seq::ts_older;
+
+const MS: u64 = 1_000_000;
+
+struct Slot {
+    /// Hash of the key, never 0 (0 marks an empty slot).
+    tag: AtomicU64,
+    a: AtomicU64,
+    b: AtomicU64,
+}
+
+impl Slot {
+    fn new() -> Self {
+        Self {
+            tag: AtomicU64::new(0),
+            a: AtomicU64::new(0),
+            b: AtomicU64::new(0),
+        }
+    }
+}
+
+/// Cross-flow state of one capture, shared by its workers' engines.
+pub struct Shared {
+    hasher: foldhash::quality::RandomState,
+    listeners: Box<[Slot]>,
+    paws: Box<[Slot]>,
+}
+
+/// Slots per array (a power of two): 2 × 64 K × 24 bytes = 3 MiB.
+const SLOTS: usize = 1 << 16;
+
+impl Default for Shared {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Shared {
+    pub fn new() -> Self {
+        Self {
+            hasher: foldhash::quality::RandomState::default(),
+            listeners: (0..SLOTS).map(|_| Slot::new()).collect(),
+            paws: (0..SLOTS).map(|_| Slot::new()).collect(),
+        }
+    }
+
+    /// Memory held, in bytes.
+    pub fn memory_bytes(&self) -> usize {
+        (self.listeners.len() + self.paws.len()) * size_of::<Slot>()
+    }
+
+    fn locate<'s>(&self, slots: &'s [Slot], key: &impl std::hash::Hash) -> (&'s Slot, u64) {
+        let h = self.hasher.hash_one(key) | 1;
+        (&slots[(h >> 7) as usize & (slots.len() - 1)], h)
+    }
+
+    /// Records a completed handshake on server endpoint `ep` at `now` (ns).
+    pub fn handshake_done(&self, ep: &impl std::hash::Hash, now: u64) {
+        let (s, tag) = self.locate(&self.listeners, ep);
+        if s.tag.load(Relaxed) == tag {
+            s.a.fetch_max(now, Relaxed);
+        } else {
+            s.a.store(now, Relaxed);
+            s.tag.store(tag, Relaxed);
+        }
+    }
+
+    /// The last completed handshake on `ep`, if one is remembered.
+    pub fn last_handshake(&self, ep: &impl std::hash::Hash) -> Option<u64> {
+        let (s, tag) = self.locate(&self.listeners, ep);
+        let t = s.a.load(Relaxed);
+        (s.tag.load(Relaxed) == tag && t != 0).then_some(t)
+    }
+
+    /// Remembers the last TSval `src` sent in a connection to `dst` that the server closed
+    /// first: what a server in TIME_WAIT (and `tcp_tw_recycle`'s per-peer memory) keeps. The
+    /// newest TSval wins while it is younger than `window`.
+    pub fn paws_remember(&self, src: [u8; 16], dst: [u8; 16], tsval: u32, now: u64, window: u64) {
+        let (s, tag) = self.locate(&self.paws, &(src, dst));
+        // Times are kept in ms, mod 2^32 (49 days): only ages below `window` matter.
+        let now_ms = ((now / MS) as u32).max(1);
+        if s.tag.load(Relaxed) == tag {
+            let v = s.a.load(Relaxed);
+            let (prev, at_ms) = ((v >> 32) as u32, v as u32);
+            if u64::from(now_ms.wrapping_sub(at_ms)) < window / MS && ts_older(prev, tsval) {
+                return;
+            }
+        } else {
+            s.b.store(0, Relaxed);
+        }
+        s.a.store((u64::from(tsval) << 32) | u64::from(now_ms), Relaxed);
+        s.tag.store(tag, Relaxed);
+    }
+
+    /// The PAWS NAT check of a SYN from `src` to `dst` with `tsval` at `now`: returns
+    /// (remembered tsval, its age in ns) when `tsval` is older (PAWS sense) than the TSval
+    /// remembered by [`Shared::paws_remember`] less than `window` ago, at most once per
+    /// `window` per pair.
+    pub fn paws_check(
+        &self,
+        src: [u8; 16],
+        dst: [u8; 16],
+        tsval: u32,
+        now: u64,
+        window: u64,
+    ) -> Option<(u32, u64)> {
+        let (s, tag) = self.locate(&self.paws, &(src, dst));
+        if s.tag.load(Relaxed) != tag {
+            return None;
+        }
+        let now_ms = ((now / MS) as u32).max(1);
+        let window_ms = window / MS;
+        let v = s.a.load(Relaxed);
+        let (prev, at_ms) = ((v >> 32) as u32, v as u32);
+        let age_ms = u64::from(now_ms.wrapping_sub(at_ms));
+        if age_ms >= window_ms || !ts_older(prev, tsval) {
+            return None;
+        }
+        let last = s.b.load(Relaxed);
+        let due = last == 0 || u64::from(now_ms.wrapping_sub(last as u32)) >= window_ms;
+        // One worker wins the right to report.
+        let won = due
+            && s.b
+                .compare_exchange(last, u64::from(now_ms), Relaxed, Relaxed)
+                .is_ok();
+        won.then_some((prev, age_ms * MS))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SEC: u64 = 1_000_000_000;
+
+    #[test]
+    fn listener_liveness_is_per_endpoint_and_keeps_the_newest() {
+        let s = Shared::new();
+        assert_eq!(s.last_handshake(&1u32), None);
+        s.handshake_done(&1u32, 5 * SEC);
+        s.handshake_done(&1u32, 3 * SEC);
+        assert_eq!(s.last_handshake(&1u32), Some(5 * SEC));
+        assert_eq!(s.last_handshake(&2u32), None);
+    }
+
+    #[test]
+    fn paws_reports_an_older_tsval_once_per_window() {
+        let s = Shared::new();
+        let (a, b) = ([1; 16], [2; 16]);
+        let w = 60 * SEC;
+        assert_eq!(
+            s.paws_check(a, b, 10, 100 * SEC, w),
+            None,
+            "nothing remembered"
+        );
+        s.paws_remember(a, b, 1000, 100 * SEC, w);
+        s.paws_remember(a, b, 990, 100 * SEC, w);
+        assert_eq!(
+            s.paws_check(a, b, 900, 101 * SEC, w),
+            Some((1000, SEC)),
+            "older TSval 1 s later"
+        );
+        assert_eq!(s.paws_check(a, b, 800, 102 * SEC, w), None, "rate-limited");
+        assert_eq!(s.paws_check(a, b, 2000, 103 * SEC, w), None, "newer passes");
+        assert_eq!(
+            s.paws_check([3; 16], b, 10, 103 * SEC, w),
+            None,
+            "other source"
+        );
+        assert_eq!(
+            s.paws_check(a, b, 900, 170 * SEC, w),
+            None,
+            "remembered too long ago"
+        );
+    }
+}
