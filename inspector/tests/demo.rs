@@ -22,7 +22,7 @@ fn demo_reports_every_scenario_and_tears_the_lab_down() {
         "stdout:\n{stdout}\nstderr:\n{stderr}"
     );
     // Each scenario's block lists what was found, by kind, in this order.
-    let expected: [(&str, &[&str]); 8] = [
+    let expected: [(&str, &[&str]); 10] = [
         ("[1] echo connection over IPv4", &[]),
         ("[2] echo connection over IPv6", &[]),
         ("[3] SYN to a closed port", &["reset", "syn_rejected"]),
@@ -42,6 +42,14 @@ fn demo_reports_every_scenario_and_tears_the_lab_down() {
         (
             "[8] client FIN while the server's replies are dropped",
             &["fin_unanswered"],
+        ),
+        (
+            "[9] health probe: RST with TSval 0",
+            &["reset", "probe_rst_before_ack", "probe_connection_leak"],
+        ),
+        (
+            "[10] health probe: RST with a valid TSval",
+            &["reset", "probe_rst_before_ack", "reset"],
         ),
     ];
     let blocks: Vec<&str> = stdout.split("\n\n").collect();

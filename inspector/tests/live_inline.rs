@@ -212,7 +212,23 @@ fn every_seed_scenario_is_detected_live_with_its_evidence() {
     assert_eq!(e[0]["evidence"]["from"], "client");
     assert_eq!(e[0]["evidence"]["fin_count"], 6);
 
-    assert_eq!(events.len(), 8, "nothing else: {events:#?}");
+    let e = at(scenarios::PROBE_LEAK);
+    assert_eq!(
+        kinds(&e),
+        ["reset", "probe_rst_before_ack", "probe_connection_leak"]
+    );
+    assert!(
+        outcomes[8].client_view.ends_with("1 ESTABLISHED socket(s)"),
+        "{outcomes:?}"
+    );
+    let e = at(scenarios::PROBE_VALID);
+    assert_eq!(kinds(&e), ["reset", "probe_rst_before_ack", "reset"]);
+    assert!(
+        outcomes[9].client_view.ends_with("0 ESTABLISHED socket(s)"),
+        "{outcomes:?}"
+    );
+
+    assert_eq!(events.len(), 14, "nothing else: {events:#?}");
     // The kernel's and the workers' counts add up.
     let selected = counter(&stderr, "selected");
     assert_eq!(
@@ -401,4 +417,65 @@ fn a_second_instance_refuses_to_replace_the_first() {
     assert!(err.contains("only its owner can remove"), "{err}");
     let (_, code, _) = first.stop();
     assert_eq!(code, 0, "the first instance kept running");
+}
+
+#[test]
+fn probe_rst_before_ack_with_tsval_0_leaks_a_server_socket_and_is_reported() {
+    if !require_root() {
+        return;
+    }
+    use synscope::lab::probe::{self, RstStamp};
+    let lab = Lab::create().expect("lab");
+    let live = Live::events(&lab.server_ns, &lab.server_if, &["--workers", "2"]);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let port = 9400;
+    let _l = scenarios::listener(&lab, "::".parse().unwrap(), port, 128, false, stop.clone())
+        .expect("listener");
+    probe::drop_client_kernel_resets(&lab, port).expect("rule");
+    let leak = probe::run(&lab, 40001, port, RstStamp::Zero).expect("probe, TSval 0");
+    assert!(
+        !leak.server_reset,
+        "the server stays silent to the late ACK"
+    );
+    assert_eq!(
+        leak.established_on_server, 1,
+        "ss: the leaked ESTABLISHED socket"
+    );
+    let ok = probe::run(&lab, 40002, port, RstStamp::Valid).expect("probe, valid TSval");
+    assert!(ok.server_reset, "the late ACK finds no socket: RST");
+    assert_eq!(
+        ok.established_on_server, 1,
+        "no new socket, the leaked one remains"
+    );
+    thread::sleep(Duration::from_millis(1300));
+    let (events, code, stderr) = live.stop();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(code, 0, "stderr:\n{stderr}");
+    let of = |c: SocketAddr| -> Vec<&serde_json::Value> {
+        events
+            .iter()
+            .filter(|e| e["client"] == c.to_string())
+            .collect()
+    };
+    let kinds = |v: &[&serde_json::Value]| -> Vec<String> {
+        v.iter()
+            .map(|e| e["kind"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let e = of(leak.client);
+    assert_eq!(
+        kinds(&e),
+        ["reset", "probe_rst_before_ack", "probe_connection_leak"]
+    );
+    let leaked = &e[2]["evidence"];
+    assert_eq!(leaked["rst_tsval"], 0);
+    assert_eq!(leaked["syn_tsval"], 7_000_000);
+    assert_eq!(leaked["paws_reject_expected"], true);
+    assert_eq!(leaked["rst_seq_ok"], true);
+    assert_eq!(e[2]["severity"], "critical");
+    let e = of(ok.client);
+    assert_eq!(kinds(&e), ["reset", "probe_rst_before_ack", "reset"]);
+    assert_eq!(e[1]["evidence"]["paws_reject_expected"], false);
+    assert_eq!(e[2]["evidence"]["from"], "server");
+    assert_eq!(events.len(), 6, "{events:#?}");
 }

@@ -3,6 +3,7 @@
 //! the namespaces it creates (documentation prefixes 192.0.2.0/24, 198.51.100.0/24,
 //! 2001:db8::/64). Dropping a [`Lab`] deletes both namespaces, which also removes the veth pair.
 
+pub mod probe;
 pub mod scenarios;
 
 use std::{

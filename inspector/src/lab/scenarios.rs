@@ -16,7 +16,7 @@ use std::{
 
 use anyhow::Context;
 
-use super::{Lab, in_netns, set_linger_zero, spawn_in_netns};
+use super::{Lab, in_netns, probe::RstStamp, set_linger_zero, spawn_in_netns};
 
 /// One scenario: what it does and what synscope must report for it.
 #[derive(Clone, Copy, Debug)]
@@ -78,7 +78,20 @@ pub const FIN_UNANSWERED: Scenario = Scenario {
     expect: "fin_unanswered from the client, with its retransmissions",
 };
 
-pub const ALL: [Scenario; 8] = [
+pub const PROBE_LEAK: Scenario = Scenario {
+    name: "probe_leak",
+    offset: 8,
+    title: "health probe: RST with TSval 0 overtakes the ACK (seed 002, raw packets)",
+    expect: "probe_rst_before_ack, then probe_connection_leak: the server keeps an ESTABLISHED socket",
+};
+pub const PROBE_VALID: Scenario = Scenario {
+    name: "probe_valid",
+    offset: 9,
+    title: "health probe: RST with a valid TSval overtakes the ACK",
+    expect: "probe_rst_before_ack, then the server's RST to the late ACK: no leak",
+};
+
+pub const ALL: [Scenario; 10] = [
     CLEAN_V4,
     CLEAN_V6,
     CLOSED_PORT,
@@ -87,6 +100,8 @@ pub const ALL: [Scenario; 8] = [
     ACCEPT_QUEUE,
     LINGER_ZERO,
     FIN_UNANSWERED,
+    PROBE_LEAK,
+    PROBE_VALID,
 ];
 
 /// How long after [`run_all`] returns the last verdict can still be due (FIN timeout 5 s).
@@ -177,7 +192,7 @@ pub struct Outcome {
     pub client_view: String,
 }
 
-/// Runs every scenario against ports `base..base+8` of the lab's server, side by side, and
+/// Runs every scenario against ports `base..base+10` of the lab's server, side by side, and
 /// returns when every client is done (verdicts may still be due for up to [`SETTLE`]).
 /// Listeners and rules live until the lab is dropped or `stop` is set.
 pub fn run_all(lab: &Lab, base: u16, stop: Arc<AtomicBool>) -> anyhow::Result<Vec<Outcome>> {
@@ -197,6 +212,11 @@ pub fn run_all(lab: &Lab, base: u16, stop: Arc<AtomicBool>) -> anyhow::Result<Ve
         false,
         stop.clone(),
     )?);
+    for s in [PROBE_LEAK, PROBE_VALID] {
+        // Never accepts: a leaked connection stays visible in the accept queue.
+        servers.push(listener(lab, any, port(s), 128, false, stop.clone())?);
+        super::probe::drop_client_kernel_resets(lab, port(s))?;
+    }
     ipt(
         lab,
         &lab.server_ns,
@@ -300,6 +320,22 @@ pub fn run_all(lab: &Lab, base: u16, stop: Arc<AtomicBool>) -> anyhow::Result<Ve
                 client_view: view,
             }),
         }
+    }
+    for (s, client_port, stamp) in [
+        (PROBE_LEAK, 40_001, RstStamp::Zero),
+        (PROBE_VALID, 40_002, RstStamp::Valid),
+    ] {
+        let r = super::probe::run(lab, client_port, port(s), stamp)?;
+        outcomes.push(Outcome {
+            scenario: s,
+            port: port(s),
+            client_view: format!(
+                "SYN, SYN-ACK, RST (TSval {}), late ACK; server {}; `ss` on the server: {} ESTABLISHED socket(s)",
+                if stamp == RstStamp::Zero { "0" } else { "valid" },
+                if r.server_reset { "answered RST" } else { "stayed silent" },
+                r.established_on_server
+            ),
+        });
     }
     // Keep the half-closed socket open past the FIN timeout.
     thread::spawn(move || {
