@@ -8,7 +8,7 @@
 
 use std::{
     io::{BufRead, BufReader, Read, Write},
-    net::{SocketAddr, TcpListener, TcpStream},
+    net::{SocketAddr, TcpStream},
     path::{Path, PathBuf},
     process::{Command, Stdio},
     thread,
@@ -16,7 +16,11 @@ use std::{
 };
 
 use anyhow::{Context, bail};
-use synscope::lab::{Lab, in_netns, spawn_in_netns};
+use synscope::lab::{
+    Lab, in_netns,
+    probe::{self, RstStamp},
+    scenarios,
+};
 
 fn capture(
     lab: &Lab,
@@ -76,39 +80,11 @@ fn capture(
     Ok(())
 }
 
+/// A listener that lives as long as the generator (see `scenarios::listener`).
 fn listener(lab: &Lab, port: u16, backlog: i32, accept: bool) -> thread::JoinHandle<()> {
-    let (tx, rx) = std::sync::mpsc::channel();
-    let h = spawn_in_netns(&lab.server_ns, move || {
-        let l = TcpListener::bind(("0.0.0.0", port)).expect("bind");
-        // Re-listen with the scenario's backlog (std uses 128).
-        nix::sys::socket::listen(
-            &l,
-            nix::sys::socket::Backlog::new(backlog).expect("backlog"),
-        )
-        .expect("listen");
-        tx.send(()).expect("ready");
-        if !accept {
-            thread::sleep(Duration::from_secs(8));
-            return;
-        }
-        l.set_nonblocking(true).expect("nonblocking");
-        let deadline = std::time::Instant::now() + Duration::from_secs(8);
-        while std::time::Instant::now() < deadline {
-            if let Ok((mut s, _)) = l.accept() {
-                thread::spawn(move || {
-                    let _ = s.set_nonblocking(false);
-                    let mut b = Vec::new();
-                    let _ = s.read_to_end(&mut b);
-                    let _ = s.write_all(&b);
-                });
-            }
-            thread::sleep(Duration::from_millis(2));
-        }
-    });
-    rx.recv().expect("listener ready");
-    thread::spawn(move || {
-        let _ = h.join();
-    })
+    let forever = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    scenarios::listener(lab, lab.server_v4.into(), port, backlog, accept, forever)
+        .expect("listener")
 }
 
 fn main() -> anyhow::Result<()> {
@@ -273,5 +249,18 @@ fn main() -> anyhow::Result<()> {
             });
         },
     )?;
+    // Seed 002: a health probe's RST overtakes its ACK. TSval 0 leaks a server socket; a
+    // valid TSval does not (the server answers the late ACK with RST).
+    for (name, port, client_port, stamp) in [
+        ("probe_leak", 9007, 40_001, RstStamp::Zero),
+        ("probe_valid", 9008, 40_002, RstStamp::Valid),
+    ] {
+        let _l = listener(&lab, port, 128, false);
+        probe::drop_client_kernel_resets(&lab, port)?;
+        capture(&lab, &dir, name, port, Duration::from_millis(1300), || {
+            let r = probe::run(&lab, client_port, port, stamp).expect("probe");
+            println!("{name}: {r:?}");
+        })?;
+    }
     Ok(())
 }

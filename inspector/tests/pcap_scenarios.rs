@@ -123,6 +123,50 @@ fn fin_never_answered_is_reported_with_its_retransmissions() {
 }
 
 #[test]
+fn probe_rst_with_tsval_0_before_the_ack_is_a_connection_leak() {
+    // Captured while `ss` on the server showed the leaked ESTABLISHED socket.
+    let ev = events("probe_leak");
+    assert_eq!(
+        kinds(&ev),
+        ["reset", "probe_rst_before_ack", "probe_connection_leak"]
+    );
+    assert_eq!(
+        (
+            ev[0]["evidence"]["from"].as_str(),
+            ev[0]["evidence"]["phase"].as_str()
+        ),
+        (Some("client"), Some("handshake"))
+    );
+    let e = &ev[2]["evidence"];
+    assert_eq!(e["rst_tsval"], 0);
+    assert_eq!(e["syn_tsval"], 7_000_000);
+    assert_eq!(e["paws_reject_expected"], true);
+    assert_eq!(e["rst_seq_ok"], true);
+    let delay = e["late_ack_delay_us"].as_u64().unwrap();
+    assert!(
+        (20_000..25_000).contains(&delay),
+        "ACK sent 20 ms after the RST: {delay}"
+    );
+    assert_eq!(ev[2]["severity"], "critical");
+    assert_eq!(ev[2]["client"], "192.0.2.1:40001");
+}
+
+#[test]
+fn probe_rst_with_a_valid_tsval_is_reordered_but_does_not_leak() {
+    let ev = events("probe_valid");
+    assert_eq!(kinds(&ev), ["reset", "probe_rst_before_ack", "reset"]);
+    assert_eq!(ev[1]["evidence"]["paws_reject_expected"], false);
+    assert_eq!(ev[1]["evidence"]["rst_tsval"], 7_000_001);
+    // The server found no socket for the late ACK: a passive RST with seq = its ACK.
+    let r = &ev[2]["evidence"];
+    assert_eq!(
+        (r["from"].as_str(), r["rst_class"].as_str()),
+        (Some("server"), Some("passive"))
+    );
+    assert_eq!(r["seq"], r["expected_seq"]);
+}
+
+#[test]
 fn a_truncated_file_names_the_packet_after_reporting_what_was_processed() {
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/pcaps/accept_queue_full.pcap");
     let bytes = std::fs::read(&src).expect("read");
