@@ -45,8 +45,8 @@ fn event_line(e: &Event) -> String {
     format!(
         "    {:<22} {} -> {}  {}",
         e.kind.as_str(),
-        e.client,
-        e.server,
+        e.client.map_or_else(|| "*".to_owned(), |c| c.to_string()),
+        e.server.map_or_else(|| "*".to_owned(), |c| c.to_string()),
         ev.join(" ")
     )
 }
@@ -143,7 +143,10 @@ pub fn run(a: &DemoArgs) -> anyhow::Result<()> {
         },
     ) in runs.iter().enumerate()
     {
-        let mine: Vec<&Event> = events.iter().filter(|e| e.server.port == *port).collect();
+        let mine: Vec<&Event> = events
+            .iter()
+            .filter(|e| e.server.is_some_and(|s| s.port == *port))
+            .collect();
         println!("[{}] {} (port {port})", i + 1, scenario.title);
         println!("    client:   {client_view}");
         println!("    expected: {}", scenario.expect);

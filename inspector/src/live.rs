@@ -28,6 +28,7 @@ use crate::{
     cli::JsonSink,
     detect::{
         Config, Engine, Event,
+        aggregate::{Aggregator, Rates, Tally},
         engine::{Packet, Totals},
     },
     loader::{self, Inline, InlineOptions},
@@ -101,6 +102,10 @@ impl LiveReport {
             "dropped_messages",
             self.workers.iter().map(|w| w.dropped_messages).sum::<u64>()
         ));
+        s.push_str(&format!(
+            "  {:<24}{}\n  {:<24}{}\n",
+            "events", self.totals.counters.events, "events_folded", self.totals.counters.folded
+        ));
         for (reason, n) in &errors {
             s.push_str(&format!("  {:<24}{n}\n", format!("decode_error_{reason}")));
         }
@@ -142,6 +147,12 @@ pub struct Sinks<'a> {
 enum Msg {
     Event(Event),
     Record(Box<CapturedPacket>),
+    /// A worker's finished per-second counts and its watermark, for the aggregate anomalies.
+    Tally {
+        worker: usize,
+        tallies: Vec<Tally>,
+        watermark: u64,
+    },
 }
 
 /// Attaches inline mode and runs until `stop` is set or `duration` elapses; see [`run`].
@@ -201,13 +212,15 @@ pub fn run(
     let want_records = sinks.records.is_some();
     let cores = cores();
     let shared = Arc::new(crate::detect::shared::Shared::new());
+    let workers_n = inline.rings.len();
+    let mut agg = Aggregator::new(Rates::of(&cfg), workers_n, shared.clone());
     let mut handles = Vec::new();
     for (i, ring) in std::mem::take(&mut inline.rings).into_iter().enumerate() {
         let (tx, quit, cfg, shared) = (tx.clone(), quit.clone(), cfg.clone(), shared.clone());
         let core = (!cores.is_empty()).then(|| cores[i % cores.len()]);
         let h = thread::Builder::new()
             .name(format!("synscope-w{i}"))
-            .spawn(move || worker(ring, cfg, shared, clock, tx, want_records, &quit, core))
+            .spawn(move || worker(i, ring, cfg, shared, clock, tx, want_records, &quit, core))
             .context("spawning a worker thread")?;
         handles.push(h);
     }
@@ -219,7 +232,7 @@ pub fn run(
         }
         match rx.recv_timeout(Duration::from_millis(100)) {
             Ok(m) => {
-                if let Err(e) = deliver(m, &mut sinks) {
+                if let Err(e) = deliver(m, &mut agg, &mut sinks) {
                     write_err.get_or_insert(e);
                 }
             }
@@ -234,10 +247,18 @@ pub fn run(
     quit.store(true, Ordering::Release);
     // Workers do a last drain of their rings and exit; take everything they still send.
     drain_until_closed(&rx, |m| {
-        if let Err(e) = deliver(m, &mut sinks) {
+        if let Err(e) = deliver(m, &mut agg, &mut sinks) {
             write_err.get_or_insert(e);
         }
     });
+    // Episodes still open when the capture stops end with it.
+    let mut last = Vec::new();
+    agg.finish(&mut last);
+    for e in last {
+        if let Err(e) = deliver(Msg::Event(e), &mut agg, &mut sinks) {
+            write_err.get_or_insert(e);
+        }
+    }
     let mut workers = Vec::new();
     let mut engines = Vec::new();
     for h in handles {
@@ -266,22 +287,32 @@ pub fn run(
     })
 }
 
-/// Hands one worker message to the sinks.
-fn deliver(m: Msg, sinks: &mut Sinks<'_>) -> io::Result<()> {
-    match &m {
+/// Hands one worker message to the sinks (tallies through the aggregator).
+fn deliver(m: Msg, agg: &mut Aggregator, sinks: &mut Sinks<'_>) -> io::Result<()> {
+    match m {
         Msg::Event(e) => {
             if let Some(f) = sinks.on_event.as_deref_mut() {
-                f(e);
+                f(&e);
             }
             match sinks.events.as_deref_mut() {
-                Some(w) => write_line(w, &EventLine::from(e)),
+                Some(w) => write_line(w, &EventLine::from(&e)),
                 None => Ok(()),
             }
         }
         Msg::Record(p) => match sinks.records.as_deref_mut() {
-            Some(w) => write_line(w, &PacketLine::from(&**p)),
+            Some(w) => write_line(w, &PacketLine::from(&*p)),
             None => Ok(()),
         },
+        Msg::Tally {
+            worker,
+            tallies,
+            watermark,
+        } => {
+            let mut out = Vec::new();
+            agg.feed(worker, tallies, watermark, &mut out);
+            out.into_iter()
+                .try_for_each(|e| deliver(Msg::Event(e), agg, sinks))
+        }
     }
 }
 
@@ -303,6 +334,7 @@ fn send(tx: &Sender<Msg>, m: Msg, dropped: &mut u64) {
 #[expect(clippy::too_many_arguments, reason = "everything a worker thread owns")]
 /// One worker: drains its ring into its engine until `quit`, then drains once more.
 fn worker(
+    index: usize,
     mut ring: RingBuf<MapData>,
     mut cfg: Config,
     shared: Arc<crate::detect::shared::Shared>,
@@ -322,6 +354,7 @@ fn worker(
     cfg.full_visibility = false;
     let mut engine = Engine::with_shared(cfg, shared);
     let mut out = Vec::new();
+    let mut last_watermark = 0;
     loop {
         let done = quit.load(Ordering::Acquire);
         ringbuf::drain(
@@ -354,6 +387,16 @@ fn worker(
         engine.advance(now.saturating_sub(CLOCK_SLACK_NS), &mut out);
         for e in out.drain(..) {
             send(&tx, Msg::Event(e), &mut report.dropped_messages);
+        }
+        let (tallies, watermark) = engine.take_tallies();
+        if !tallies.is_empty() || watermark != last_watermark {
+            last_watermark = watermark;
+            // Blocking: the aggregate needs every worker's count of every second.
+            let _ = tx.send(Msg::Tally {
+                worker: index,
+                tallies,
+                watermark,
+            });
         }
         if done {
             break;

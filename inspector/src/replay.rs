@@ -4,7 +4,11 @@ use std::{collections::BTreeMap, io::Write, path::PathBuf};
 
 use crate::{
     capture::pcap::{PcapError, parse_frame, read_file},
-    detect::{Config, Engine, Event, engine::Packet},
+    detect::{
+        Config, Engine, Event,
+        aggregate::{Aggregator, Rates},
+        engine::Packet,
+    },
     output::ndjson::{EventLine, write_line},
 };
 
@@ -18,20 +22,50 @@ pub struct Replay {
     pub error: Option<PcapError>,
 }
 
+/// Where settled events go: kept for the caller and written as NDJSON as they come. The first
+/// write error is kept and returned at the end.
+struct Sink<'a> {
+    json: Option<&'a mut dyn Write>,
+    events: Vec<Event>,
+    err: Option<std::io::Error>,
+}
+
+impl Sink<'_> {
+    fn take(&mut self, out: &mut Vec<Event>) {
+        for e in out.drain(..) {
+            if let Some(w) = self.json.as_deref_mut()
+                && let Err(err) = write_line(w, &EventLine::from(&e))
+            {
+                self.err.get_or_insert(err);
+            }
+            self.events.push(e);
+        }
+    }
+}
+
 /// Runs `files` in order through one engine; events go to `json` as they are settled.
 pub fn run(
     files: &[PathBuf],
     cfg: Config,
-    mut json: Option<&mut dyn Write>,
+    json: Option<&mut dyn Write>,
 ) -> std::io::Result<Replay> {
+    let rates = Rates::of(&cfg);
     let mut engine = Engine::new(cfg);
+    let mut agg = Aggregator::new(rates, 1, engine.shared().clone());
     let mut frames = 0u64;
     let mut parse_errors = BTreeMap::new();
-    let mut events = Vec::new();
     let mut out = Vec::new();
+    let mut sink = Sink {
+        json,
+        events: Vec::new(),
+        err: None,
+    };
     let mut last_ts = 0u64;
     let mut error = None;
-    let mut io_err = None;
+    let mut aggregate = |engine: &mut Engine, out: &mut Vec<Event>| {
+        let (tallies, watermark) = engine.take_tallies();
+        agg.feed(0, tallies, watermark, out);
+    };
     for file in files {
         let r = read_file(file, |frame| {
             frames += 1;
@@ -51,14 +85,8 @@ pub fn run(
                 }
                 Err(e) => *parse_errors.entry(e.reason()).or_default() += 1,
             }
-            for e in out.drain(..) {
-                if let Some(w) = json.as_deref_mut()
-                    && let Err(err) = write_line(w, &EventLine::from(&e))
-                {
-                    io_err.get_or_insert(err);
-                }
-                events.push(e);
-            }
+            aggregate(&mut engine, &mut out);
+            sink.take(&mut out);
         });
         if let Err(e) = r {
             error = Some(e);
@@ -66,23 +94,20 @@ pub fn run(
         }
     }
     engine.finish(last_ts, &mut out);
-    for e in out.drain(..) {
-        if let Some(w) = json.as_deref_mut() {
-            write_line(w, &EventLine::from(&e))?;
-        }
-        events.push(e);
-    }
-    if let Some(e) = io_err {
+    aggregate(&mut engine, &mut out);
+    agg.finish(&mut out);
+    sink.take(&mut out);
+    if let Some(e) = sink.err {
         return Err(e);
     }
-    if let Some(w) = json {
+    if let Some(w) = sink.json {
         w.flush()?;
     }
     Ok(Replay {
         engine,
         frames,
         parse_errors,
-        events,
+        events: sink.events,
         error,
     })
 }

@@ -339,12 +339,17 @@ fn tagged_fragmented_and_truncated_frames_are_parsed_or_counted() {
             ("192.0.2.1:7001".to_owned(), "SYN".to_owned(), 1),
             ("192.0.2.1:7002".to_owned(), "SYN".to_owned(), 2),
             ("[2001:db8::1]:7001".to_owned(), "RST".to_owned(), 1),
+            // The untagged ACK reached the server's TCP stack (closed port): its RST leaves
+            // on egress. Tagged frames never reach it (no VLAN device), so no other answer.
+            ("192.0.2.2:7000".to_owned(), "RST".to_owned(), 0),
         ]
     );
+    assert_eq!(lines[3]["direction"], "egress");
+    assert_eq!(lines[3]["dst"], "192.0.2.1:7005");
     assert_eq!(lines[0]["tsval"], 5);
     assert_eq!(counter(&stderr, "unparsable_fragment"), 1);
     assert_eq!(counter(&stderr, "unparsable_truncated"), 1);
-    assert_eq!(counter(&stderr, "selected"), 3);
+    assert_eq!(counter(&stderr, "selected"), 4);
 }
 
 #[test]
@@ -478,4 +483,91 @@ fn probe_rst_before_ack_with_tsval_0_leaks_a_server_socket_and_is_reported() {
     assert_eq!(e[1]["evidence"]["paws_reject_expected"], false);
     assert_eq!(e[2]["evidence"]["from"], "server");
     assert_eq!(events.len(), 6, "{events:#?}");
+}
+
+/// SYNs from spoofed sources (192.0.2.10–249, random ports) to `port`, `per_sec` for `secs`.
+fn syn_flood(lab: &Lab, port: u16, per_sec: usize, secs: usize) {
+    let mut frames = Vec::with_capacity(per_sec * secs);
+    for i in 0..per_sec * secs {
+        let src = [192, 0, 2, 10 + (i % 240) as u8];
+        let b = SegmentBuilder::v4(src, 10_000 + (i / 240) as u16, [192, 0, 2, 2], port)
+            .flags(TcpFlags::SYN)
+            .seq(i as u32 * 7919)
+            .timestamps(i as u32, 0);
+        frames.push(ethernet(&b, &[]));
+    }
+    // 10 batches a second.
+    lab.inject_paced(&lab.client_ns, &lab.client_if, &frames, per_sec / 10, 100)
+        .expect("inject");
+}
+
+#[test]
+fn a_syn_flood_is_one_episode_and_its_connections_fold_into_it() {
+    if !require_root() {
+        return;
+    }
+    let lab = Lab::create().expect("lab");
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let _l = scenarios::listener(&lab, lab.server_v4.into(), 9500, 128, true, stop.clone())
+        .expect("listener");
+    let live = Live::events(
+        &lab.server_ns,
+        &lab.server_if,
+        &[
+            "--workers",
+            "2",
+            "--flood-rate",
+            "1000",
+            "--syn-timeout",
+            "1",
+        ],
+    );
+    syn_flood(&lab, 9500, 2000, 3);
+    thread::sleep(Duration::from_millis(3500));
+    let (events, code, stderr) = live.stop();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(code, 0, "stderr:\n{stderr}");
+    let kinds: Vec<(&str, &str)> = events
+        .iter()
+        .map(|e| {
+            (
+                e["kind"].as_str().unwrap(),
+                e["evidence"]["phase"].as_str().unwrap_or(""),
+            )
+        })
+        .collect();
+    // The spoofed sources never resolve (no ARP answer): no SYN-ACK leaves the server.
+    let unanswered_first_second = kinds.iter().filter(|k| k.0 == "syn_unanswered").count();
+    let agg: Vec<_> = kinds.iter().filter(|k| k.0 == "syn_flood").collect();
+    assert_eq!(
+        agg,
+        [&("syn_flood", "start"), &("syn_flood", "end")],
+        "{kinds:?}"
+    );
+    let start = events.iter().find(|e| e["kind"] == "syn_flood").unwrap();
+    assert_eq!(start["server"], "192.0.2.2:9500");
+    assert_eq!(start["client"], serde_json::Value::Null);
+    assert_eq!(start["evidence"]["share_unanswered"], 1.0);
+    let rate = start["evidence"]["rate"].as_u64().unwrap();
+    assert!((1500..=2500).contains(&rate), "~2000 SYNs/s: {rate}");
+    let sources = start["evidence"]["distinct_sources"].as_u64().unwrap();
+    assert!(
+        (225..=255).contains(&sources),
+        "240 spoofed source IPs: {sources}"
+    );
+    let end = events.iter().rfind(|e| e["kind"] == "syn_flood").unwrap();
+    let syns = end["evidence"]["syns"].as_u64().unwrap();
+    // The seconds above the rate: at least the 2 full ones of the 3 s flood.
+    assert!((3000..=6000).contains(&syns), "{syns}");
+    assert_eq!(end["evidence"]["share_unanswered"], 1.0);
+    // Verdicts of SYNs sent before the episode was recognised still come out; every later
+    // one is folded and counted.
+    assert!(unanswered_first_second < 2600, "{unanswered_first_second}");
+    let folded = counter(&stderr, "events_folded");
+    assert!(folded >= 3000, "{stderr}");
+    assert_eq!(
+        folded + unanswered_first_second as u64,
+        6000,
+        "every SYN got its verdict"
+    );
 }

@@ -109,6 +109,14 @@ pub struct EngineArgs {
     /// Seconds a FIN may wait for an answer before `fin_unanswered`.
     #[arg(long, value_name = "SECS", default_value = "5", value_parser = parse_secs)]
     pub fin_timeout: Duration,
+    /// New connections per second to one server endpoint that make a `syn_flood`.
+    #[arg(long, value_name = "PER_SEC", default_value_t = 5000,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub flood_rate: u64,
+    /// RSTs per second from one host that make a `reset_storm`.
+    #[arg(long, value_name = "PER_SEC", default_value_t = 1000,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub rst_rate: u64,
 }
 
 impl EngineArgs {
@@ -119,6 +127,8 @@ impl EngineArgs {
             syn_timeout: self.syn_timeout.as_nanos() as u64,
             synack_timeout: self.synack_timeout.as_nanos() as u64,
             fin_timeout: self.fin_timeout.as_nanos() as u64,
+            flood_rate: self.flood_rate,
+            rst_rate: self.rst_rate,
             ..Default::default()
         }
     }

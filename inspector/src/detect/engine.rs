@@ -10,6 +10,7 @@ use std::sync::Arc;
 use serde_json::Value;
 
 use super::{
+    aggregate::Tally,
     event::{Event, Kind},
     reset::{LastSeg, RstInput, RstWindows, classify},
     seq::{seq_lt, ts_older},
@@ -23,6 +24,8 @@ use crate::{
 };
 
 const MS: u64 = 1_000_000;
+/// One fixed hash for the distinct-source sketches, so every worker's sketches can be merged.
+const SOURCE_HASH: foldhash::fast::FixedState = foldhash::fast::FixedState::with_seed(0x5eed);
 const SEC: u64 = 1_000_000_000;
 
 /// Timeouts and thresholds, with the defaults of ANOMALIES.md (all in ns).
@@ -43,6 +46,10 @@ pub struct Config {
     pub paws_window: u64,
     pub max_flows: usize,
     pub max_endpoints: usize,
+    /// New half-open connections per second to one server endpoint that make a `syn_flood`.
+    pub flood_rate: u64,
+    /// RSTs per second from one host that make a `reset_storm`.
+    pub rst_rate: u64,
     /// Every segment of a flow is visible (pcap, tap) rather than only control packets.
     pub full_visibility: bool,
 }
@@ -62,6 +69,8 @@ impl Default for Config {
             paws_window: 60 * SEC,
             max_flows: 1 << 18,
             max_endpoints: 4096,
+            flood_rate: 5000,
+            rst_rate: 1000,
             full_visibility: true,
         }
     }
@@ -74,6 +83,8 @@ pub struct EngineCounters {
     /// Non-control packets of flows not in the table (pre-existing or expired connections).
     pub unmatched: u64,
     pub events: u64,
+    /// Per-connection events folded into a `syn_flood` / `reset_storm` episode.
+    pub folded: u64,
     /// Connections dropped from a full table before their verdict was settled.
     pub evicted_pending: u64,
 }
@@ -84,6 +95,7 @@ impl EngineCounters {
         self.packets += o.packets;
         self.unmatched += o.unmatched;
         self.events += o.events;
+        self.folded += o.folded;
         self.evicted_pending += o.evicted_pending;
     }
 }
@@ -241,6 +253,11 @@ pub struct Engine {
     shared: Arc<Shared>,
     counters: EngineCounters,
     now: u64,
+    /// Counts of the current capture-time second for the aggregate anomalies.
+    tally: Tally,
+    tally_sec: u64,
+    /// Finished seconds, for [`Engine::take_tallies`].
+    tallies: Vec<Tally>,
 }
 
 /// One packet as the engine sees it.
@@ -277,6 +294,9 @@ impl Engine {
             shared,
             counters: EngineCounters::default(),
             now: 0,
+            tally: Tally::default(),
+            tally_sec: 0,
+            tallies: Vec::new(),
             cfg,
         }
     }
@@ -317,16 +337,36 @@ impl Engine {
         }
         let client = key.get(conn.client);
         let server = key.get(conn.client.peer());
+        self.endpoints.get(server).anomalies[kind as usize] += 1;
+        // While an aggregate episode lasts, its per-connection verdicts are counted, not sent.
+        let folded = match kind {
+            Kind::SynUnanswered
+            | Kind::SynackUnacked
+            | Kind::SynRejected
+            | Kind::AcceptQueueOverflow => self.shared.flooding(&server, ts),
+            Kind::Reset => {
+                let sender = if evidence.get("from").and_then(Value::as_str) == Some("client") {
+                    client.ip
+                } else {
+                    server.ip
+                };
+                self.shared.storming(&sender, ts)
+            }
+            _ => false,
+        };
+        if folded {
+            self.counters.folded += 1;
+            return;
+        }
         let ev = Event {
             ts_ns: ts,
             kind,
-            client,
-            server,
+            client: Some(client),
+            server: Some(server),
             ifindex: conn.ifindex,
             reverse_seen: conn.reverse_seen,
             evidence,
         };
-        self.endpoints.get(server).anomalies[kind as usize] += 1;
         self.counters.events += 1;
         out.push(ev);
     }
@@ -334,6 +374,10 @@ impl Engine {
     /// Fires every timer due at or before `now`.
     pub fn advance(&mut self, now: u64, out: &mut Vec<Event>) {
         self.now = self.now.max(now);
+        let sec = self.now / SEC;
+        if sec > self.tally_sec {
+            self.roll_tally(sec);
+        }
         while let Some((kind, slot, deadline)) = self.table.pop_expired(now) {
             self.on_timer(kind, slot, deadline, out);
         }
@@ -343,6 +387,27 @@ impl Engine {
     /// beyond the capture stay undecided.
     pub fn finish(&mut self, now: u64, out: &mut Vec<Event>) {
         self.advance(now, out);
+        self.roll_tally(self.tally_sec + 1);
+    }
+
+    fn roll_tally(&mut self, sec: u64) {
+        let mut t = std::mem::take(&mut self.tally);
+        if !t.is_empty() {
+            t.second = self.tally_sec;
+            self.tallies.push(t);
+        }
+        self.tally_sec = sec;
+    }
+
+    /// The aggregate counts of the seconds finished since the last call, and the watermark:
+    /// every capture-time second below it is complete for this engine.
+    pub fn take_tallies(&mut self) -> (Vec<Tally>, u64) {
+        (std::mem::take(&mut self.tallies), self.tally_sec)
+    }
+
+    /// The cross-flow state this engine shares with the other workers.
+    pub fn shared(&self) -> &Arc<Shared> {
+        &self.shared
     }
 
     /// Processes one packet.
@@ -495,6 +560,11 @@ impl Engine {
         conn.client_isn = seg.seq;
         conn.syn_tsval = tsval;
         self.endpoints.get(server_ep).syns += 1;
+        let src_ip = Endpoint::from(seg.src).ip;
+        self.tally.syn(
+            server_ep,
+            std::hash::BuildHasher::hash_one(&SOURCE_HASH, src_ip),
+        );
         self.table
             .arm(slot, TimerKind::Syn, now + self.cfg.syn_timeout);
         if let Some(t) = tsval {
@@ -548,6 +618,9 @@ impl Engine {
                 conn.synack_first = now;
                 conn.synack_last = now;
                 conn.synack_count = 1;
+                if syn_count > 0 {
+                    self.tally.synack(server_ep);
+                }
                 self.table.disarm(slot, TimerKind::Syn);
                 self.table
                     .arm(slot, TimerKind::SynAck, now + self.cfg.synack_timeout);
@@ -639,6 +712,7 @@ impl Engine {
             race_window: self.cfg.race_window,
         };
         let (class, phase) = classify(&input, &windows);
+        self.tally.rst(Endpoint::from(seg.src).ip, class);
         let from = if role == C { "client" } else { "server" };
         self.endpoints
             .get(server_ep)

@@ -85,8 +85,8 @@ fn syn_answered_by_rst_is_rejected_and_refused() {
     assert_eq!(r.ev("phase"), "handshake");
     assert_eq!(r.ev("from"), "server");
     assert_eq!(sim.one(Kind::SynRejected).ev("rst_ack"), 1001);
-    assert_eq!(r.client.to_string(), "192.0.2.1:40000");
-    assert_eq!(r.server.to_string(), "192.0.2.2:80");
+    assert_eq!(r.client.unwrap().to_string(), "192.0.2.1:40000");
+    assert_eq!(r.server.unwrap().to_string(), "192.0.2.2:80");
     assert!(r.reverse_seen);
 }
 
@@ -128,7 +128,7 @@ fn synack_without_ack_is_half_open_but_not_when_acked() {
     sim.until(5000);
     assert_eq!(sim.kinds(), ["synack_unacked"]);
     assert_eq!(sim.out[0].ev("synack_count"), 2);
-    assert_eq!(sim.out[0].client.port, 1);
+    assert_eq!(sim.out[0].client.unwrap().port, 1);
 }
 
 #[test]
@@ -257,7 +257,7 @@ fn older_tsval_after_a_server_closed_connection_is_a_nat_collision() {
     assert_eq!(e.ev("tsval"), 100);
     assert_eq!(e.ev("prev_age_ms"), 6);
     assert_eq!(e.ev("answered"), false);
-    assert_eq!(e.client.port, 2);
+    assert_eq!(e.client.unwrap().port, 2);
     assert!(sim.kinds().contains(&"syn_unanswered"));
     // The client closed first: the server holds no TIME_WAIT, nothing to collide with.
     let mut sim = Sim::new();
@@ -365,4 +365,37 @@ fn midstream_rst_is_classified_but_raises_no_handshake_anomaly() {
     sim.at(0, s(40000, RA, 7, 9)).until(100_000);
     assert_eq!(sim.kinds(), ["reset"]);
     assert_eq!(sim.out[0].ev("from"), "server");
+}
+
+#[test]
+fn a_flood_folds_the_per_connection_verdicts_of_its_endpoint() {
+    use crate::detect::aggregate::{Aggregator, Rates};
+    let cfg = Config {
+        flood_rate: 1000,
+        ..Config::default()
+    };
+    let mut sim = Sim {
+        eng: Engine::new(cfg.clone()),
+        out: Vec::new(),
+    };
+    let mut agg = Aggregator::new(Rates::of(&cfg), 1, sim.eng.shared().clone());
+    // 1500 SYNs/s for 2 s, never answered.
+    for i in 0..3000u64 {
+        sim.at(i * 2 / 3, c(10_000 + i as u16, SYN, i as u32, 0));
+        let (t, w) = sim.eng.take_tallies();
+        agg.feed(0, t, w, &mut sim.out);
+    }
+    sim.until(10_000);
+    let (t, w) = sim.eng.take_tallies();
+    agg.feed(0, t, w, &mut sim.out);
+    agg.finish(&mut sim.out);
+    let k = sim.kinds();
+    assert_eq!(
+        k.iter().filter(|k| **k == "syn_flood").count(),
+        2,
+        "start and end"
+    );
+    // Second 0's SYNs time out at 3-4 s, after the episode was recognised at 1 s: folded.
+    assert_eq!(k.iter().filter(|k| **k == "syn_unanswered").count(), 0);
+    assert_eq!(sim.eng.counters().folded, 3000);
 }

@@ -19,10 +19,12 @@ pub enum Kind {
     SynTupleReuse,
     FinUnanswered,
     Reset,
+    SynFlood,
+    ResetStorm,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 12] = [
+    pub const ALL: [Kind; 14] = [
         Kind::SynUnanswered,
         Kind::SynRetransmitted,
         Kind::SynRejected,
@@ -35,6 +37,8 @@ impl Kind {
         Kind::SynTupleReuse,
         Kind::FinUnanswered,
         Kind::Reset,
+        Kind::SynFlood,
+        Kind::ResetStorm,
     ];
 
     /// The stable name.
@@ -52,6 +56,8 @@ impl Kind {
             Kind::SynTupleReuse => "syn_tuple_reuse",
             Kind::FinUnanswered => "fin_unanswered",
             Kind::Reset => "reset",
+            Kind::SynFlood => "syn_flood",
+            Kind::ResetStorm => "reset_storm",
         }
     }
 
@@ -63,7 +69,7 @@ impl Kind {
     /// How much an operator should care.
     pub fn severity(self) -> &'static str {
         match self {
-            Kind::ProbeConnectionLeak | Kind::AcceptQueueOverflow => "critical",
+            Kind::ProbeConnectionLeak | Kind::AcceptQueueOverflow | Kind::SynFlood => "critical",
             Kind::Reset | Kind::SynRetransmitted | Kind::ProbeRstBeforeAck => "info",
             _ => "warning",
         }
@@ -108,6 +114,12 @@ impl Kind {
             Kind::Reset => {
                 "see rst_class: refused, passive (no socket), active (abort), probe_abort, out_of_window"
             }
+            Kind::SynFlood => {
+                "new half-open connections above flood_rate: a SYN flood (many distinct sources, mostly unanswered or never completed) or a connection storm from clients; check nstat TcpExtSyncookiesSent TcpExtListenDrops, and net.ipv4.tcp_syncookies. Per-connection handshake verdicts of this endpoint (syn_unanswered, synack_unacked, syn_rejected, accept_queue_overflow) are folded into the episode while it lasts"
+            }
+            Kind::ResetStorm => {
+                "one host sends RSTs above rst_rate: see dominant_rst_class (refused: a scan or clients hammering a closed port; passive: a restarted service or NAT/conntrack mismatch; active: an application aborting connections). Its per-RST reset events are folded into the episode while it lasts"
+            }
         }
     }
 }
@@ -118,8 +130,10 @@ pub struct Event {
     /// Capture time (ns since the Unix epoch) of the packet or deadline that settled it.
     pub ts_ns: u64,
     pub kind: Kind,
-    pub client: Endpoint,
-    pub server: Endpoint,
+    /// None for aggregate events (many clients).
+    pub client: Option<Endpoint>,
+    /// None for `reset_storm` (the host is in the evidence).
+    pub server: Option<Endpoint>,
     pub ifindex: u32,
     pub reverse_seen: bool,
     pub evidence: Map<String, Value>,

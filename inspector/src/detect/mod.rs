@@ -2,6 +2,7 @@
 //! No I/O, no clocks, no threads: the same code serves live capture, pcap replay, benchmarks
 //! and tests.
 
+pub mod aggregate;
 pub mod engine;
 pub mod event;
 pub mod reset;

@@ -38,6 +38,9 @@ pub struct Shared {
     hasher: foldhash::quality::RandomState,
     listeners: Box<[Slot]>,
     paws: Box<[Slot]>,
+    /// Endpoints in a SYN flood and hosts in a reset storm (until when), set by the
+    /// aggregator so the workers fold per-connection verdicts into the episode.
+    episodes: Box<[Slot]>,
 }
 
 /// Slots per array (a power of two): 2 × 64 K × 24 bytes = 3 MiB.
@@ -55,17 +58,49 @@ impl Shared {
             hasher: foldhash::quality::RandomState::default(),
             listeners: (0..SLOTS).map(|_| Slot::new()).collect(),
             paws: (0..SLOTS).map(|_| Slot::new()).collect(),
+            episodes: (0..SLOTS / 16).map(|_| Slot::new()).collect(),
         }
     }
 
     /// Memory held, in bytes.
     pub fn memory_bytes(&self) -> usize {
-        (self.listeners.len() + self.paws.len()) * size_of::<Slot>()
+        (self.listeners.len() + self.paws.len() + self.episodes.len()) * size_of::<Slot>()
     }
 
     fn locate<'s>(&self, slots: &'s [Slot], key: &impl std::hash::Hash) -> (&'s Slot, u64) {
         let h = self.hasher.hash_one(key) | 1;
         (&slots[(h >> 7) as usize & (slots.len() - 1)], h)
+    }
+
+    fn mark(&self, key: &impl std::hash::Hash, until: u64) {
+        let (s, tag) = self.locate(&self.episodes, key);
+        s.a.store(until, Relaxed);
+        s.tag.store(tag, Relaxed);
+    }
+
+    fn marked(&self, key: &impl std::hash::Hash, now: u64) -> bool {
+        let (s, tag) = self.locate(&self.episodes, key);
+        s.tag.load(Relaxed) == tag && now < s.a.load(Relaxed)
+    }
+
+    /// Server endpoint `ep` is in a SYN flood until `until` (ns).
+    pub fn set_flooding(&self, ep: &impl std::hash::Hash, until: u64) {
+        self.mark(&(0u8, ep), until);
+    }
+
+    /// Whether `ep` is in a SYN flood at `now`.
+    pub fn flooding(&self, ep: &impl std::hash::Hash, now: u64) -> bool {
+        self.marked(&(0u8, ep), now)
+    }
+
+    /// Host `ip` is in a reset storm until `until` (ns).
+    pub fn set_storming(&self, ip: &[u8; 16], until: u64) {
+        self.mark(&(1u8, ip), until);
+    }
+
+    /// Whether host `ip` is in a reset storm at `now`.
+    pub fn storming(&self, ip: &[u8; 16], now: u64) -> bool {
+        self.marked(&(1u8, ip), now)
     }
 
     /// Records a completed handshake on server endpoint `ep` at `now` (ns).

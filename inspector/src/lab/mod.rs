@@ -39,6 +39,10 @@ pub enum LabError {
 }
 
 const NS_PREFIX: &str = "synscope-";
+/// Fixed MAC addresses of the lab's veth ends: the ones `wire::emit::ethernet` writes, so
+/// injected frames reach the server's TCP stack (it drops frames not addressed to it).
+const CLIENT_MAC: &str = "02:00:00:00:00:01";
+const SERVER_MAC: &str = "02:00:00:00:00:02";
 static SEQ: AtomicU32 = AtomicU32::new(0);
 
 /// Two namespaces, `client` and `server`, joined by a veth pair.
@@ -160,6 +164,8 @@ impl Lab {
                 &lab.client_if,
                 "netns",
                 &lab.client_ns,
+                "address",
+                CLIENT_MAC,
                 "type",
                 "veth",
                 "peer",
@@ -167,6 +173,8 @@ impl Lab {
                 &lab.server_if,
                 "netns",
                 &lab.server_ns,
+                "address",
+                SERVER_MAC,
             ],
         )?;
         for (ns, ifname, v4, v6) in [
@@ -212,17 +220,63 @@ impl Lab {
     /// Sends raw Ethernet frames out of `ifname` in namespace `ns` (an AF_PACKET socket, via
     /// Python's standard library), for frames no kernel socket would produce.
     pub fn inject(&self, ns: &str, ifname: &str, frames: &[Vec<u8>]) -> Result<(), LabError> {
-        const SCRIPT: &str = "import socket,sys\n\
+        self.inject_paced(ns, ifname, frames, frames.len().max(1), 0)
+    }
+
+    /// As [`Lab::inject`], `batch` frames at a time with `pause_ms` between batches (a rate).
+    /// Frames travel as hex lines on the helper's stdin.
+    pub fn inject_paced(
+        &self,
+        ns: &str,
+        ifname: &str,
+        frames: &[Vec<u8>],
+        batch: usize,
+        pause_ms: u64,
+    ) -> Result<(), LabError> {
+        use std::io::Write;
+        const SCRIPT: &str = "import socket,sys,time\n\
             s=socket.socket(socket.AF_PACKET,socket.SOCK_RAW)\n\
             s.bind((sys.argv[1],0))\n\
-            [s.send(bytes.fromhex(h)) for h in sys.argv[2:]]\n";
-        let hex: Vec<String> = frames
-            .iter()
-            .map(|f| f.iter().map(|b| format!("{b:02x}")).collect())
-            .collect();
-        let mut args = vec!["python3", "-c", SCRIPT, ifname];
-        args.extend(hex.iter().map(String::as_str));
-        self.exec(ns, &args).map(|_| ())
+            b,p=int(sys.argv[2]),float(sys.argv[3])/1000\n\
+            for i,h in enumerate(sys.stdin):\n\
+            \x20if i and i%b==0 and p: time.sleep(p)\n\
+            \x20s.send(bytes.fromhex(h.strip()))\n";
+        let line = format!(
+            "ip netns exec {ns} python3 (inject {} frames)",
+            frames.len()
+        );
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", ns, "python3", "-c", SCRIPT, ifname])
+            .arg(batch.to_string())
+            .arg(pause_ms.to_string())
+            .stdin(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .map_err(|source| LabError::Spawn {
+                cmd: line.clone(),
+                source,
+            })?;
+        let mut hex = String::with_capacity(frames.iter().map(|f| 2 * f.len() + 1).sum());
+        for f in frames {
+            for b in f {
+                hex.push_str(&format!("{b:02x}"));
+            }
+            hex.push('\n');
+        }
+        if let Some(mut stdin) = child.stdin.take() {
+            let _ = stdin.write_all(hex.as_bytes());
+        }
+        let out = child.wait_with_output().map_err(|source| LabError::Spawn {
+            cmd: line.clone(),
+            source,
+        })?;
+        if !out.status.success() {
+            return Err(LabError::Command {
+                cmd: line,
+                stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+            });
+        }
+        Ok(())
     }
 }
 

@@ -71,10 +71,11 @@ pub fn render(t: &Totals, frames: u64, parse_errors: &BTreeMap<&'static str, u64
     let t = &t.table;
     let _ = writeln!(
         s,
-        "engine: {frames} frames, {} TCP packets, {} unmatched, {} events; flows {} live, {} created, evicted {}",
+        "engine: {frames} frames, {} TCP packets, {} unmatched, {} events, {} folded into floods/storms; flows {} live, {} created, evicted {}",
         c.packets,
         c.unmatched,
         c.events,
+        c.folded,
         t.live,
         t.created,
         EvictReason::NAMES

@@ -208,8 +208,8 @@ pub const TPID_8021Q: u16 = 0x8100;
 /// TPID of an 802.1ad (service, QinQ outer) VLAN tag.
 pub const TPID_8021AD: u16 = 0x88a8;
 
-/// The IP packet inside an Ethernet II frame, behind VLAN `tags` (TPID, VLAN id), outermost
-/// first.
+/// The IP packet inside an Ethernet II frame from 02:00:00:00:00:01 to 02:00:00:00:00:02 (the
+/// lab's client and server), behind VLAN `tags` (TPID, VLAN id), outermost first.
 pub fn ethernet(b: &SegmentBuilder, tags: &[(u16, u16)]) -> Vec<u8> {
     let mut f = vec![0x02, 0, 0, 0, 0, 2, 0x02, 0, 0, 0, 0, 1];
     for (tpid, id) in tags {

@@ -33,6 +33,8 @@ pub struct Live {
     pub child: Child,
     stderr_rx: mpsc::Receiver<String>,
     pub stderr: String,
+    /// Reads stdout as it comes (a full pipe would stall synscope's output thread).
+    stdout: Option<thread::JoinHandle<String>>,
 }
 
 impl Live {
@@ -59,6 +61,12 @@ impl Live {
             .spawn()
             .expect("spawn synscope");
         let stderr = child.stderr.take().expect("stderr");
+        let mut out = child.stdout.take().expect("stdout");
+        let stdout = thread::spawn(move || {
+            let mut s = String::new();
+            let _ = out.read_to_string(&mut s);
+            s
+        });
         let (tx, rx) = mpsc::channel();
         thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
@@ -71,6 +79,7 @@ impl Live {
             child,
             stderr_rx: rx,
             stderr: String::new(),
+            stdout: Some(stdout),
         };
         loop {
             match live.stderr_rx.recv_timeout(Duration::from_secs(30)) {
@@ -93,14 +102,13 @@ impl Live {
     pub fn stop(mut self) -> (Vec<serde_json::Value>, i32, String) {
         let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
         nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).expect("SIGINT");
-        let mut out = String::new();
-        self.child
+        let status = self.child.wait().expect("wait");
+        let out = self
             .stdout
             .take()
-            .expect("stdout")
-            .read_to_string(&mut out)
-            .expect("read stdout");
-        let status = self.child.wait().expect("wait");
+            .expect("stdout reader")
+            .join()
+            .expect("stdout reader thread");
         while let Ok(line) = self.stderr_rx.recv_timeout(Duration::from_secs(5)) {
             self.stderr.push_str(&line);
             self.stderr.push('\n');
