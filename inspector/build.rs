@@ -2,6 +2,14 @@
 //! the object in OUT_DIR, where `loader.rs` embeds it: one self-contained `synscope` binary.
 
 fn main() -> anyhow::Result<()> {
+    // `cargo fuzz` builds with `--cfg fuzzing` and sanitizer flags that must not reach the BPF
+    // build; fuzz targets never load BPF, so they get an empty object (loading it fails).
+    println!("cargo:rustc-check-cfg=cfg(fuzzing)");
+    if std::env::var_os("CARGO_CFG_FUZZING").is_some() {
+        let out = std::path::PathBuf::from(std::env::var("OUT_DIR")?);
+        std::fs::write(out.join("synscope-xdp"), b"")?;
+        return Ok(());
+    }
     // aya-build tracks xdp-prog's own sources; the shared types live in common.
     println!("cargo:rerun-if-changed=../common/src");
     let package = aya_build::Package {

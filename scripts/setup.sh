@@ -54,4 +54,9 @@ if ! command -v bpf-linker >/dev/null || [ "$(cat "$stamp" 2>/dev/null)" != "$ll
     --no-default-features --features "llvm-$llvm_major"
   echo "$llvm_so" >"$stamp"
 fi
+# cargo-fuzz drives the fuzz target (fuzz/) with libFuzzer on the nightly toolchain.
+if ! command -v cargo-fuzz >/dev/null; then
+  log "installing cargo-fuzz"
+  cargo install cargo-fuzz --locked
+fi
 log "ready"

@@ -3,7 +3,7 @@
 use std::{collections::BTreeMap, io::Write, path::PathBuf};
 
 use crate::{
-    capture::pcap::{PcapError, parse_frame, read_file},
+    capture::pcap::{Frame, PcapError, parse_frame, read_file},
     detect::{
         Config, Engine, Event,
         aggregate::{Aggregator, Rates},
@@ -22,24 +22,92 @@ pub struct Replay {
     pub error: Option<PcapError>,
 }
 
-/// Where settled events go: kept for the caller and written as NDJSON as they come. The first
-/// write error is kept and returned at the end.
-struct Sink<'a> {
-    json: Option<&'a mut dyn Write>,
+/// Frames in capture order through one engine and the aggregator; settled events are kept and
+/// written as NDJSON as they come (the first write error is kept for [`Replayer::finish`]).
+pub struct Replayer<'a> {
+    engine: Engine,
+    agg: Aggregator,
+    frames: u64,
+    parse_errors: BTreeMap<&'static str, u64>,
+    last_ts: u64,
+    out: Vec<Event>,
     events: Vec<Event>,
-    err: Option<std::io::Error>,
+    json: Option<&'a mut dyn Write>,
+    write_err: Option<std::io::Error>,
 }
 
-impl Sink<'_> {
-    fn take(&mut self, out: &mut Vec<Event>) {
-        for e in out.drain(..) {
+impl<'a> Replayer<'a> {
+    pub fn new(cfg: Config, json: Option<&'a mut dyn Write>) -> Self {
+        let rates = Rates::of(&cfg);
+        let engine = Engine::new(cfg);
+        let agg = Aggregator::new(rates, 1, engine.shared().clone());
+        Self {
+            engine,
+            agg,
+            frames: 0,
+            parse_errors: BTreeMap::new(),
+            last_ts: 0,
+            out: Vec::new(),
+            events: Vec::new(),
+            json,
+            write_err: None,
+        }
+    }
+
+    /// One frame of the capture.
+    pub fn frame(&mut self, frame: &Frame<'_>) {
+        self.frames += 1;
+        // Every frame moves capture time on, TCP or not, so timeouts fire in order.
+        self.last_ts = self.last_ts.max(frame.ts_ns);
+        self.engine.advance(self.last_ts, &mut self.out);
+        match parse_frame(frame) {
+            Ok((seg, _)) => self.engine.process(
+                &Packet {
+                    ts_ns: frame.ts_ns,
+                    ifindex: frame.ifindex,
+                    seg: &seg,
+                },
+                &mut self.out,
+            ),
+            Err(e) => *self.parse_errors.entry(e.reason()).or_default() += 1,
+        }
+        self.settle();
+    }
+
+    /// Runs the aggregator on what the engine finished, and hands every settled event out.
+    fn settle(&mut self) {
+        let (tallies, watermark) = self.engine.take_tallies();
+        self.agg.feed(0, tallies, watermark, &mut self.out);
+        for e in self.out.drain(..) {
             if let Some(w) = self.json.as_deref_mut()
                 && let Err(err) = write_line(w, &EventLine::from(&e))
             {
-                self.err.get_or_insert(err);
+                self.write_err.get_or_insert(err);
             }
             self.events.push(e);
         }
+    }
+
+    /// End of input: fires what is due at the last capture time, closes open episodes.
+    pub fn finish(mut self, error: Option<PcapError>) -> std::io::Result<Replay> {
+        self.engine.finish(self.last_ts, &mut self.out);
+        let (tallies, watermark) = self.engine.take_tallies();
+        self.agg.feed(0, tallies, watermark, &mut self.out);
+        self.agg.finish(&mut self.out);
+        self.settle();
+        if let Some(e) = self.write_err {
+            return Err(e);
+        }
+        if let Some(w) = self.json {
+            w.flush()?;
+        }
+        Ok(Replay {
+            engine: self.engine,
+            frames: self.frames,
+            parse_errors: self.parse_errors,
+            events: self.events,
+            error,
+        })
     }
 }
 
@@ -49,65 +117,13 @@ pub fn run(
     cfg: Config,
     json: Option<&mut dyn Write>,
 ) -> std::io::Result<Replay> {
-    let rates = Rates::of(&cfg);
-    let mut engine = Engine::new(cfg);
-    let mut agg = Aggregator::new(rates, 1, engine.shared().clone());
-    let mut frames = 0u64;
-    let mut parse_errors = BTreeMap::new();
-    let mut out = Vec::new();
-    let mut sink = Sink {
-        json,
-        events: Vec::new(),
-        err: None,
-    };
-    let mut last_ts = 0u64;
+    let mut r = Replayer::new(cfg, json);
     let mut error = None;
-    let mut aggregate = |engine: &mut Engine, out: &mut Vec<Event>| {
-        let (tallies, watermark) = engine.take_tallies();
-        agg.feed(0, tallies, watermark, out);
-    };
     for file in files {
-        let r = read_file(file, |frame| {
-            frames += 1;
-            // Every frame moves capture time on, TCP or not, so timeouts fire in order.
-            last_ts = last_ts.max(frame.ts_ns);
-            engine.advance(last_ts, &mut out);
-            match parse_frame(&frame) {
-                Ok((seg, _)) => {
-                    engine.process(
-                        &Packet {
-                            ts_ns: frame.ts_ns,
-                            ifindex: frame.ifindex,
-                            seg: &seg,
-                        },
-                        &mut out,
-                    );
-                }
-                Err(e) => *parse_errors.entry(e.reason()).or_default() += 1,
-            }
-            aggregate(&mut engine, &mut out);
-            sink.take(&mut out);
-        });
-        if let Err(e) = r {
+        if let Err(e) = read_file(file, |frame| r.frame(&frame)) {
             error = Some(e);
             break;
         }
     }
-    engine.finish(last_ts, &mut out);
-    aggregate(&mut engine, &mut out);
-    agg.finish(&mut out);
-    sink.take(&mut out);
-    if let Some(e) = sink.err {
-        return Err(e);
-    }
-    if let Some(w) = sink.json {
-        w.flush()?;
-    }
-    Ok(Replay {
-        engine,
-        frames,
-        parse_errors,
-        events: sink.events,
-        error,
-    })
+    r.finish(error)
 }

@@ -79,12 +79,21 @@ fn tick_ns(tsresol: Option<u8>) -> f64 {
 }
 
 /// Reads every frame of `file` in order and hands it to `f`. Returns the number of frames.
-pub fn read_file(file: &Path, mut f: impl FnMut(Frame<'_>)) -> Result<u64, PcapError> {
+pub fn read_file(file: &Path, f: impl FnMut(Frame<'_>)) -> Result<u64, PcapError> {
     let fh = File::open(file).map_err(|source| PcapError::Open {
         file: file.to_owned(),
         source,
     })?;
-    let mut rd = BufReader::new(fh);
+    read_from(fh, file, f)
+}
+
+/// As [`read_file`], from any reader; `file` only names the source in errors.
+pub fn read_from(
+    source: impl std::io::Read,
+    file: &Path,
+    mut f: impl FnMut(Frame<'_>),
+) -> Result<u64, PcapError> {
+    let mut rd = BufReader::new(source);
     let magic = rd
         .fill_buf()
         .map_err(|source| PcapError::Open {

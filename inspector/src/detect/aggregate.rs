@@ -324,7 +324,7 @@ impl Aggregator {
                 reverse_seen: e.answered > 0,
                 evidence: evidence! {
                     "phase" => "end",
-                    "duration_s" => e.last_sec + 1 - e.start_sec,
+                    "duration_s" => (e.last_sec + 1).saturating_sub(e.start_sec),
                     "peak_rate" => e.peak,
                     "syns" => e.total,
                     "distinct_sources" => e.sources.estimate(),
@@ -343,7 +343,7 @@ impl Aggregator {
                 evidence: evidence! {
                     "phase" => "end",
                     "host" => ip_string(host),
-                    "duration_s" => e.last_sec + 1 - e.start_sec,
+                    "duration_s" => (e.last_sec + 1).saturating_sub(e.start_sec),
                     "peak_rate" => e.peak,
                     "rsts" => e.total,
                     "dominant_rst_class" => dominant(&e.by_class),

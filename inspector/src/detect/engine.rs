@@ -627,12 +627,12 @@ impl Engine {
                 if syn_count > 0 {
                     self.endpoints
                         .get(server_ep)
-                        .record(Latency::SynToSynack, now - syn_last);
+                        .record(Latency::SynToSynack, now.saturating_sub(syn_last));
                 }
                 if syn_count > 1 {
                     let ev = evidence! {
                         "syn_count" => syn_count,
-                        "extra_delay_us" => (syn_last - syn_first) / 1000,
+                        "extra_delay_us" => syn_last.saturating_sub(syn_first) / 1000,
                     };
                     self.emit(out, slot, Kind::SynRetransmitted, now, ev);
                 }
@@ -649,7 +649,7 @@ impl Engine {
                     let ev = evidence! {
                         "signature" => "ack_dropped",
                         "synack_after_ack" => conn.synack_after_ack,
-                        "stall_us" => (now - conn.ack_ns) / 1000,
+                        "stall_us" => now.saturating_sub(conn.ack_ns) / 1000,
                         "last_handshake_age_ms" => Value::Null,
                     };
                     self.emit(out, slot, Kind::AcceptQueueOverflow, now, ev);
@@ -838,9 +838,9 @@ impl Engine {
                 st.established += 1;
                 st.last_handshake_ns = now;
                 self.shared.handshake_done(&server_ep, now);
-                st.record(Latency::SynackToAck, now - synack_last);
+                st.record(Latency::SynackToAck, now.saturating_sub(synack_last));
                 if syn_first != 0 {
-                    st.record(Latency::ConnectTotal, now - syn_first);
+                    st.record(Latency::ConnectTotal, now.saturating_sub(syn_first));
                 }
             }
         }
