@@ -550,7 +550,10 @@ fn a_syn_flood_is_one_episode_and_its_connections_fold_into_it() {
     assert_eq!(start["evidence"]["share_unanswered"], 1.0);
     let rate = start["evidence"]["rate"].as_u64().unwrap();
     // The first second above the rate may be a partial one of the flood.
-    assert!((1000..=2100).contains(&rate), "≥ flood rate, ≤ ~2000 SYNs/s: {rate}");
+    assert!(
+        (1000..=2100).contains(&rate),
+        "≥ flood rate, ≤ ~2000 SYNs/s: {rate}"
+    );
     let sources = start["evidence"]["distinct_sources"].as_u64().unwrap();
     assert!(
         (225..=255).contains(&sources),
@@ -562,7 +565,10 @@ fn a_syn_flood_is_one_episode_and_its_connections_fold_into_it() {
     assert!((3000..=6000).contains(&syns), "{syns}");
     assert_eq!(end["evidence"]["share_unanswered"], 1.0);
     let peak = end["evidence"]["peak_rate"].as_u64().unwrap();
-    assert!((1500..=2100).contains(&peak), "a full second of ~2000 SYNs/s: {peak}");
+    assert!(
+        (1500..=2100).contains(&peak),
+        "a full second of ~2000 SYNs/s: {peak}"
+    );
     // Verdicts of SYNs sent before the episode was recognised still come out; every later
     // one is folded and counted.
     assert!(unanswered_first_second < 2600, "{unanswered_first_second}");

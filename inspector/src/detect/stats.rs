@@ -97,7 +97,8 @@ impl EndpointStats {
 /// Stats per server endpoint, bounded: beyond `max` endpoints, new ones fold into `other`.
 #[derive(Debug)]
 pub struct Endpoints {
-    map: HashMap<Endpoint, EndpointStats>,
+    /// Looked up for most packets: a seeded foldhash, not SipHash (the map is bounded).
+    map: HashMap<Endpoint, EndpointStats, foldhash::fast::RandomState>,
     other: EndpointStats,
     max: usize,
 }
@@ -105,7 +106,7 @@ pub struct Endpoints {
 impl Endpoints {
     pub fn new(max: usize) -> Self {
         Self {
-            map: HashMap::new(),
+            map: HashMap::default(),
             other: EndpointStats::new(),
             max,
         }

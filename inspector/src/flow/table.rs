@@ -99,7 +99,7 @@ struct Aged {
 
 /// A bounded flow table holding values of type `V`.
 pub struct FlowTable<V> {
-    hasher: foldhash::quality::RandomState,
+    hasher: foldhash::fast::RandomState,
     index: HashTable<u32>,
     keys: Vec<FlowKey>,
     vals: Vec<Option<V>>,
@@ -120,7 +120,7 @@ impl<V> FlowTable<V> {
         let mut free: Vec<u32> = (0..max as u32).collect();
         free.reverse();
         Self {
-            hasher: foldhash::quality::RandomState::default(),
+            hasher: foldhash::fast::RandomState::default(),
             index: HashTable::with_capacity(max),
             keys: vec![FlowKey::default(); max],
             vals: (0..max).map(|_| None).collect(),
