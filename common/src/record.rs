@@ -91,3 +91,34 @@ impl TryFrom<u8> for Reason {
 // SAFETY: PacketRecord is repr(C), Copy, has no padding bytes left implicit (asserted above)
 // and every bit pattern is a valid value of each field.
 unsafe impl aya::Pod for PacketRecord {}
+
+/// The tag tap mode writes in front of each redirected frame (XDP metadata area,
+/// `bpf_xdp_adjust_meta`): AF_XDP copies it into the UMEM right before the frame's data.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct TapMeta {
+    /// `bpf_ktime_get_ns()` at the hook: CLOCK_MONOTONIC nanoseconds.
+    pub ts_ns: u64,
+    /// [`crate::symmetric_flow_hash`] of the packet's addresses and ports.
+    pub flow_hash: u32,
+    /// Interface the frame arrived on.
+    pub ifindex: u32,
+    /// RX queue the frame arrived on.
+    pub rx_queue: u32,
+    /// [`Direction`] as `u8` (always ingress on a tap).
+    pub direction: u8,
+    /// [`Reason`] as `u8`.
+    pub reason: u8,
+    /// Number of 802.1Q/802.1ad tags in front of the IP header.
+    pub vlan_depth: u8,
+    /// Set to [`TapMeta::MAGIC`], so userspace can tell a tagged frame from a stale headroom.
+    pub magic: u8,
+}
+
+const _: () = assert!(core::mem::size_of::<TapMeta>() == 24);
+
+impl TapMeta {
+    /// Size in bytes (a multiple of 4, as `bpf_xdp_adjust_meta` requires).
+    pub const SIZE: usize = core::mem::size_of::<TapMeta>();
+    pub const MAGIC: u8 = 0x5c;
+}

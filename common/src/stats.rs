@@ -36,8 +36,15 @@ pub const FOLLOWED: u32 = 11;
 /// remaining follow-ups are not recorded (a bigger `--follow-slots` makes this rarer).
 pub const FOLLOW_COLLISION: u32 = 12;
 
+/// Tap mode: selected frames redirected to an AF_XDP socket (a subset of `SELECTED`).
+pub const TAP_REDIRECTED: u32 = 13;
+/// Tap mode: selected frames on a queue without a socket, passed to the kernel instead.
+pub const TAP_NO_SOCKET: u32 = 14;
+/// Tap mode: the metadata area could not be grown; the frame went untagged.
+pub const TAP_META_FAILED: u32 = 15;
+
 /// Number of counters.
-pub const COUNT: u32 = 13;
+pub const COUNT: u32 = 16;
 
 /// Stable names (metric labels, summary lines), indexed by counter.
 pub const NAMES: [&str; COUNT as usize] = [
@@ -54,4 +61,7 @@ pub const NAMES: [&str; COUNT as usize] = [
     "egress",
     "followed",
     "follow_collision",
+    "tap_redirected",
+    "tap_no_socket",
+    "tap_meta_failed",
 ];

@@ -68,6 +68,23 @@ pub struct LiveReport {
     /// Attachment mode used (`native` or `generic`).
     pub attach_mode: &'static str,
     pub egress: bool,
+    /// Tap mode: one entry per AF_XDP socket (RX queue).
+    pub xsk: Vec<XskReport>,
+}
+
+/// One AF_XDP socket of tap mode: its mode and the kernel's `XDP_STATISTICS`.
+#[derive(Debug, Default, Clone)]
+pub struct XskReport {
+    pub queue: u32,
+    /// `zero-copy` or `copy`.
+    pub bind_mode: &'static str,
+    pub rx_dropped: u64,
+    pub rx_ring_full: u64,
+    pub rx_invalid_descs: u64,
+    /// Frames a worker handed to the worker that owns their flow.
+    pub handed_over: u64,
+    /// Hand-overs lost because the owner's queue was full.
+    pub handover_full: u64,
 }
 
 impl LiveReport {
@@ -109,6 +126,18 @@ impl LiveReport {
         for (reason, n) in &errors {
             s.push_str(&format!("  {:<24}{n}\n", format!("decode_error_{reason}")));
         }
+        for x in &self.xsk {
+            s.push_str(&format!(
+                "  xsk queue {}: {} mode, rx_dropped {}, rx_ring_full {}, rx_invalid_descs {}, handed over {}, hand-over queue full {}\n",
+                x.queue,
+                x.bind_mode,
+                x.rx_dropped,
+                x.rx_ring_full,
+                x.rx_invalid_descs,
+                x.handed_over,
+                x.handover_full
+            ));
+        }
         for (i, w) in self.workers.iter().enumerate() {
             s.push_str(&format!(
                 "  worker {i}: {} records, core {}\n",
@@ -144,7 +173,7 @@ pub struct Sinks<'a> {
     pub on_event: Option<&'a mut dyn FnMut(&Event)>,
 }
 
-enum Msg {
+pub(crate) enum Msg {
     Event(Event),
     Record(Box<CapturedPacket>),
     /// A worker's finished per-second counts and its watermark, for the aggregate anomalies.
@@ -196,6 +225,201 @@ pub fn default_workers() -> u32 {
     (cores().len().max(1) as u32).min(synscope_common::MAX_WORKERS)
 }
 
+/// What every capture mode's workers share: the output channel, the quit flag, the
+/// cross-flow state, the clock and the core list.
+pub(crate) struct Crew {
+    pub tx: Sender<Msg>,
+    pub rx: Receiver<Msg>,
+    pub quit: Arc<AtomicBool>,
+    pub shared: Arc<crate::detect::shared::Shared>,
+    pub clock: MonoToWall,
+    pub cores: Vec<core_affinity::CoreId>,
+    pub want_records: bool,
+}
+
+impl Crew {
+    pub fn new(want_records: bool) -> Self {
+        let (tx, rx) = bounded::<Msg>(CHANNEL_CAP);
+        Self {
+            tx,
+            rx,
+            quit: Arc::new(AtomicBool::new(false)),
+            shared: Arc::new(crate::detect::shared::Shared::new()),
+            clock: MonoToWall::now(),
+            cores: cores(),
+            want_records,
+        }
+    }
+
+    /// The core worker `i` is pinned to.
+    pub fn core(&self, i: usize) -> Option<core_affinity::CoreId> {
+        (!self.cores.is_empty()).then(|| self.cores[i % self.cores.len()])
+    }
+
+    /// A worker's engine-side state, for worker `index`.
+    pub fn worker(&self, index: usize, cfg: &Config) -> WorkerCore {
+        WorkerCore {
+            index,
+            engine: Engine::with_shared(cfg.clone(), self.shared.clone()),
+            out: Vec::new(),
+            tx: self.tx.clone(),
+            clock: self.clock,
+            want_records: self.want_records,
+            last_watermark: 0,
+            report: WorkerReport::default(),
+        }
+    }
+
+    /// The output thread's loop (the caller's thread): delivers worker messages until
+    /// `stop()`, `deadline` or every worker has ended; then tells the workers to quit, takes
+    /// what they still send, closes open aggregate episodes, and joins them.
+    pub fn output(
+        self,
+        cfg: &Config,
+        handles: Vec<thread::JoinHandle<anyhow::Result<(Engine, WorkerReport)>>>,
+        deadline: Option<Instant>,
+        stop: &dyn Fn() -> bool,
+        mut sinks: Sinks<'_>,
+    ) -> anyhow::Result<(Vec<Engine>, Vec<WorkerReport>)> {
+        let Crew {
+            tx,
+            rx,
+            quit,
+            shared,
+            ..
+        } = self;
+        drop(tx);
+        let mut agg = Aggregator::new(Rates::of(cfg), handles.len(), shared);
+        let mut write_err: Option<io::Error> = None;
+        let mut take = |m: Msg, agg: &mut Aggregator, sinks: &mut Sinks<'_>| {
+            if let Err(e) = deliver(m, agg, sinks) {
+                write_err.get_or_insert(e);
+            }
+        };
+        loop {
+            if stop() || deadline.is_some_and(|d| Instant::now() >= d) {
+                break;
+            }
+            match rx.recv_timeout(Duration::from_millis(100)) {
+                Ok(m) => take(m, &mut agg, &mut sinks),
+                Err(RecvTimeoutError::Timeout) => {}
+                // Every worker has ended (an error): stop and report it below.
+                Err(RecvTimeoutError::Disconnected) => break,
+            }
+        }
+        quit.store(true, Ordering::Release);
+        // Workers do a last drain and exit; take everything they still send.
+        while let Ok(m) = rx.recv() {
+            take(m, &mut agg, &mut sinks);
+        }
+        // Episodes still open when the capture stops end with it.
+        let mut last = Vec::new();
+        agg.finish(&mut last);
+        for e in last {
+            take(Msg::Event(e), &mut agg, &mut sinks);
+        }
+        let mut engines = Vec::new();
+        let mut reports = Vec::new();
+        for h in handles {
+            let (engine, report) = h
+                .join()
+                .map_err(|_| anyhow::anyhow!("a worker thread panicked"))?
+                .context("worker")?;
+            engines.push(engine);
+            reports.push(report);
+        }
+        if let Some(e) = write_err
+            && e.kind() != io::ErrorKind::BrokenPipe
+        {
+            // A closed stdout (e.g. `| head`) ends the run; it is not a capture failure.
+            return Err(e).context("writing NDJSON");
+        }
+        for w in [sinks.events, sinks.records].into_iter().flatten() {
+            let _ = w.flush();
+        }
+        Ok((engines, reports))
+    }
+}
+
+/// One worker's engine and what it reports; the capture loop around it is the mode's own.
+pub(crate) struct WorkerCore {
+    index: usize,
+    engine: Engine,
+    out: Vec<Event>,
+    tx: Sender<Msg>,
+    clock: MonoToWall,
+    want_records: bool,
+    last_watermark: u64,
+    pub report: WorkerReport,
+}
+
+impl WorkerCore {
+    /// Pins the calling thread to `core` (recorded in the report when it worked).
+    pub fn pin(&mut self, core: Option<core_affinity::CoreId>) {
+        self.report.core = core
+            .filter(|c| core_affinity::set_for_current(*c))
+            .map(|c| c.id);
+    }
+
+    /// Converts a kernel (CLOCK_MONOTONIC) timestamp to Unix ns.
+    pub fn unix_ns(&self, mono_ns: u64) -> i128 {
+        self.clock.to_unix_ns(mono_ns)
+    }
+
+    /// One captured packet through the engine (and to `--records`).
+    pub fn packet(&mut self, p: CapturedPacket) {
+        self.engine.process(
+            &Packet {
+                ts_ns: u64::try_from(p.ts_unix_ns).unwrap_or(0),
+                ifindex: p.ifindex,
+                seg: &p.segment,
+            },
+            &mut self.out,
+        );
+        if self.want_records {
+            send(
+                &self.tx,
+                Msg::Record(Box::new(p)),
+                &mut self.report.dropped_messages,
+            );
+        }
+    }
+
+    /// Time passes without packets too: fires what is due, sends events and tallies.
+    pub fn tick(&mut self) {
+        let now = self.clock.to_unix_ns(MonoToWall::monotonic_now_ns());
+        let now = u64::try_from(now).unwrap_or(0);
+        self.engine
+            .advance(now.saturating_sub(CLOCK_SLACK_NS), &mut self.out);
+        for e in self.out.drain(..) {
+            send(&self.tx, Msg::Event(e), &mut self.report.dropped_messages);
+        }
+        let (tallies, watermark) = self.engine.take_tallies();
+        if !tallies.is_empty() || watermark != self.last_watermark {
+            self.last_watermark = watermark;
+            // Blocking: the aggregate needs every worker's count of every second.
+            let _ = self.tx.send(Msg::Tally {
+                worker: self.index,
+                tallies,
+                watermark,
+            });
+        }
+    }
+
+    pub fn finish(self) -> (Engine, WorkerReport) {
+        (self.engine, self.report)
+    }
+}
+
+/// The engine configuration of a capture that sees control packets and each handshake's
+/// follow-ups, not every segment.
+fn partial_visibility(cfg: &Config) -> Config {
+    Config {
+        full_visibility: false,
+        ..cfg.clone()
+    }
+}
+
 /// Runs the workers on `inline`'s rings until `stop()` or `duration`, writing output as it
 /// comes; then drains what is left, joins the workers and reads the kernel counters.
 pub fn run(
@@ -203,87 +427,32 @@ pub fn run(
     cfg: Config,
     duration: Option<Duration>,
     stop: &dyn Fn() -> bool,
-    mut sinks: Sinks<'_>,
+    sinks: Sinks<'_>,
 ) -> anyhow::Result<LiveReport> {
-    let clock = MonoToWall::now();
     let deadline = duration.map(|d| Instant::now() + d);
-    let (tx, rx) = bounded::<Msg>(CHANNEL_CAP);
-    let quit = Arc::new(AtomicBool::new(false));
-    let want_records = sinks.records.is_some();
-    let cores = cores();
-    let shared = Arc::new(crate::detect::shared::Shared::new());
-    let workers_n = inline.rings.len();
-    let mut agg = Aggregator::new(Rates::of(&cfg), workers_n, shared.clone());
+    let crew = Crew::new(sinks.records.is_some());
+    let wcfg = partial_visibility(&cfg);
     let mut handles = Vec::new();
     for (i, ring) in std::mem::take(&mut inline.rings).into_iter().enumerate() {
-        let (tx, quit, cfg, shared) = (tx.clone(), quit.clone(), cfg.clone(), shared.clone());
-        let core = (!cores.is_empty()).then(|| cores[i % cores.len()]);
+        let mut core = crew.worker(i, &wcfg);
+        let (quit, pin) = (crew.quit.clone(), crew.core(i));
         let h = thread::Builder::new()
             .name(format!("synscope-w{i}"))
-            .spawn(move || worker(i, ring, cfg, shared, clock, tx, want_records, &quit, core))
+            .spawn(move || {
+                core.pin(pin);
+                ring_worker(ring, core, &quit)
+            })
             .context("spawning a worker thread")?;
         handles.push(h);
     }
-    drop(tx);
-    let mut write_err: Option<io::Error> = None;
-    loop {
-        if stop() || deadline.is_some_and(|d| Instant::now() >= d) {
-            break;
-        }
-        match rx.recv_timeout(Duration::from_millis(100)) {
-            Ok(m) => {
-                if let Err(e) = deliver(m, &mut agg, &mut sinks) {
-                    write_err.get_or_insert(e);
-                }
-            }
-            Err(RecvTimeoutError::Timeout) => {}
-            // Every worker has ended (an error): stop and report it below.
-            Err(RecvTimeoutError::Disconnected) => break,
-        }
-        if write_err.is_some() {
-            break;
-        }
-    }
-    quit.store(true, Ordering::Release);
-    // Workers do a last drain of their rings and exit; take everything they still send.
-    drain_until_closed(&rx, |m| {
-        if let Err(e) = deliver(m, &mut agg, &mut sinks) {
-            write_err.get_or_insert(e);
-        }
-    });
-    // Episodes still open when the capture stops end with it.
-    let mut last = Vec::new();
-    agg.finish(&mut last);
-    for e in last {
-        if let Err(e) = deliver(Msg::Event(e), &mut agg, &mut sinks) {
-            write_err.get_or_insert(e);
-        }
-    }
-    let mut workers = Vec::new();
-    let mut engines = Vec::new();
-    for h in handles {
-        let (engine, report) = h
-            .join()
-            .map_err(|_| anyhow::anyhow!("a worker thread panicked"))?
-            .context("worker")?;
-        engines.push(engine);
-        workers.push(report);
-    }
-    if let Some(e) = write_err
-        && e.kind() != io::ErrorKind::BrokenPipe
-    {
-        // A closed stdout (e.g. `| head`) ends the run; it is not a capture failure.
-        return Err(e).context("writing NDJSON");
-    }
-    for w in [sinks.events, sinks.records].into_iter().flatten() {
-        let _ = w.flush();
-    }
+    let (engines, workers) = crew.output(&cfg, handles, deadline, stop, sinks)?;
     Ok(LiveReport {
         kernel: inline.stats()?,
         workers,
         totals: Totals::of(&engines),
         attach_mode: inline.attach_mode,
         egress: inline.egress,
+        xsk: Vec::new(),
     })
 }
 
@@ -316,12 +485,6 @@ fn deliver(m: Msg, agg: &mut Aggregator, sinks: &mut Sinks<'_>) -> io::Result<()
     }
 }
 
-fn drain_until_closed(rx: &Receiver<Msg>, mut f: impl FnMut(Msg)) {
-    while let Ok(m) = rx.recv() {
-        f(m);
-    }
-}
-
 fn send(tx: &Sender<Msg>, m: Msg, dropped: &mut u64) {
     match tx.try_send(m) {
         Ok(()) => {}
@@ -331,76 +494,30 @@ fn send(tx: &Sender<Msg>, m: Msg, dropped: &mut u64) {
     }
 }
 
-#[expect(clippy::too_many_arguments, reason = "everything a worker thread owns")]
-/// One worker: drains its ring into its engine until `quit`, then drains once more.
-fn worker(
-    index: usize,
+/// An inline-mode worker: drains its ring into its engine until `quit`, then once more.
+fn ring_worker(
     mut ring: RingBuf<MapData>,
-    mut cfg: Config,
-    shared: Arc<crate::detect::shared::Shared>,
-    clock: MonoToWall,
-    tx: Sender<Msg>,
-    want_records: bool,
+    mut core: WorkerCore,
     quit: &AtomicBool,
-    core: Option<core_affinity::CoreId>,
 ) -> anyhow::Result<(Engine, WorkerReport)> {
-    let mut report = WorkerReport {
-        core: core
-            .filter(|c| core_affinity::set_for_current(*c))
-            .map(|c| c.id),
-        ..Default::default()
-    };
-    // Inline mode sees control packets and each handshake's follow-ups, not every segment.
-    cfg.full_visibility = false;
-    let mut engine = Engine::with_shared(cfg, shared);
-    let mut out = Vec::new();
-    let mut last_watermark = 0;
     loop {
         let done = quit.load(Ordering::Acquire);
         ringbuf::drain(
             &mut ring,
             if done { Duration::ZERO } else { POLL },
             |bytes| {
-                report.records += 1;
-                match decode_record(bytes, |ns| clock.to_unix_ns(ns)) {
-                    Ok(p) => {
-                        engine.process(
-                            &Packet {
-                                ts_ns: u64::try_from(p.ts_unix_ns).unwrap_or(0),
-                                ifindex: p.ifindex,
-                                seg: &p.segment,
-                            },
-                            &mut out,
-                        );
-                        if want_records {
-                            send(&tx, Msg::Record(Box::new(p)), &mut report.dropped_messages);
-                        }
-                    }
-                    Err(e) => *report.decode_errors.entry(e.reason()).or_default() += 1,
+                core.report.records += 1;
+                match decode_record(bytes, |ns| core.unix_ns(ns)) {
+                    Ok(p) => core.packet(p),
+                    Err(e) => *core.report.decode_errors.entry(e.reason()).or_default() += 1,
                 }
             },
         )
         .context("reading the ring buffer")?;
-        // Time passes without packets too: fire what is due.
-        let now = clock.to_unix_ns(MonoToWall::monotonic_now_ns());
-        let now = u64::try_from(now).unwrap_or(0);
-        engine.advance(now.saturating_sub(CLOCK_SLACK_NS), &mut out);
-        for e in out.drain(..) {
-            send(&tx, Msg::Event(e), &mut report.dropped_messages);
-        }
-        let (tallies, watermark) = engine.take_tallies();
-        if !tallies.is_empty() || watermark != last_watermark {
-            last_watermark = watermark;
-            // Blocking: the aggregate needs every worker's count of every second.
-            let _ = tx.send(Msg::Tally {
-                worker: index,
-                tallies,
-                watermark,
-            });
-        }
+        core.tick();
         if done {
             break;
         }
     }
-    Ok((engine, report))
+    Ok(core.finish())
 }

@@ -63,6 +63,13 @@ pub enum LoadError {
     },
     #[error("loading the BPF object failed: {0}")]
     Load(#[from] aya::EbpfError),
+    #[error(
+        "interface {iface} has addresses ({addrs}): it looks like a live host interface, and tap \
+         mode would take its selected packets away from its own TCP stack. Use inline mode \
+         there; pass --tap-on-addressed-interface only for a capture port that happens to have \
+         an address"
+    )]
+    LiveInterface { iface: String, addrs: String },
     #[error("BPF program or map setup failed: {0}")]
     Program(#[from] ProgramError),
     #[error("BPF map {name} unusable: {source}")]
@@ -79,7 +86,9 @@ impl LoadError {
     /// Exit code: 2 for what the user typed wrong, 1 for the rest.
     pub fn exit_code(&self) -> i32 {
         match self {
-            Self::UnknownInterface(_) | Self::AlreadyAttached { .. } => 2,
+            Self::UnknownInterface(_)
+            | Self::AlreadyAttached { .. }
+            | Self::LiveInterface { .. } => 2,
             _ => 1,
         }
     }
@@ -149,18 +158,7 @@ pub struct Inline {
 impl Inline {
     /// Sums the per-CPU counters, indexed by `synscope_common::stats`.
     pub fn stats(&self) -> Result<[u64; stats::COUNT as usize], LoadError> {
-        let mut out = [0u64; stats::COUNT as usize];
-        for (i, slot) in out.iter_mut().enumerate() {
-            let values = self
-                .stats
-                .get(&(i as u32), 0)
-                .map_err(|source| LoadError::Map {
-                    name: "STATS",
-                    source,
-                })?;
-            *slot = values.iter().sum();
-        }
-        Ok(out)
+        read_stats(&self.stats)
     }
 }
 
@@ -217,26 +215,134 @@ fn force_detach(iface: &str) -> Result<(), LoadError> {
     }
 }
 
-/// Loads the selector, attaches it to `opts.iface` in the caller's network namespace, and
-/// returns the handles userspace reads.
-pub fn attach_inline(opts: &InlineOptions) -> Result<Inline, LoadError> {
+/// Checks privileges, resolves the interface, and deals with an XDP program already there.
+fn preflight(iface: &str, force: bool) -> Result<u32, LoadError> {
     if !has_bpf_privileges() {
         return Err(LoadError::NotPrivileged);
     }
-    let ifindex = ifindex(&opts.iface)?;
-    if let Some((_, existing)) = attached_xdp(&opts.iface) {
-        if !opts.force {
+    let ifindex = ifindex(iface)?;
+    if let Some((_, existing)) = attached_xdp(iface) {
+        if !force {
             return Err(LoadError::AlreadyAttached {
-                iface: opts.iface.clone(),
+                iface: iface.to_owned(),
                 existing,
             });
         }
-        tracing::warn!(iface = %opts.iface, %existing, "--force: detaching the existing XDP program");
-        force_detach(&opts.iface)?;
+        tracing::warn!(%iface, %existing, "--force: detaching the existing XDP program");
+        force_detach(iface)?;
     }
+    Ok(ifindex)
+}
+
+/// The follow-window globals of one load: `FOLLOW_MASK + 1` slots.
+struct Follow {
+    budget: u32,
+    mask: u32,
+}
+
+impl Follow {
+    fn new(budget: u32, slots: u32) -> Self {
+        Self {
+            budget,
+            mask: slots.max(1).next_power_of_two() - 1,
+        }
+    }
+}
+
+/// Loads the BPF object with `loader`'s settings plus the follow window.
+fn load_object<'a>(loader: &mut EbpfLoader<'a>, follow: &'a Follow) -> Result<Ebpf, LoadError> {
+    loader
+        .map_max_entries("FOLLOW", follow.mask + 1)
+        .override_global("FOLLOW_BUDGET", &follow.budget, true)
+        .override_global("FOLLOW_MASK", &follow.mask, true)
+        .load(BPF_OBJECT)
+        .map_err(|e| match &e {
+            aya::EbpfError::MapError(aya::maps::MapError::CreateError { io_error, .. })
+                if io_error.kind() == io::ErrorKind::PermissionDenied =>
+            {
+                LoadError::NotPrivileged
+            }
+            _ => LoadError::Load(e),
+        })
+}
+
+/// Loads XDP program `name` and attaches it through a bpf_link (native first in `Auto`);
+/// returns its program id and the mode used.
+fn attach_xdp(
+    ebpf: &mut Ebpf,
+    name: &str,
+    iface: &str,
+    ifindex: u32,
+    mode: AttachMode,
+) -> Result<(u32, &'static str), LoadError> {
+    let prog: &mut Xdp = ebpf
+        .program_mut(name)
+        .ok_or(LoadError::Program(ProgramError::NotLoaded))?
+        .try_into()?;
+    prog.load()?;
+    let prog_id = prog.info()?.id();
+    let refused = |source| LoadError::AttachRefused {
+        iface: iface.to_owned(),
+        source,
+    };
+    let attach_mode = match mode {
+        AttachMode::Native => prog
+            .attach_to_if_index(ifindex, XdpMode::Driver)
+            .map(|_| "native")
+            .map_err(refused)?,
+        AttachMode::Generic => prog
+            .attach_to_if_index(ifindex, XdpMode::Skb)
+            .map(|_| "generic")
+            .map_err(refused)?,
+        AttachMode::Auto => match prog.attach_to_if_index(ifindex, XdpMode::Driver) {
+            Ok(_) => "native",
+            Err(e) => {
+                tracing::info!(%iface, error = %e, "native XDP refused, using generic mode");
+                prog.attach_to_if_index(ifindex, XdpMode::Skb)
+                    .map(|_| "generic")
+                    .map_err(refused)?
+            }
+        },
+    };
+    if !has_link(prog_id, LinkType::Xdp) {
+        return Err(LoadError::NoLink(iface.to_owned()));
+    }
+    Ok((prog_id, attach_mode))
+}
+
+fn take_stats(ebpf: &mut Ebpf) -> Result<PerCpuArray<MapData, u64>, LoadError> {
+    PerCpuArray::try_from(
+        ebpf.take_map("STATS")
+            .ok_or(LoadError::Program(ProgramError::NotLoaded))?,
+    )
+    .map_err(|source| LoadError::Map {
+        name: "STATS",
+        source,
+    })
+}
+
+/// Sums per-CPU counters, indexed by `synscope_common::stats`.
+fn read_stats(
+    stats: &PerCpuArray<MapData, u64>,
+) -> Result<[u64; stats::COUNT as usize], LoadError> {
+    let mut out = [0u64; stats::COUNT as usize];
+    for (i, slot) in out.iter_mut().enumerate() {
+        let values = stats.get(&(i as u32), 0).map_err(|source| LoadError::Map {
+            name: "STATS",
+            source,
+        })?;
+        *slot = values.iter().sum();
+    }
+    Ok(out)
+}
+
+/// Loads the selector, attaches it to `opts.iface` in the caller's network namespace, and
+/// returns the handles userspace reads.
+pub fn attach_inline(opts: &InlineOptions) -> Result<Inline, LoadError> {
+    let ifindex = preflight(&opts.iface, opts.force)?;
     let workers = opts.workers.clamp(1, MAX_WORKERS);
     let ring_names: Vec<String> = (0..MAX_WORKERS).map(|i| format!("RECORDS_{i}")).collect();
-    let follow_mask = opts.follow_slots.max(1).next_power_of_two() - 1;
+    let follow = Follow::new(opts.follow_budget, opts.follow_slots);
     let mut loader = EbpfLoader::new();
     for (i, name) in ring_names.iter().enumerate() {
         // Rings beyond the workers in use stay at one page.
@@ -247,58 +353,15 @@ pub fn attach_inline(opts: &InlineOptions) -> Result<Inline, LoadError> {
         };
         loader.map_max_entries(name, size);
     }
-    let mut ebpf = loader
-        .map_max_entries("FOLLOW", follow_mask + 1)
-        .override_global("NWORKERS", &workers, true)
-        .override_global("FOLLOW_BUDGET", &opts.follow_budget, true)
-        .override_global("FOLLOW_MASK", &follow_mask, true)
-        .load(BPF_OBJECT)
-        .map_err(|e| match &e {
-            aya::EbpfError::MapError(aya::maps::MapError::CreateError { io_error, .. })
-                if io_error.kind() == io::ErrorKind::PermissionDenied =>
-            {
-                LoadError::NotPrivileged
-            }
-            _ => LoadError::Load(e),
-        })?;
-    let prog: &mut Xdp = ebpf
-        .program_mut("synscope_ingress")
-        .ok_or(LoadError::Program(ProgramError::NotLoaded))?
-        .try_into()?;
-    prog.load()?;
-    let prog_id = prog.info()?.id();
-    let attach_mode = match opts.attach {
-        AttachMode::Native => prog
-            .attach_to_if_index(ifindex, XdpMode::Driver)
-            .map(|_| "native")
-            .map_err(|source| LoadError::AttachRefused {
-                iface: opts.iface.clone(),
-                source,
-            })?,
-        AttachMode::Generic => prog
-            .attach_to_if_index(ifindex, XdpMode::Skb)
-            .map(|_| "generic")
-            .map_err(|source| LoadError::AttachRefused {
-                iface: opts.iface.clone(),
-                source,
-            })?,
-        AttachMode::Auto => match prog.attach_to_if_index(ifindex, XdpMode::Driver) {
-            Ok(_) => "native",
-            Err(e) => {
-                tracing::info!(iface = %opts.iface, error = %e, "native XDP refused, using generic mode");
-                prog.attach_to_if_index(ifindex, XdpMode::Skb)
-                    .map(|_| "generic")
-                    .map_err(|source| LoadError::AttachRefused {
-                        iface: opts.iface.clone(),
-                        source,
-                    })?
-            }
-        },
-    };
-    if !has_link(prog_id, LinkType::Xdp) {
-        drop(ebpf);
-        return Err(LoadError::NoLink(opts.iface.clone()));
-    }
+    loader.override_global("NWORKERS", &workers, true);
+    let mut ebpf = load_object(&mut loader, &follow)?;
+    let (prog_id, attach_mode) = attach_xdp(
+        &mut ebpf,
+        "synscope_ingress",
+        &opts.iface,
+        ifindex,
+        opts.attach,
+    )?;
     let egress_id = if opts.egress {
         Some(attach_egress(&mut ebpf, &opts.iface)?)
     } else {
@@ -316,14 +379,7 @@ pub fn attach_inline(opts: &InlineOptions) -> Result<Inline, LoadError> {
         })?;
         rings.push(ring);
     }
-    let stats = PerCpuArray::try_from(
-        ebpf.take_map("STATS")
-            .ok_or(LoadError::Program(ProgramError::NotLoaded))?,
-    )
-    .map_err(|source| LoadError::Map {
-        name: "STATS",
-        source,
-    })?;
+    let stats = take_stats(&mut ebpf)?;
     Ok(Inline {
         rings,
         stats,
@@ -332,6 +388,97 @@ pub fn attach_inline(opts: &InlineOptions) -> Result<Inline, LoadError> {
         attach_mode,
         egress: opts.egress,
         prog_ids: (prog_id, egress_id),
+    })
+}
+
+/// Tap-mode options.
+#[derive(Debug, Clone)]
+pub struct TapOptions {
+    pub iface: String,
+    pub force: bool,
+    pub attach: AttachMode,
+    pub follow_budget: u32,
+    pub follow_slots: u32,
+    /// Pass frames that are not selected to the kernel (else drop them).
+    pub pass_rest: bool,
+    /// Attach even though the interface has IP addresses (looks like a live host interface).
+    pub allow_addressed: bool,
+}
+
+/// A loaded and attached tap selector; the AF_XDP sockets go into `xsks`. Dropping it
+/// detaches everything.
+pub struct Tap {
+    pub xsks: aya::maps::XskMap<MapData>,
+    stats: PerCpuArray<MapData, u64>,
+    _ebpf: Ebpf,
+    pub ifindex: u32,
+    pub attach_mode: &'static str,
+    pub prog_id: u32,
+}
+
+impl Tap {
+    /// Sums the per-CPU counters, indexed by `synscope_common::stats`.
+    pub fn stats(&self) -> Result<[u64; stats::COUNT as usize], LoadError> {
+        read_stats(&self.stats)
+    }
+}
+
+/// The IP addresses configured on `iface` (as `ip -j addr` reports them).
+fn addresses(iface: &str) -> Vec<String> {
+    let Ok(out) = Command::new("ip")
+        .args(["-j", "addr", "show", "dev", iface])
+        .output()
+    else {
+        return Vec::new();
+    };
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    v.get(0)
+        .and_then(|l| l.get("addr_info"))
+        .and_then(|a| a.as_array())
+        .map(|a| {
+            a.iter()
+                .filter(|x| x.get("scope").and_then(|s| s.as_str()) == Some("global"))
+                .filter_map(|x| x.get("local").and_then(|l| l.as_str()).map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Loads the tap selector and attaches it to `opts.iface`. Refuses an interface with global
+/// addresses unless `allow_addressed`: on a live host, redirecting its control packets to
+/// AF_XDP would take them away from its own TCP stack.
+pub fn attach_tap(opts: &TapOptions) -> Result<Tap, LoadError> {
+    let ifindex = preflight(&opts.iface, opts.force)?;
+    let addrs = addresses(&opts.iface);
+    if !addrs.is_empty() && !opts.allow_addressed {
+        return Err(LoadError::LiveInterface {
+            iface: opts.iface.clone(),
+            addrs: addrs.join(", "),
+        });
+    }
+    let pass_rest = u32::from(opts.pass_rest);
+    let follow = Follow::new(opts.follow_budget, opts.follow_slots);
+    let mut loader = EbpfLoader::new();
+    loader.override_global("TAP_PASS_REST", &pass_rest, true);
+    let mut ebpf = load_object(&mut loader, &follow)?;
+    let (prog_id, attach_mode) =
+        attach_xdp(&mut ebpf, "synscope_tap", &opts.iface, ifindex, opts.attach)?;
+    let xsks = aya::maps::XskMap::try_from(
+        ebpf.take_map("XSKS")
+            .ok_or(LoadError::Program(ProgramError::NotLoaded))?,
+    )
+    .map_err(|source| LoadError::Map {
+        name: "XSKS",
+        source,
+    })?;
+    let stats = take_stats(&mut ebpf)?;
+    Ok(Tap {
+        xsks,
+        stats,
+        _ebpf: ebpf,
+        ifindex,
+        attach_mode,
+        prog_id,
     })
 }
 

@@ -9,6 +9,8 @@ mod maps;
 mod parse;
 #[cfg(target_arch = "bpf")]
 mod select;
+#[cfg(target_arch = "bpf")]
+mod tap;
 
 #[cfg(target_arch = "bpf")]
 mod entry {
@@ -36,6 +38,12 @@ mod entry {
             },
         );
         xdp_action::XDP_PASS
+    }
+
+    /// Tap-mode selector (mirror port): selected frames to AF_XDP, the rest dropped or passed.
+    #[xdp]
+    pub fn synscope_tap(ctx: XdpContext) -> u32 {
+        crate::tap::tap(&ctx)
     }
 
     /// TC egress selector for inline mode: the host's own SYN-ACKs, RSTs and ACKs only show up

@@ -2,7 +2,7 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, PerCpuArray, RingBuf, ring_buf::RingBufEntry},
+    maps::{Array, PerCpuArray, RingBuf, XskMap, ring_buf::RingBufEntry},
 };
 use synscope_common::{MAX_WORKERS, PacketRecord, stats};
 
@@ -17,6 +17,10 @@ static FOLLOW_BUDGET: u32 = 4;
 /// `FOLLOW` has `FOLLOW_MASK + 1` slots (a power of two), set by the loader.
 #[unsafe(no_mangle)]
 static FOLLOW_MASK: u32 = (1 << 16) - 1;
+
+/// Tap mode: what happens to frames that are not selected: 1 = pass to the kernel, 0 = drop.
+#[unsafe(no_mangle)]
+static TAP_PASS_REST: u32 = 0;
 
 #[inline(always)]
 fn global(v: &'static u32) -> u32 {
@@ -33,6 +37,14 @@ pub fn follow_budget() -> u32 {
 pub fn follow_mask() -> u32 {
     global(&FOLLOW_MASK)
 }
+pub fn tap_pass_rest() -> bool {
+    global(&TAP_PASS_REST) != 0
+}
+
+/// Tap mode: one AF_XDP socket per RX queue, indexed by queue. A queue without a socket
+/// passes its frames to the kernel (the missing-socket default), so a dead consumer fails open.
+#[map]
+pub static XSKS: XskMap = XskMap::with_max_entries(64, 0);
 
 /// The handshake follow window: a direct-mapped array of tagged slots indexed by the
 /// symmetric flow hash. A slot holds `flow_hash << 32 | packets left`. Shared by ingress and

@@ -22,7 +22,7 @@ pub struct Hook {
 /// SYN-ACK (re)opens the flow's follow window; other packets are selected while their flow's
 /// window has budget left.
 #[inline(always)]
-fn reason(flags: u8, flow_hash: u32) -> Option<Reason> {
+pub fn reason(flags: u8, flow_hash: u32) -> Option<Reason> {
     let idx = flow_hash & follow_mask();
     let slot = FOLLOW.get_ptr_mut(idx)?;
     if flags & (TCP_SYN | TCP_FIN | TCP_RST) != 0 {
