@@ -13,6 +13,7 @@ pub mod live;
 pub mod loader;
 pub mod output;
 pub mod replay;
+pub mod tap;
 pub mod wire;
 
 use std::sync::atomic::{AtomicBool, Ordering};

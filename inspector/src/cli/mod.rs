@@ -32,6 +32,17 @@ pub enum Mode {
     /// XDP on ingress and TC on egress copy records of control packets (and each handshake's
     /// follow-ups) to per-worker ring buffers; every packet goes on to the kernel.
     Inline,
+    /// For a mirror/SPAN port or a `tc mirred` capture interface, never a live host's own
+    /// interface: XDP redirects selected frames to AF_XDP sockets (one per RX queue); the
+    /// rest are dropped or passed (`--tap-rest`).
+    Tap,
+}
+
+/// What tap mode does with frames it does not select.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum TapRest {
+    Drop,
+    Pass,
 }
 
 #[derive(Debug, Args)]
@@ -64,6 +75,13 @@ pub struct LiveArgs {
     #[arg(long, value_name = "N", default_value_t = 1 << 18,
           value_parser = clap::value_parser!(u32).range(1..=(1 << 24)))]
     pub follow_slots: u32,
+    /// Tap mode: drop or pass the frames that are not selected.
+    #[arg(long, value_enum, default_value_t = TapRest::Drop)]
+    pub tap_rest: TapRest,
+    /// Tap mode: attach even though the interface has IP addresses (tap mode takes selected
+    /// frames away from the kernel: never use it on a live host's interface).
+    #[arg(long)]
+    pub tap_on_addressed_interface: bool,
     /// Do not attach the TC egress program (ingress only: the host's own answers are not seen,
     /// so handshake verdicts are off; for one-way vantage points).
     #[arg(long)]
@@ -242,17 +260,31 @@ fn run_live(a: &LiveArgs) -> anyhow::Result<()> {
     let records = a.records.as_deref().map(JsonSink::parse);
     let mut ev_out = events.as_ref().map(crate::live::open_sink).transpose()?;
     let mut rec_out = records.as_ref().map(crate::live::open_sink).transpose()?;
-    let report = crate::live::run_inline(
-        &opts,
-        a.engine.config(),
-        a.duration,
-        &crate::STOP,
-        crate::live::Sinks {
-            events: ev_out.as_mut().map(|w| w as &mut dyn std::io::Write),
-            records: rec_out.as_mut().map(|w| w as &mut dyn std::io::Write),
-            on_event: None,
-        },
-    )?;
+    let sinks = crate::live::Sinks {
+        events: ev_out.as_mut().map(|w| w as &mut dyn std::io::Write),
+        records: rec_out.as_mut().map(|w| w as &mut dyn std::io::Write),
+        on_event: None,
+    };
+    let report = match a.mode {
+        Mode::Inline => {
+            crate::live::run_inline(&opts, a.engine.config(), a.duration, &crate::STOP, sinks)?
+        }
+        Mode::Tap => crate::tap::run_tap(
+            &crate::loader::TapOptions {
+                iface: a.iface.clone(),
+                force: a.force,
+                attach: a.xdp_mode,
+                follow_budget: a.follow,
+                follow_slots: a.follow_slots,
+                pass_rest: a.tap_rest == TapRest::Pass,
+                allow_addressed: a.tap_on_addressed_interface,
+            },
+            a.engine.config(),
+            a.duration,
+            &crate::STOP,
+            sinks,
+        )?,
+    };
     print_summary(events.as_ref().or(records.as_ref()), &report.render());
     Ok(())
 }

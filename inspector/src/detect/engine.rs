@@ -186,6 +186,8 @@ struct Conn {
     synack_last: u64,
     synack_count: u16,
     server_isn: u32,
+    /// The ack number of the first SYN-ACK (the client ISN + 1 it answers).
+    synack_ack: u32,
     ack_ns: u64,
     synack_after_ack: u16,
     /// Next sequence number of [client, server], when known.
@@ -225,6 +227,7 @@ impl Conn {
             synack_last: 0,
             synack_count: 0,
             server_isn: 0,
+            synack_ack: 0,
             ack_ns: 0,
             synack_after_ack: 0,
             next_seq: [None; 2],
@@ -523,6 +526,21 @@ impl Engine {
             conn.syn_last = now;
             return;
         }
+        if conn.syn_count == 0
+            && matches!(conn.state, State::SynReceived | State::Established)
+            && conn.synack_count > 0
+            && conn.synack_ack == seg.seq.wrapping_add(1)
+        {
+            // The SYN of a handshake whose SYN-ACK was captured first (a tap whose RX queues
+            // or mirror paths reorder the two directions): the same connection, not a reuse.
+            conn.syn_first = now;
+            conn.syn_last = now;
+            conn.syn_count = 1;
+            conn.client_isn = seg.seq;
+            conn.syn_tsval = tsval;
+            self.endpoints.get(server_ep).syns += 1;
+            return;
+        }
         if conn.syn_count > 0 || conn.state != State::SynSent {
             // A new ISN on a tuple already known: report reuse unless the old connection
             // closed more than 2·MSL ago, then start over.
@@ -615,6 +633,7 @@ impl Engine {
                 );
                 conn.state = State::SynReceived;
                 conn.server_isn = seg.seq;
+                conn.synack_ack = seg.ack;
                 conn.synack_first = now;
                 conn.synack_last = now;
                 conn.synack_count = 1;
@@ -640,6 +659,25 @@ impl Engine {
                 // offset per connection, so backwards TSvals across connections are normal.
                 // Only a SYN that then goes unanswered is reported (see the Syn timer).
                 let _ = paws;
+                // The client's completing ACK was captured before this SYN-ACK (a tap whose
+                // queues invert the two directions): the handshake is complete now.
+                let acked_early = self.table.get(slot).is_some_and(|c| {
+                    c.last[C].is_some_and(|l| l.has_ack && l.ack == seg.seq.wrapping_add(1))
+                });
+                if acked_early {
+                    self.establish(slot, server_ep, now);
+                }
+            }
+            State::SynReceived if conn.synack_count == 0 => {
+                // A flow first seen at its SYN-ACK (oriented from it): the handshake's
+                // server side, without the SYN (it may still come, reordered).
+                conn.server_isn = seg.seq;
+                conn.synack_ack = seg.ack;
+                conn.synack_first = now;
+                conn.synack_last = now;
+                conn.synack_count = 1;
+                self.table
+                    .arm(slot, TimerKind::SynAck, now + self.cfg.synack_timeout);
             }
             State::SynReceived | State::Established if seg.seq == conn.server_isn => {
                 conn.synack_count = conn.synack_count.saturating_add(1);
@@ -827,21 +865,7 @@ impl Engine {
                     }
                 }
             } else {
-                let (syn_first, synack_last) = (conn.syn_first, conn.synack_last);
-                conn.state = State::Established;
-                conn.ack_ns = now;
-                self.table.disarm(slot, TimerKind::SynAck);
-                self.table.set_class(slot, FlowClass::Open);
-                self.table
-                    .arm(slot, TimerKind::Expire, now + self.cfg.established_idle);
-                let st = self.endpoints.get(server_ep);
-                st.established += 1;
-                st.last_handshake_ns = now;
-                self.shared.handshake_done(&server_ep, now);
-                st.record(Latency::SynackToAck, now.saturating_sub(synack_last));
-                if syn_first != 0 {
-                    st.record(Latency::ConnectTotal, now.saturating_sub(syn_first));
-                }
+                self.establish(slot, server_ep, now);
             }
         }
         let Some(conn) = self.table.get_mut(slot) else {
@@ -873,6 +897,28 @@ impl Engine {
                 }
                 self.close(slot, now);
             }
+        }
+    }
+
+    /// The handshake completed at `now` (the client's ACK of the SYN-ACK).
+    fn establish(&mut self, slot: u32, server_ep: Endpoint, now: u64) {
+        let Some(conn) = self.table.get_mut(slot) else {
+            return;
+        };
+        let (syn_first, synack_last) = (conn.syn_first, conn.synack_last);
+        conn.state = State::Established;
+        conn.ack_ns = now;
+        self.table.disarm(slot, TimerKind::SynAck);
+        self.table.set_class(slot, FlowClass::Open);
+        self.table
+            .arm(slot, TimerKind::Expire, now + self.cfg.established_idle);
+        let st = self.endpoints.get(server_ep);
+        st.established += 1;
+        st.last_handshake_ns = now;
+        self.shared.handshake_done(&server_ep, now);
+        st.record(Latency::SynackToAck, now.saturating_sub(synack_last));
+        if syn_first != 0 {
+            st.record(Latency::ConnectTotal, now.saturating_sub(syn_first));
         }
     }
 

@@ -399,3 +399,48 @@ fn a_flood_folds_the_per_connection_verdicts_of_its_endpoint() {
     assert_eq!(k.iter().filter(|k| **k == "syn_unanswered").count(), 0);
     assert_eq!(sim.eng.counters().folded, 3000);
 }
+
+#[test]
+fn a_syn_captured_after_its_synack_is_the_same_handshake() {
+    let mut sim = Sim::new();
+    sim.at(0, s(1, SA, 5000, 1001))
+        .at(1, c(1, SYN, 1000, 0))
+        .at(2, c(1, ACK, 1001, 5001))
+        .until(10_000);
+    assert_eq!(sim.kinds(), Vec::<&str>::new());
+    let st = sim.eng.endpoints().iter().next().unwrap().1;
+    assert_eq!((st.syns, st.established), (1, 1));
+    // A SYN whose ISN does not match the SYN-ACK's ack is still a reuse.
+    let mut sim = Sim::new();
+    sim.at(0, s(1, SA, 5000, 1001)).at(1, c(1, SYN, 7000, 0));
+    assert_eq!(sim.kinds(), ["syn_tuple_reuse"]);
+}
+
+#[test]
+fn a_syn_captured_after_its_synack_and_the_first_data_is_still_the_same_handshake() {
+    let mut sim = Sim::new();
+    sim.at(0, s(1, SA, 5000, 1001))
+        .at(1, c(1, ACK, 1001, 5001))
+        .at(2, s(1, ACK, 5001, 1011))
+        .at(3, c(1, SYN, 1000, 0))
+        .until(10_000);
+    assert!(
+        !sim.kinds().contains(&"syn_tuple_reuse"),
+        "{:?}",
+        sim.kinds()
+    );
+}
+
+#[test]
+fn a_completing_ack_captured_before_its_synack_still_completes_the_handshake() {
+    let mut sim = Sim::new();
+    sim.at(0, c(1, SYN, 1000, 0))
+        .at(2, c(1, ACK, 1001, 5001))
+        .at(3, s(1, SA, 5000, 1001))
+        .at(200, c(1, TcpFlags(0x14), 1001, 5001))
+        .until(10_000);
+    assert_eq!(sim.kinds(), ["reset"]);
+    assert_eq!(sim.out[0].ev("phase"), "established");
+    let st = sim.eng.endpoints().iter().next().unwrap().1;
+    assert_eq!(st.established, 1);
+}

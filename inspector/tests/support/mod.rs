@@ -207,3 +207,95 @@ pub fn xdp_attached(lab: &Lab, ns: &str, iface: &str) -> bool {
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("ip json");
     v[0].get("xdp").is_some()
 }
+
+/// The exact events of every seed scenario of `lab::scenarios::run_all` on ports from `base`:
+/// what inline and tap mode must both report.
+pub fn assert_seed_events(
+    events: &[serde_json::Value],
+    outcomes: &[synscope::lab::scenarios::Outcome],
+    base: u16,
+) {
+    use synscope::lab::scenarios;
+    let at = |s: scenarios::Scenario| -> Vec<&serde_json::Value> {
+        events
+            .iter()
+            .filter(|e| {
+                e["server"]
+                    .as_str()
+                    .unwrap()
+                    .ends_with(&format!(":{}", base + s.offset))
+            })
+            .collect()
+    };
+    let kinds = |v: &[&serde_json::Value]| -> Vec<String> {
+        v.iter()
+            .map(|e| e["kind"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    assert!(
+        outcomes[0].client_view.contains("echoed 14 bytes"),
+        "{outcomes:?}"
+    );
+    assert_eq!(kinds(&at(scenarios::CLEAN_V4)), Vec::<String>::new());
+    assert_eq!(kinds(&at(scenarios::CLEAN_V6)), Vec::<String>::new());
+
+    let e = at(scenarios::CLOSED_PORT);
+    assert_eq!(kinds(&e), ["reset", "syn_rejected"]);
+    assert_eq!(e[0]["evidence"]["rst_class"], "refused");
+    assert_eq!(e[0]["evidence"]["from"], "server");
+    assert_eq!(e[0]["reverse_seen"], true);
+
+    let e = at(scenarios::FIREWALL_DROP);
+    assert_eq!(kinds(&e), ["syn_unanswered"]);
+    assert_eq!(e[0]["evidence"]["syn_count"], 3);
+    assert_eq!(e[0]["reverse_seen"], false);
+
+    let e = at(scenarios::HALF_OPEN);
+    assert_eq!(kinds(&e), ["synack_unacked"]);
+    assert_eq!(e[0]["evidence"]["synack_count"], 2);
+
+    let e = at(scenarios::ACCEPT_QUEUE);
+    assert_eq!(
+        kinds(&e),
+        ["accept_queue_overflow", "accept_queue_overflow"]
+    );
+    for x in &e {
+        assert_eq!(x["evidence"]["signature"], "syn_dropped");
+    }
+
+    let e = at(scenarios::LINGER_ZERO);
+    assert_eq!(kinds(&e), ["reset"]);
+    let ev = &e[0]["evidence"];
+    assert_eq!(
+        (
+            ev["from"].as_str(),
+            ev["rst_class"].as_str(),
+            ev["phase"].as_str()
+        ),
+        (Some("client"), Some("active"), Some("established"))
+    );
+    assert_eq!(ev["seq"], ev["expected_seq"]);
+
+    let e = at(scenarios::FIN_UNANSWERED);
+    assert_eq!(kinds(&e), ["fin_unanswered"]);
+    assert_eq!(e[0]["evidence"]["from"], "client");
+    assert_eq!(e[0]["evidence"]["fin_count"], 6);
+
+    let e = at(scenarios::PROBE_LEAK);
+    assert_eq!(
+        kinds(&e),
+        ["reset", "probe_rst_before_ack", "probe_connection_leak"]
+    );
+    assert!(
+        outcomes[8].client_view.ends_with("1 ESTABLISHED socket(s)"),
+        "{outcomes:?}"
+    );
+    let e = at(scenarios::PROBE_VALID);
+    assert_eq!(kinds(&e), ["reset", "probe_rst_before_ack", "reset"]);
+    assert!(
+        outcomes[9].client_view.ends_with("0 ESTABLISHED socket(s)"),
+        "{outcomes:?}"
+    );
+
+    assert_eq!(events.len(), 14, "nothing else: {events:#?}");
+}
