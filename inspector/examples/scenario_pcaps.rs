@@ -262,5 +262,54 @@ fn main() -> anyhow::Result<()> {
             println!("{name}: {r:?}");
         })?;
     }
+    // Seed 003: two hosts behind one NAT address. Host A's connection is closed by the server
+    // first (the server keeps TIME_WAIT and, with tcp_tw_recycle, A's last TSval); host B's SYN
+    // through the same address carries a much older TSval and is dropped. Kernels >= 4.12 have
+    // no tcp_tw_recycle, so the drop is emulated by an INPUT rule on B's source port.
+    {
+        let port = 9009;
+        let (tx, rx) = std::sync::mpsc::channel();
+        let server = synscope::lab::spawn_in_netns(&lab.server_ns, move || {
+            let l = std::net::TcpListener::bind(("0.0.0.0", port)).expect("bind");
+            tx.send(()).expect("ready");
+            // Server-first close: accept, say something, close.
+            let (mut s, _) = l.accept().expect("accept");
+            let _ = s.write_all(b"bye");
+            drop(s);
+            thread::sleep(Duration::from_secs(3));
+        });
+        rx.recv().expect("server ready");
+        lab.exec(
+            &lab.server_ns,
+            &[
+                "iptables", "-A", "INPUT", "-p", "tcp", "--dport", "9009", "--sport", "40003",
+                "--syn", "-j", "DROP",
+            ],
+        )?;
+        // Host A without a per-connection TSval offset (tcp_timestamps=2): its TSval is the
+        // client's millisecond clock, so host B's TSval 1 is older in the PAWS sense.
+        lab.exec(
+            &lab.client_ns,
+            &["sysctl", "-qw", "net.ipv4.tcp_timestamps=2"],
+        )?;
+        capture(
+            &lab,
+            &dir,
+            "nat_paws_collision",
+            port,
+            Duration::from_millis(3300),
+            || {
+                in_netns(&lab.client_ns, || {
+                    let mut s = TcpStream::connect(to(port)).expect("connect");
+                    let mut b = Vec::new();
+                    let _ = s.read_to_end(&mut b);
+                })
+                .expect("netns");
+                thread::sleep(Duration::from_millis(100));
+                probe::send_syn(&lab, 40_003, port, 1).expect("SYN of host B");
+            },
+        )?;
+        let _ = server.join();
+    }
     Ok(())
 }

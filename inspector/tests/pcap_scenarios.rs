@@ -167,6 +167,29 @@ fn probe_rst_with_a_valid_tsval_is_reordered_but_does_not_leak() {
 }
 
 #[test]
+fn an_older_tsval_through_a_nat_address_is_a_paws_collision() {
+    // Host A (192.0.2.1:*, server closes first) then host B's SYN through the same address
+    // with TSval 1, dropped as a tcp_tw_recycle server would (emulated by an INPUT rule).
+    let ev = events("nat_paws_collision");
+    assert_eq!(kinds(&ev), ["syn_unanswered", "paws_nat_collision"]);
+    let e = &ev[1]["evidence"];
+    assert_eq!(ev[1]["client"], "192.0.2.1:40003");
+    assert_eq!(e["tsval"], 1);
+    assert_eq!(e["answered"], false);
+    assert!(
+        e["prev_tsval"].as_u64().unwrap() > 1,
+        "host A's last TSval: {e}"
+    );
+    let age = e["prev_age_ms"].as_u64().unwrap();
+    assert!(
+        (90..200).contains(&age),
+        "B's SYN ~100 ms after A's close: {age}"
+    );
+    // The server did talk to this client host (host A): reverse visibility exists.
+    assert_eq!(ev[0]["reverse_seen"], true);
+}
+
+#[test]
 fn a_truncated_file_names_the_packet_after_reporting_what_was_processed() {
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/pcaps/accept_queue_full.pcap");
     let bytes = std::fs::read(&src).expect("read");

@@ -340,6 +340,7 @@ impl Engine {
         }
         let client = key.get(conn.client);
         let server = key.get(conn.client.peer());
+        let reverse_seen = conn.reverse_seen || self.shared.pair_seen(&server.ip, &client.ip);
         self.endpoints.get(server).anomalies[kind as usize] += 1;
         // While an aggregate episode lasts, its per-connection verdicts are counted, not sent.
         let folded = match kind {
@@ -367,7 +368,7 @@ impl Engine {
             client: Some(client),
             server: Some(server),
             ifindex: conn.ifindex,
-            reverse_seen: conn.reverse_seen,
+            reverse_seen,
             evidence,
         };
         self.counters.events += 1;
@@ -479,6 +480,10 @@ impl Engine {
         };
         let role = role_of(conn, side);
         if role == S {
+            if !conn.reverse_seen {
+                // Once per flow: the host pair has reverse traffic (ANOMALIES: reverse_seen).
+                self.shared.saw_pair(&src.ip, &dst.ip);
+            }
             conn.reverse_seen = true;
         } else if let Some((ts, _)) = seg.options.timestamps {
             conn.client_tsval = Some(ts);

@@ -41,6 +41,8 @@ pub struct Shared {
     /// Endpoints in a SYN flood and hosts in a reset storm (until when), set by the
     /// aggregator so the workers fold per-connection verdicts into the episode.
     episodes: Box<[Slot]>,
+    /// Host pairs (from, to) with at least one captured packet: `reverse_seen` is about hosts.
+    pairs: Box<[Slot]>,
 }
 
 /// Slots per array (a power of two): 2 × 64 K × 24 bytes = 3 MiB.
@@ -59,12 +61,14 @@ impl Shared {
             listeners: (0..SLOTS).map(|_| Slot::new()).collect(),
             paws: (0..SLOTS).map(|_| Slot::new()).collect(),
             episodes: (0..SLOTS / 16).map(|_| Slot::new()).collect(),
+            pairs: (0..SLOTS).map(|_| Slot::new()).collect(),
         }
     }
 
     /// Memory held, in bytes.
     pub fn memory_bytes(&self) -> usize {
-        (self.listeners.len() + self.paws.len() + self.episodes.len()) * size_of::<Slot>()
+        (self.listeners.len() + self.paws.len() + self.episodes.len() + self.pairs.len())
+            * size_of::<Slot>()
     }
 
     fn locate<'s>(&self, slots: &'s [Slot], key: &impl std::hash::Hash) -> (&'s Slot, u64) {
@@ -101,6 +105,19 @@ impl Shared {
     /// Whether host `ip` is in a reset storm at `now`.
     pub fn storming(&self, ip: &[u8; 16], now: u64) -> bool {
         self.marked(&(1u8, ip), now)
+    }
+
+    /// A packet from host `from` to host `to` was captured.
+    pub fn saw_pair(&self, from: &[u8; 16], to: &[u8; 16]) {
+        let (s, tag) = self.locate(&self.pairs, &(from, to));
+        s.tag.store(tag, Relaxed);
+    }
+
+    /// Whether a packet from `from` to `to` was ever captured (a collision can only make an
+    /// older pair forgotten, never a new one seen).
+    pub fn pair_seen(&self, from: &[u8; 16], to: &[u8; 16]) -> bool {
+        let (s, tag) = self.locate(&self.pairs, &(from, to));
+        s.tag.load(Relaxed) == tag
     }
 
     /// Records a completed handshake on server endpoint `ep` at `now` (ns).

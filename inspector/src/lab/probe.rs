@@ -189,3 +189,24 @@ fn exchange(
         established_on_server: 0,
     })
 }
+
+/// Sends one SYN from `client_port` of the lab's client to `port` with timestamp `tsval` (raw
+/// socket, from the client namespace) and does not wait for an answer: a second host behind
+/// the client's address, as seen through a NAT (seed 003).
+pub fn send_syn(lab: &Lab, client_port: u16, port: u16, tsval: u32) -> anyhow::Result<()> {
+    let (src, dst) = (lab.client_v4, lab.server_v4);
+    super::in_netns(&lab.client_ns, move || -> anyhow::Result<()> {
+        let tx = raw_socket(SockProtocol::Raw)?;
+        setsockopt(&tx, sockopt::Mark, &PROBE_MARK)?;
+        let b = SegmentBuilder::v4(src.octets(), client_port, dst.octets(), port)
+            .flags(TcpFlags::SYN)
+            .seq(0x0bad_5eed)
+            .mss(1460)
+            .sack_permitted()
+            .wscale(7)
+            .timestamps(tsval, 0);
+        let to = SockaddrIn::from(std::net::SocketAddrV4::new(dst, 0));
+        sendto(tx.as_raw_fd(), &ip_tcp(&b), &to, MsgFlags::empty()).context("sending the SYN")?;
+        Ok(())
+    })?
+}
