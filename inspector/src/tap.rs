@@ -6,6 +6,7 @@
 
 use std::{
     num::NonZeroU32,
+    os::fd::AsRawFd,
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
@@ -277,8 +278,6 @@ pub fn run_tap(
     tracing::info!("detached");
     report
 }
-
-use std::os::fd::AsRawFd;
 
 fn run(
     tap: &mut Tap,

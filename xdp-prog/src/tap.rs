@@ -1,7 +1,7 @@
 //! Tap mode (a mirror/SPAN port): selected frames go to the AF_XDP socket of their RX queue,
 //! tagged with a [`TapMeta`] in the XDP metadata area; the rest are dropped or passed
-//! (`--tap-rest`). Never attached to a live host's own interface (the loader refuses nothing
-//! here: the CLI documents it; the host would stop seeing its selected packets).
+//! (`--tap-rest`). Never for a live host's own interface — the host would stop seeing its
+//! selected packets — so the loader refuses interfaces that have IP addresses.
 
 use aya_ebpf::{
     EbpfContext, bindings::xdp_action, helpers::generated::bpf_xdp_adjust_meta,
