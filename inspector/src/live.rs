@@ -192,7 +192,7 @@ pub fn run_inline(
     stop: &AtomicBool,
     sinks: Sinks<'_>,
 ) -> anyhow::Result<LiveReport> {
-    let mut inline = loader::attach_inline(opts)?;
+    let inline = loader::attach_inline(opts)?;
     tracing::info!(
         iface = %opts.iface,
         ifindex = inline.ifindex,
@@ -203,16 +203,23 @@ pub fn run_inline(
         egress_prog_id = inline.prog_ids.1.unwrap_or(0),
         "attached; stop with Ctrl-C"
     );
-    let report = run(
-        &mut inline,
-        cfg,
-        duration,
-        &|| stop.load(Ordering::Relaxed),
-        sinks,
-    );
-    drop(inline);
+    detach_after(inline, |inline| {
+        run(
+            inline,
+            cfg,
+            duration,
+            &|| stop.load(Ordering::Relaxed),
+            sinks,
+        )
+    })
+}
+
+/// Runs `f` on an attached handle, then drops the handle (which detaches) and says so.
+pub(crate) fn detach_after<H, T>(mut handle: H, f: impl FnOnce(&mut H) -> T) -> T {
+    let r = f(&mut handle);
+    drop(handle);
     tracing::info!("detached");
-    report
+    r
 }
 
 /// The cores workers are pinned to: worker i gets the i-th usable core (wrapping).

@@ -266,17 +266,16 @@ pub fn run_tap(
         xdp_prog_id = tap.prog_id,
         "attached (tap); stop with Ctrl-C"
     );
-    let report = run(
-        &mut tap,
-        sockets,
-        cfg,
-        duration,
-        &|| stop.load(Ordering::Relaxed),
-        sinks,
-    );
-    drop(tap);
-    tracing::info!("detached");
-    report
+    crate::live::detach_after(tap, |tap| {
+        run(
+            tap,
+            sockets,
+            cfg,
+            duration,
+            &|| stop.load(Ordering::Relaxed),
+            sinks,
+        )
+    })
 }
 
 fn run(

@@ -142,6 +142,24 @@ struct Episode {
     by_class: [u64; 5],
 }
 
+impl Episode {
+    fn new(start_sec: u64) -> Self {
+        Self {
+            start_sec,
+            ..Default::default()
+        }
+    }
+
+    /// Second `sec` was above the rate with `n` hits; true when it starts the episode.
+    fn second_above(&mut self, sec: u64, n: u64) -> bool {
+        let starting = self.total == 0;
+        self.last_sec = sec;
+        self.peak = self.peak.max(n);
+        self.total += n;
+        starting
+    }
+}
+
 /// Thresholds (per second), and how long after an episode's last second its endpoint's
 /// per-connection verdicts are still folded into it (they settle a timeout later).
 #[derive(Clone, Copy, Debug)]
@@ -247,14 +265,8 @@ impl Aggregator {
             if c.syns < self.rates.flood_rate {
                 continue;
             }
-            let ep_state = self.floods.entry(ep).or_insert_with(|| Episode {
-                start_sec: sec,
-                ..Default::default()
-            });
-            let starting = ep_state.total == 0;
-            ep_state.last_sec = sec;
-            ep_state.peak = ep_state.peak.max(c.syns);
-            ep_state.total += c.syns;
+            let ep_state = self.floods.entry(ep).or_insert_with(|| Episode::new(sec));
+            let starting = ep_state.second_above(sec, c.syns);
             ep_state.answered += c.synacks;
             ep_state.sources.union(&c.sources);
             // Per-connection verdicts of a flooded endpoint fold into the episode.
@@ -280,14 +292,8 @@ impl Aggregator {
             if c.rsts < self.rates.rst_rate {
                 continue;
             }
-            let e = self.storms.entry(host).or_insert_with(|| Episode {
-                start_sec: sec,
-                ..Default::default()
-            });
-            let starting = e.total == 0;
-            e.last_sec = sec;
-            e.peak = e.peak.max(c.rsts);
-            e.total += c.rsts;
+            let e = self.storms.entry(host).or_insert_with(|| Episode::new(sec));
+            let starting = e.second_above(sec, c.rsts);
             for (a, b) in e.by_class.iter_mut().zip(c.by_class) {
                 *a += b;
             }
