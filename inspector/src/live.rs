@@ -263,11 +263,16 @@ impl Crew {
         (!self.cores.is_empty()).then(|| self.cores[i % self.cores.len()])
     }
 
-    /// A worker's engine-side state, for worker `index`.
+    /// A worker's engine-side state, for worker `index`. Live captures (inline and tap) see
+    /// control packets and each handshake's follow-ups, not every segment.
     pub fn worker(&self, index: usize, cfg: &Config) -> WorkerCore {
+        let cfg = Config {
+            full_visibility: false,
+            ..cfg.clone()
+        };
         WorkerCore {
             index,
-            engine: Engine::with_shared(cfg.clone(), self.shared.clone()),
+            engine: Engine::with_shared(cfg, self.shared.clone()),
             out: Vec::new(),
             tx: self.tx.clone(),
             clock: self.clock,
@@ -418,15 +423,6 @@ impl WorkerCore {
     }
 }
 
-/// The engine configuration of a capture that sees control packets and each handshake's
-/// follow-ups, not every segment.
-fn partial_visibility(cfg: &Config) -> Config {
-    Config {
-        full_visibility: false,
-        ..cfg.clone()
-    }
-}
-
 /// Runs the workers on `inline`'s rings until `stop()` or `duration`, writing output as it
 /// comes; then drains what is left, joins the workers and reads the kernel counters.
 pub fn run(
@@ -438,10 +434,9 @@ pub fn run(
 ) -> anyhow::Result<LiveReport> {
     let deadline = duration.map(|d| Instant::now() + d);
     let crew = Crew::new(sinks.records.is_some());
-    let wcfg = partial_visibility(&cfg);
     let mut handles = Vec::new();
     for (i, ring) in std::mem::take(&mut inline.rings).into_iter().enumerate() {
-        let mut core = crew.worker(i, &wcfg);
+        let mut core = crew.worker(i, &cfg);
         let (quit, pin) = (crew.quit.clone(), crew.core(i));
         let h = thread::Builder::new()
             .name(format!("synscope-w{i}"))

@@ -288,11 +288,6 @@ fn run(
 ) -> anyhow::Result<LiveReport> {
     let deadline = duration.map(|d| Instant::now() + d);
     let crew = Crew::new(sinks.records.is_some());
-    // A tap sees whatever is mirrored: control packets and the follow-ups, like inline mode.
-    let wcfg = Config {
-        full_visibility: false,
-        ..cfg.clone()
-    };
     let n = sockets.len();
     let (inbox_tx, inbox_rx): (Vec<_>, Vec<_>) = (0..n)
         .map(|_| bounded::<CapturedPacket>(HANDOVER_CAP))
@@ -309,7 +304,7 @@ fn run(
         .collect();
     let mut handles = Vec::new();
     for (i, (sock, inbox)) in sockets.into_iter().zip(inbox_rx).enumerate() {
-        let mut core = crew.worker(i, &wcfg);
+        let mut core = crew.worker(i, &cfg);
         let (quit, pin) = (crew.quit.clone(), crew.core(i));
         let peers = inbox_tx.clone();
         let xr = xsk_reports[i].clone();

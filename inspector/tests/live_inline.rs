@@ -142,15 +142,7 @@ fn every_seed_scenario_is_detected_live_with_its_evidence() {
     }
     let lab = Lab::create().expect("lab");
     let live = Live::events(&lab.server_ns, &lab.server_if, &["--workers", "2"]);
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let base = 9200;
-    let outcomes = scenarios::run_all(&lab, base, stop.clone()).expect("scenarios");
-    thread::sleep(scenarios::SETTLE);
-    // Stop synscope before the listeners: closing a listener resets its queued connections.
-    let (events, code, stderr) = live.stop();
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    assert_eq!(code, 0, "stderr:\n{stderr}");
-    assert_seed_events(&events, &outcomes, base);
+    let stderr = detect_seed_scenarios(&lab, live, 9200);
     // The kernel's and the workers' counts add up.
     let selected = counter(&stderr, "selected");
     assert_eq!(

@@ -4,10 +4,8 @@
 
 mod support;
 
-use std::thread;
-
 use support::*;
-use synscope::lab::{Lab, scenarios};
+use synscope::lab::Lab;
 
 /// Creates `cap0`/`cap1` (2 RX/TX queues each) in the server namespace and mirrors the server
 /// veth's ingress and egress into `cap0`; frames arrive on `cap1`. Returns `cap1`.
@@ -77,14 +75,7 @@ fn every_seed_scenario_is_detected_through_af_xdp_on_a_mirror_port() {
     let cap = mirror_port(&lab);
     let live = Live::events(&lab.server_ns, cap, &["--mode", "tap"]);
     assert!(live.stderr.contains("queues=2"), "{}", live.stderr);
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let base = 9600;
-    let outcomes = scenarios::run_all(&lab, base, stop.clone()).expect("scenarios");
-    thread::sleep(scenarios::SETTLE);
-    let (events, code, stderr) = live.stop();
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    assert_eq!(code, 0, "stderr:\n{stderr}");
-    assert_seed_events(&events, &outcomes, base);
+    let stderr = detect_seed_scenarios(&lab, live, 9600);
     // Every selected frame reached a socket and was read; the two workers handed each other
     // the flows whose frames arrived on the other's queue.
     let selected = counter(&stderr, "selected");

@@ -212,6 +212,15 @@ struct Conn {
 }
 
 impl Conn {
+    /// The first SYN of the handshake (ISN `isn`) at `now`.
+    fn record_syn(&mut self, now: u64, isn: u32, tsval: Option<u32>) {
+        self.syn_first = now;
+        self.syn_last = now;
+        self.syn_count = 1;
+        self.client_isn = isn;
+        self.syn_tsval = tsval;
+    }
+
     fn new(client: Side, state: State, ifindex: u32) -> Self {
         Self {
             client,
@@ -538,11 +547,7 @@ impl Engine {
         {
             // The SYN of a handshake whose SYN-ACK was captured first (a tap whose RX queues
             // or mirror paths reorder the two directions): the same connection, not a reuse.
-            conn.syn_first = now;
-            conn.syn_last = now;
-            conn.syn_count = 1;
-            conn.client_isn = seg.seq;
-            conn.syn_tsval = tsval;
+            conn.record_syn(now, seg.seq, tsval);
             self.endpoints.get(server_ep).syns += 1;
             return;
         }
@@ -577,26 +582,20 @@ impl Engine {
         let Some(conn) = self.table.get_mut(slot) else {
             return;
         };
-        conn.syn_first = now;
-        conn.syn_last = now;
-        conn.syn_count = 1;
-        conn.client_isn = seg.seq;
-        conn.syn_tsval = tsval;
+        conn.record_syn(now, seg.seq, tsval);
         self.endpoints.get(server_ep).syns += 1;
-        let src_ip = Endpoint::from(seg.src).ip;
+        let client_ip = Endpoint::from(seg.src).ip;
         self.tally.syn(
             server_ep,
-            std::hash::BuildHasher::hash_one(&SOURCE_HASH, src_ip),
+            std::hash::BuildHasher::hash_one(&SOURCE_HASH, client_ip),
         );
         self.table
             .arm(slot, TimerKind::Syn, now + self.cfg.syn_timeout);
-        if let Some(t) = tsval {
-            let client_ip = Endpoint::from(seg.src).ip;
-            if let Some(hit) = self.paws_check(client_ip, server_ep.ip, t, now)
-                && let Some(conn) = self.table.get_mut(slot)
-            {
-                conn.paws = Some(hit);
-            }
+        if let Some(t) = tsval
+            && let Some(hit) = self.paws_check(client_ip, server_ep.ip, t, now)
+            && let Some(conn) = self.table.get_mut(slot)
+        {
+            conn.paws = Some(hit);
         }
     }
 

@@ -63,13 +63,16 @@ pub struct Lab {
 /// Runs a command; a non-zero exit is an error carrying its stderr.
 pub fn run(cmd: &str, args: &[&str]) -> Result<Output, LabError> {
     let line = format!("{cmd} {}", args.join(" "));
-    let out = Command::new(cmd)
-        .args(args)
-        .output()
-        .map_err(|source| LabError::Spawn {
-            cmd: line.clone(),
-            source,
-        })?;
+    checked(line, Command::new(cmd).args(args).output())
+}
+
+/// A finished command's output, or the error naming `line`: it did not start, or exited
+/// non-zero (with its stderr).
+fn checked(line: String, out: io::Result<Output>) -> Result<Output, LabError> {
+    let out = out.map_err(|source| LabError::Spawn {
+        cmd: line.clone(),
+        source,
+    })?;
     if !out.status.success() {
         return Err(LabError::Command {
             cmd: line,
@@ -266,17 +269,7 @@ impl Lab {
         if let Some(mut stdin) = child.stdin.take() {
             let _ = stdin.write_all(hex.as_bytes());
         }
-        let out = child.wait_with_output().map_err(|source| LabError::Spawn {
-            cmd: line.clone(),
-            source,
-        })?;
-        if !out.status.success() {
-            return Err(LabError::Command {
-                cmd: line,
-                stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-            });
-        }
-        Ok(())
+        checked(line, child.wait_with_output()).map(|_| ())
     }
 }
 

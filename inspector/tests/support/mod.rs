@@ -208,6 +208,22 @@ pub fn xdp_attached(lab: &Lab, ns: &str, iface: &str) -> bool {
     v[0].get("xdp").is_some()
 }
 
+/// Runs every seed scenario against the lab on ports from `base` while `live` (started with
+/// `--json -`) watches, lets the verdicts settle, stops synscope — before the listeners:
+/// closing a listener resets its queued connections — and asserts the exact events. Returns
+/// synscope's stderr (logs and summary) for the caller's counter checks.
+pub fn detect_seed_scenarios(lab: &Lab, live: Live, base: u16) -> String {
+    use synscope::lab::scenarios;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let outcomes = scenarios::run_all(lab, base, stop.clone()).expect("scenarios");
+    thread::sleep(scenarios::SETTLE);
+    let (events, code, stderr) = live.stop();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(code, 0, "stderr:\n{stderr}");
+    assert_seed_events(&events, &outcomes, base);
+    stderr
+}
+
 /// The exact events of every seed scenario of `lab::scenarios::run_all` on ports from `base`:
 /// what inline and tap mode must both report.
 pub fn assert_seed_events(
