@@ -6,11 +6,12 @@ set -euo pipefail
 log() { printf 'setup: %s\n' "$*" >&2; }
 
 # Debian packages: build (clang/llvm/libelf for BPF tooling), lab and tests (iproute2,
-# iptables, tcpdump, tshark, python3 for the raw-packet probe client).
+# iptables, tcpdump, tshark, python3 for the raw-packet probe client; prometheus/promtool and
+# curl for the metrics tests, which start their own Prometheus).
 APT_PACKAGES=(
   build-essential pkg-config clang llvm libelf-dev zlib1g-dev m4 libpcap-dev gcc-multilib
   iproute2 iptables nftables tcpdump tshark bpftool ethtool procps psmisc
-  python3 python3-scapy iperf3
+  python3 python3-scapy iperf3 curl prometheus
 )
 missing=()
 for p in "${APT_PACKAGES[@]}"; do

@@ -11,6 +11,7 @@ pub mod flow;
 pub mod lab;
 pub mod live;
 pub mod loader;
+pub mod metrics;
 pub mod output;
 pub mod replay;
 pub mod tap;

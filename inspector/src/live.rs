@@ -11,7 +11,7 @@ use std::{
     fs::File,
     io::{self, BufWriter, Write},
     sync::{
-        Arc,
+        Arc, Mutex,
         atomic::{AtomicBool, Ordering},
     },
     thread,
@@ -32,6 +32,7 @@ use crate::{
         engine::{Packet, Totals},
     },
     loader::{self, Inline, InlineOptions},
+    metrics::{MetricsState, WorkerSnapshot},
     output::{
         ndjson::{EventLine, PacketLine, write_line},
         summary,
@@ -45,6 +46,9 @@ const POLL: Duration = Duration::from_millis(50);
 /// Records can still be in flight in the ring when a worker advances its clock: timers fire
 /// only for deadlines older than this, so a late-read answer is never judged missing.
 const CLOCK_SLACK_NS: u64 = 200_000_000;
+/// How often workers send their counters to the output thread (metrics) and it reads the
+/// kernel's.
+const SNAPSHOT_EVERY: Duration = Duration::from_secs(1);
 
 /// What one worker did.
 #[derive(Debug, Default)]
@@ -171,11 +175,18 @@ pub struct Sinks<'a> {
     pub records: Option<&'a mut dyn Write>,
     /// Called with every event (the demo, tests).
     pub on_event: Option<&'a mut dyn FnMut(&Event)>,
+    /// `--metrics`: the state `/metrics` serves, kept current by the output thread.
+    pub metrics: Option<Arc<Mutex<MetricsState>>>,
 }
 
 pub(crate) enum Msg {
     Event(Event),
     Record(Box<CapturedPacket>),
+    /// A worker's cumulative counters, once a second when metrics are on.
+    Snapshot {
+        worker: usize,
+        snap: Box<WorkerSnapshot>,
+    },
     /// A worker's finished per-second counts and its watermark, for the aggregate anomalies.
     Tally {
         worker: usize,
@@ -242,10 +253,12 @@ pub(crate) struct Crew {
     pub clock: MonoToWall,
     pub cores: Vec<core_affinity::CoreId>,
     pub want_records: bool,
+    pub want_snapshots: bool,
 }
 
 impl Crew {
-    pub fn new(want_records: bool) -> Self {
+    /// Workers send records and snapshots only when `sinks` has a use for them.
+    pub fn new(sinks: &Sinks<'_>) -> Self {
         let (tx, rx) = bounded::<Msg>(CHANNEL_CAP);
         Self {
             tx,
@@ -254,7 +267,8 @@ impl Crew {
             shared: Arc::new(crate::detect::shared::Shared::new()),
             clock: MonoToWall::now(),
             cores: cores(),
-            want_records,
+            want_records: sinks.records.is_some(),
+            want_snapshots: sinks.metrics.is_some(),
         }
     }
 
@@ -277,6 +291,8 @@ impl Crew {
             tx: self.tx.clone(),
             clock: self.clock,
             want_records: self.want_records,
+            want_snapshots: self.want_snapshots,
+            last_snapshot: Instant::now(),
             last_watermark: 0,
             report: WorkerReport::default(),
         }
@@ -291,6 +307,7 @@ impl Crew {
         handles: Vec<thread::JoinHandle<anyhow::Result<(Engine, WorkerReport)>>>,
         deadline: Option<Instant>,
         stop: &dyn Fn() -> bool,
+        kernel: &dyn Fn() -> Option<[u64; stats::COUNT as usize]>,
         mut sinks: Sinks<'_>,
     ) -> anyhow::Result<(Vec<Engine>, Vec<WorkerReport>)> {
         let Crew {
@@ -308,9 +325,18 @@ impl Crew {
                 write_err.get_or_insert(e);
             }
         };
+        let mut kernel_read = Instant::now();
         loop {
             if stop() || deadline.is_some_and(|d| Instant::now() >= d) {
                 break;
+            }
+            if let Some(m) = &sinks.metrics
+                && kernel_read.elapsed() >= SNAPSHOT_EVERY
+            {
+                kernel_read = Instant::now();
+                if let Some(k) = kernel() {
+                    lock(m).set_kernel(k);
+                }
             }
             match rx.recv_timeout(Duration::from_millis(100)) {
                 Ok(m) => take(m, &mut agg, &mut sinks),
@@ -340,6 +366,15 @@ impl Crew {
             engines.push(engine);
             reports.push(report);
         }
+        if let Some(m) = &sinks.metrics {
+            let mut m = lock(m);
+            for (i, (e, r)) in engines.iter().zip(&reports).enumerate() {
+                m.update_worker(i, WorkerSnapshot::of(e, r));
+            }
+            if let Some(k) = kernel() {
+                m.set_kernel(k);
+            }
+        }
         if let Some(e) = write_err
             && e.kind() != io::ErrorKind::BrokenPipe
         {
@@ -361,6 +396,8 @@ pub(crate) struct WorkerCore {
     tx: Sender<Msg>,
     clock: MonoToWall,
     want_records: bool,
+    want_snapshots: bool,
+    last_snapshot: Instant,
     last_watermark: u64,
     pub report: WorkerReport,
 }
@@ -416,6 +453,18 @@ impl WorkerCore {
                 watermark,
             });
         }
+        if self.want_snapshots && self.last_snapshot.elapsed() >= SNAPSHOT_EVERY {
+            self.last_snapshot = Instant::now();
+            let snap = Box::new(WorkerSnapshot::of(&self.engine, &self.report));
+            send(
+                &self.tx,
+                Msg::Snapshot {
+                    worker: self.index,
+                    snap,
+                },
+                &mut self.report.dropped_messages,
+            );
+        }
     }
 
     pub fn finish(self) -> (Engine, WorkerReport) {
@@ -433,7 +482,7 @@ pub fn run(
     sinks: Sinks<'_>,
 ) -> anyhow::Result<LiveReport> {
     let deadline = duration.map(|d| Instant::now() + d);
-    let crew = Crew::new(sinks.records.is_some());
+    let crew = Crew::new(&sinks);
     let mut handles = Vec::new();
     for (i, ring) in std::mem::take(&mut inline.rings).into_iter().enumerate() {
         let mut core = crew.worker(i, &cfg);
@@ -447,7 +496,8 @@ pub fn run(
             .context("spawning a worker thread")?;
         handles.push(h);
     }
-    let (engines, workers) = crew.output(&cfg, handles, deadline, stop, sinks)?;
+    let kernel = || inline.stats().ok();
+    let (engines, workers) = crew.output(&cfg, handles, deadline, stop, &kernel, sinks)?;
     Ok(LiveReport {
         kernel: inline.stats()?,
         workers,
@@ -461,7 +511,16 @@ pub fn run(
 /// Hands one worker message to the sinks (tallies through the aggregator).
 fn deliver(m: Msg, agg: &mut Aggregator, sinks: &mut Sinks<'_>) -> io::Result<()> {
     match m {
+        Msg::Snapshot { worker, snap } => {
+            if let Some(m) = &sinks.metrics {
+                lock(m).update_worker(worker, *snap);
+            }
+            Ok(())
+        }
         Msg::Event(e) => {
+            if let Some(m) = &sinks.metrics {
+                lock(m).count_event(&e);
+            }
             if let Some(f) = sinks.on_event.as_deref_mut() {
                 f(&e);
             }
@@ -485,6 +544,11 @@ fn deliver(m: Msg, agg: &mut Aggregator, sinks: &mut Sinks<'_>) -> io::Result<()
                 .try_for_each(|e| deliver(Msg::Event(e), agg, sinks))
         }
     }
+}
+
+/// Locks the metrics state; a scrape that panicked leaves it usable.
+pub(crate) fn lock(m: &Mutex<MetricsState>) -> std::sync::MutexGuard<'_, MetricsState> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 fn send(tx: &Sender<Msg>, m: Msg, dropped: &mut u64) {

@@ -287,7 +287,7 @@ fn run(
     sinks: Sinks<'_>,
 ) -> anyhow::Result<LiveReport> {
     let deadline = duration.map(|d| Instant::now() + d);
-    let crew = Crew::new(sinks.records.is_some());
+    let crew = Crew::new(&sinks);
     let n = sockets.len();
     let (inbox_tx, inbox_rx): (Vec<_>, Vec<_>) = (0..n)
         .map(|_| bounded::<CapturedPacket>(HANDOVER_CAP))
@@ -319,7 +319,7 @@ fn run(
     }
     drop(inbox_tx);
     let (engines, workers): (Vec<Engine>, Vec<WorkerReport>) =
-        crew.output(&cfg, handles, deadline, stop, sinks)?;
+        crew.output(&cfg, handles, deadline, stop, &|| tap.stats().ok(), sinks)?;
     Ok(LiveReport {
         kernel: tap.stats()?,
         workers,

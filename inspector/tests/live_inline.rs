@@ -157,6 +157,33 @@ fn every_seed_scenario_is_detected_live_with_its_evidence() {
 }
 
 #[test]
+fn seed_scenarios_reach_prometheus_with_the_counts_of_the_events() {
+    if !require_root() {
+        return;
+    }
+    let lab = Lab::create().expect("lab");
+    let addr = "127.0.0.1:9464";
+    let live = Live::events(
+        &lab.server_ns,
+        &lab.server_if,
+        &["--workers", "2", "--metrics", addr],
+    );
+    let prom = Prometheus::start(Some(&lab.server_ns), 9090, addr);
+    let (text, events, _) = detect_seed_scenarios_then(&lab, live, 9300, |_| {
+        // One snapshot period and one scrape after the last verdict.
+        thread::sleep(Duration::from_millis(2500));
+        scrape(Some(&lab.server_ns), addr).expect("scrape synscope")
+    });
+    promtool_check_metrics(&text);
+    assert_prometheus_matches_events(&prom, &events);
+    // Inline mode exports the kernel's counters and both workers' engines.
+    let selected = prom.query("synscope_kernel_packets_total{counter=\"selected\"}");
+    assert!(selected[0].1 > 0.0, "{selected:?}");
+    assert_eq!(prom.query("synscope_packets_total").len(), 2);
+    assert_eq!(prom.query("synscope_build_info{mode=\"inline\"}")[0].1, 1.0);
+}
+
+#[test]
 fn two_thousand_connections_succeed_with_a_minimal_ring_and_the_loss_is_counted() {
     if !require_root() {
         return;

@@ -1,11 +1,15 @@
 //! Command line: clap definitions, validation into configs, and the exit-code contract
 //! (0 ok, 1 runtime failure, 2 usage error).
 
-use std::{path::PathBuf, time::Duration};
+use std::{
+    path::PathBuf,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::loader::AttachMode;
+use crate::{loader::AttachMode, metrics::MetricsState};
 
 /// synscope: finds broken TCP handshakes at line rate.
 #[derive(Debug, Parser)]
@@ -88,6 +92,8 @@ pub struct LiveArgs {
     pub no_egress: bool,
     #[command(flatten)]
     pub engine: EngineArgs,
+    #[command(flatten)]
+    pub report: ReportArgs,
     /// Ring buffer size per worker in bytes: a power of two, at least 4096 (K/M suffixes).
     #[arg(long, value_name = "BYTES", default_value = "8M", value_parser = parse_ring_size)]
     pub ring_size: u32,
@@ -109,6 +115,40 @@ pub struct PcapArgs {
     pub json: Option<String>,
     #[command(flatten)]
     pub engine: EngineArgs,
+    #[command(flatten)]
+    pub report: ReportArgs,
+}
+
+/// Operator outputs shared by `live` and `pcap`.
+#[derive(Debug, Args)]
+pub struct ReportArgs {
+    /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9464, [::]:9464). With
+    /// `pcap`, the process keeps serving after the files are read, until Ctrl-C/SIGTERM.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics: Option<String>,
+    /// Server endpoints with their own metric series; later ones are added to `server="other"`.
+    #[arg(long, value_name = "N", default_value_t = crate::metrics::DEFAULT_MAX_ENDPOINTS)]
+    pub metrics_max_endpoints: usize,
+}
+
+impl ReportArgs {
+    /// The metrics state and its HTTP server, when `--metrics` is set.
+    pub fn start_metrics(
+        &self,
+        mode: &'static str,
+        workers: usize,
+    ) -> anyhow::Result<Option<(Arc<Mutex<MetricsState>>, crate::metrics::MetricsServer)>> {
+        let Some(addr) = &self.metrics else {
+            return Ok(None);
+        };
+        let state = Arc::new(Mutex::new(MetricsState::new(
+            mode,
+            self.metrics_max_endpoints,
+            workers,
+        )));
+        let server = crate::metrics::MetricsServer::start(addr, state.clone())?;
+        Ok(Some((state, server)))
+    }
 }
 
 /// Detection settings shared by `live` and `pcap` (defaults from ANOMALIES.md).
@@ -231,6 +271,7 @@ fn run_pcap(a: &PcapArgs) -> anyhow::Result<()> {
     let sink = a.json.as_deref().map(JsonSink::parse);
     let mut out = sink.as_ref().map(crate::live::open_sink).transpose()?;
     let cfg = a.engine.config();
+    let metrics = a.report.start_metrics("pcap", 1)?;
     let r = crate::replay::run(
         &a.files,
         cfg,
@@ -239,6 +280,22 @@ fn run_pcap(a: &PcapArgs) -> anyhow::Result<()> {
     let totals = crate::detect::engine::Totals::of([&r.engine]);
     let summary = crate::output::summary::render(&totals, r.frames, &r.parse_errors);
     print_summary(sink.as_ref(), &summary);
+    if let Some((state, server)) = metrics {
+        {
+            let mut m = crate::live::lock(&state);
+            let report = crate::live::WorkerReport {
+                records: r.frames,
+                decode_errors: r.parse_errors.clone(),
+                ..Default::default()
+            };
+            m.update_worker(0, crate::metrics::WorkerSnapshot::of(&r.engine, &report));
+            r.events.iter().for_each(|e| m.count_event(e));
+        }
+        tracing::info!(addr = %server.addr, "files read; serving metrics until Ctrl-C/SIGTERM");
+        while !crate::STOP.load(std::sync::atomic::Ordering::Relaxed) {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
     match r.error {
         Some(e) => Err(e.into()),
         None => Ok(()),
@@ -260,10 +317,16 @@ fn run_live(a: &LiveArgs) -> anyhow::Result<()> {
     let records = a.records.as_deref().map(JsonSink::parse);
     let mut ev_out = events.as_ref().map(crate::live::open_sink).transpose()?;
     let mut rec_out = records.as_ref().map(crate::live::open_sink).transpose()?;
+    let mode = match a.mode {
+        Mode::Inline => "inline",
+        Mode::Tap => "tap",
+    };
+    let metrics = a.report.start_metrics(mode, opts.workers as usize)?;
     let sinks = crate::live::Sinks {
         events: ev_out.as_mut().map(|w| w as &mut dyn std::io::Write),
         records: rec_out.as_mut().map(|w| w as &mut dyn std::io::Write),
         on_event: None,
+        metrics: metrics.as_ref().map(|(s, _)| s.clone()),
     };
     let report = match a.mode {
         Mode::Inline => {

@@ -25,47 +25,102 @@ impl Latency {
     }
 }
 
-/// Counters and histograms of one server endpoint.
-#[derive(Clone, Debug)]
-pub struct EndpointStats {
+/// Upper bounds (ns) of the fixed latency buckets the metrics export (Prometheus `le`, in
+/// seconds there): 100 µs to 30 s, so SYN retransmissions (1 s, 3 s, 7 s) land in their own.
+pub const LATENCY_BOUNDS_NS: [u64; 17] = [
+    100_000,
+    250_000,
+    500_000,
+    1_000_000,
+    2_500_000,
+    5_000_000,
+    10_000_000,
+    25_000_000,
+    50_000_000,
+    100_000_000,
+    250_000_000,
+    500_000_000,
+    1_000_000_000,
+    2_500_000_000,
+    5_000_000_000,
+    10_000_000_000,
+    30_000_000_000,
+];
+
+/// One latency measure in fixed buckets: small and `Copy`, so workers can ship it to the
+/// output thread every second (the HDR histograms stay with the engine for the summary).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Buckets {
+    /// Non-cumulative counts; the last one is above every bound (+Inf).
+    pub counts: [u64; LATENCY_BOUNDS_NS.len() + 1],
+    pub sum_ns: u64,
+}
+
+impl Buckets {
+    pub fn record(&mut self, ns: u64) {
+        let i = LATENCY_BOUNDS_NS.partition_point(|&b| b < ns);
+        self.counts[i] += 1;
+        self.sum_ns = self.sum_ns.saturating_add(ns);
+    }
+
+    pub fn count(&self) -> u64 {
+        self.counts.iter().sum()
+    }
+
+    pub fn add(&mut self, o: &Buckets) {
+        for (a, b) in self.counts.iter_mut().zip(o.counts) {
+            *a += b;
+        }
+        self.sum_ns = self.sum_ns.saturating_add(o.sum_ns);
+    }
+
+    /// The bound (ns) at or below which a fraction `q` of the values lie (`u64::MAX` for the
+    /// +Inf bucket, None when empty): what a bucketed histogram can honestly say.
+    pub fn quantile_bound(&self, q: f64) -> Option<u64> {
+        let n = self.count();
+        if n == 0 {
+            return None;
+        }
+        let rank = ((q * n as f64).ceil() as u64).clamp(1, n);
+        let mut seen = 0;
+        for (i, c) in self.counts.iter().enumerate() {
+            seen += c;
+            if seen >= rank {
+                return Some(LATENCY_BOUNDS_NS.get(i).copied().unwrap_or(u64::MAX));
+            }
+        }
+        Some(u64::MAX)
+    }
+}
+
+/// The exported part of [`EndpointStats`]: counters and bucketed latencies, no HDR.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EndpointCounters {
     pub syns: u64,
     pub established: u64,
     pub closed_normally: u64,
     pub anomalies: [u64; Kind::ALL.len()],
     /// RSTs by [class][phase][from: 0 client, 1 server].
     pub rsts: [[[u64; 2]; 4]; 5],
-    pub latency: [Histogram<u64>; 3],
-    /// Capture time of the last completed handshake (for accept-queue overflow, case b).
-    pub last_handshake_ns: u64,
+    pub latency: [Buckets; 3],
 }
 
-impl EndpointStats {
-    fn new() -> Self {
-        let h = || Histogram::new_with_bounds(1, 600_000_000, 2).unwrap_or_else(|_| unreachable!());
+impl Default for EndpointCounters {
+    fn default() -> Self {
         Self {
             syns: 0,
             established: 0,
             closed_normally: 0,
             anomalies: [0; Kind::ALL.len()],
             rsts: [[[0; 2]; 4]; 5],
-            latency: [h(), h(), h()],
-            last_handshake_ns: 0,
+            latency: [Buckets::default(); 3],
         }
     }
+}
 
-    /// Records a latency in ns (stored in µs, clamped to the histogram's range).
-    pub fn record(&mut self, which: Latency, ns: u64) {
-        let us = (ns / 1000).clamp(1, 600_000_000);
-        let _ = self.latency[which as usize].record(us);
-    }
-
-    /// Counts a RST.
-    pub fn count_rst(&mut self, class: RstClass, phase: Phase, from_client: bool) {
-        self.rsts[class as usize][phase as usize][usize::from(!from_client)] += 1;
-    }
-
-    /// Adds another worker's counters and histograms for the same endpoint.
-    pub fn merge(&mut self, o: &EndpointStats) {
+impl EndpointCounters {
+    /// Adds another worker's (or endpoint's) counters.
+    pub fn add(&mut self, o: &EndpointCounters) {
         self.syns += o.syns;
         self.established += o.established;
         self.closed_normally += o.closed_normally;
@@ -81,6 +136,60 @@ impl EndpointStats {
         {
             *a += b;
         }
+        for (a, b) in self.latency.iter_mut().zip(&o.latency) {
+            a.add(b);
+        }
+    }
+}
+
+/// Counters and histograms of one server endpoint: the exported [`EndpointCounters`] (reached
+/// through `Deref`) plus the HDR histograms of the summary.
+#[derive(Clone, Debug)]
+pub struct EndpointStats {
+    pub counters: EndpointCounters,
+    pub latency: [Histogram<u64>; 3],
+    /// Capture time of the last completed handshake (for accept-queue overflow, case b).
+    pub last_handshake_ns: u64,
+}
+
+impl std::ops::Deref for EndpointStats {
+    type Target = EndpointCounters;
+    fn deref(&self) -> &EndpointCounters {
+        &self.counters
+    }
+}
+
+impl std::ops::DerefMut for EndpointStats {
+    fn deref_mut(&mut self) -> &mut EndpointCounters {
+        &mut self.counters
+    }
+}
+
+impl EndpointStats {
+    fn new() -> Self {
+        let h = || Histogram::new_with_bounds(1, 600_000_000, 2).unwrap_or_else(|_| unreachable!());
+        Self {
+            counters: EndpointCounters::default(),
+            latency: [h(), h(), h()],
+            last_handshake_ns: 0,
+        }
+    }
+
+    /// Records a latency in ns (HDR in µs, clamped to its range; and the exported buckets).
+    pub fn record(&mut self, which: Latency, ns: u64) {
+        let us = (ns / 1000).clamp(1, 600_000_000);
+        let _ = self.latency[which as usize].record(us);
+        self.counters.latency[which as usize].record(ns);
+    }
+
+    /// Counts a RST.
+    pub fn count_rst(&mut self, class: RstClass, phase: Phase, from_client: bool) {
+        self.rsts[class as usize][phase as usize][usize::from(!from_client)] += 1;
+    }
+
+    /// Adds another worker's counters and histograms for the same endpoint.
+    pub fn merge(&mut self, o: &EndpointStats) {
+        self.counters.add(&o.counters);
         for (a, b) in self.latency.iter_mut().zip(&o.latency) {
             // Same bounds on both sides: adding cannot fail.
             let _ = a.add(b);
@@ -134,6 +243,15 @@ impl Endpoints {
             self.get(*ep).merge(st);
         }
         self.other.merge(&o.other);
+    }
+
+    /// Every endpoint's exported counters (None: the `other` bucket), in no order.
+    pub fn export(&self) -> Vec<(Option<Endpoint>, EndpointCounters)> {
+        self.map
+            .iter()
+            .map(|(k, s)| (Some(*k), s.counters))
+            .chain(std::iter::once((None, self.other.counters)))
+            .collect()
     }
 
     /// Endpoints sorted by address, then the `other` bucket if it saw anything.

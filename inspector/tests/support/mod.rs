@@ -213,15 +213,27 @@ pub fn xdp_attached(lab: &Lab, ns: &str, iface: &str) -> bool {
 /// closing a listener resets its queued connections — and asserts the exact events. Returns
 /// synscope's stderr (logs and summary) for the caller's counter checks.
 pub fn detect_seed_scenarios(lab: &Lab, live: Live, base: u16) -> String {
+    detect_seed_scenarios_then(lab, live, base, |_| ()).2
+}
+
+/// [`detect_seed_scenarios`], with `settled` called once the verdicts have settled, before
+/// synscope stops; returns its result, the events and synscope's stderr.
+pub fn detect_seed_scenarios_then<T>(
+    lab: &Lab,
+    live: Live,
+    base: u16,
+    settled: impl FnOnce(&Live) -> T,
+) -> (T, Vec<serde_json::Value>, String) {
     use synscope::lab::scenarios;
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let outcomes = scenarios::run_all(lab, base, stop.clone()).expect("scenarios");
     thread::sleep(scenarios::SETTLE);
+    let t = settled(&live);
     let (events, code, stderr) = live.stop();
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     assert_eq!(code, 0, "stderr:\n{stderr}");
     assert_seed_events(&events, &outcomes, base);
-    stderr
+    (t, events, stderr)
 }
 
 /// The exact events of every seed scenario of `lab::scenarios::run_all` on ports from `base`:
@@ -316,4 +328,223 @@ pub fn assert_seed_events(
     );
 
     assert_eq!(events.len(), 14, "nothing else: {events:#?}");
+}
+
+/// A real Prometheus server (Debian's `prometheus`), started on a loopback port with a
+/// temporary config and data directory that scrapes `target` every second; killed and its
+/// directory removed on drop.
+pub struct Prometheus {
+    child: Child,
+    dir: std::path::PathBuf,
+    ns: Option<String>,
+    port: u16,
+}
+
+impl Prometheus {
+    /// Starts Prometheus (inside `ns` when given, where `target` must be reachable) on `port`
+    /// and waits until it is ready.
+    pub fn start(ns: Option<&str>, port: u16, target: &str) -> Prometheus {
+        let dir = std::env::temp_dir().join(format!("synscope-prom-{}-{port}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("data")).expect("prometheus dir");
+        std::fs::write(
+            dir.join("prometheus.yml"),
+            format!(
+                "global:\n  scrape_interval: 1s\n  scrape_timeout: 900ms\nscrape_configs:\n  - job_name: synscope\n    static_configs:\n      - targets: ['{target}']\n"
+            ),
+        )
+        .expect("prometheus config");
+        let child = in_ns(ns, "prometheus")
+            .arg(format!(
+                "--config.file={}",
+                dir.join("prometheus.yml").display()
+            ))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.join("data").display()
+            ))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.join("log")).expect("prometheus log"))
+            .spawn()
+            .expect("start prometheus (apt-get install prometheus)");
+        let p = Prometheus {
+            child,
+            dir,
+            ns: ns.map(str::to_owned),
+            port,
+        };
+        for _ in 0..300 {
+            if p.get("/-/ready").is_some_and(|b| b.contains("Ready")) {
+                return p;
+            }
+            thread::sleep(Duration::from_millis(100));
+        }
+        panic!("prometheus did not get ready: {}", p.log());
+    }
+
+    /// GET a path of Prometheus's HTTP API (through curl, in the namespace).
+    fn get(&self, path_and_query: &str) -> Option<String> {
+        let out = curl(self.ns.as_deref())
+            .args(["-sf", "-G"])
+            .arg(format!("http://127.0.0.1:{}{}", self.port, path_and_query))
+            .output()
+            .ok()?;
+        out.status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// An instant PromQL query: the result vector as (labels, value) pairs.
+    pub fn query(&self, promql: &str) -> Vec<(serde_json::Value, f64)> {
+        let out = curl(self.ns.as_deref())
+            .args(["-sf", "-G", "--data-urlencode"])
+            .arg(format!("query={promql}"))
+            .arg(format!("http://127.0.0.1:{}/api/v1/query", self.port))
+            .output()
+            .expect("curl");
+        assert!(
+            out.status.success(),
+            "query {promql} failed: {}",
+            self.log()
+        );
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+        assert_eq!(v["status"], "success", "{v}");
+        v["data"]["result"]
+            .as_array()
+            .expect("vector")
+            .iter()
+            .map(|r| {
+                (
+                    r["metric"].clone(),
+                    r["value"][1].as_str().unwrap().parse().unwrap(),
+                )
+            })
+            .collect()
+    }
+
+    /// Waits until `promql` returns at least one series (Prometheus has scraped it).
+    pub fn wait_for(&self, promql: &str) -> Vec<(serde_json::Value, f64)> {
+        for _ in 0..200 {
+            let r = self.query(promql);
+            if !r.is_empty() {
+                return r;
+            }
+            thread::sleep(Duration::from_millis(100));
+        }
+        panic!("no series for {promql}; prometheus log:\n{}", self.log());
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// `program`, run inside `ns` when given.
+pub fn in_ns(ns: Option<&str>, program: &str) -> Command {
+    match ns {
+        Some(ns) => {
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", ns, program]);
+            c
+        }
+        None => Command::new(program),
+    }
+}
+
+fn curl(ns: Option<&str>) -> Command {
+    in_ns(ns, "curl")
+}
+
+/// `GET http://addr/metrics` (classic text format), inside `ns` when given.
+pub fn scrape(ns: Option<&str>, addr: &str) -> Option<String> {
+    let out = curl(ns)
+        .args(["-sf", &format!("http://{addr}/metrics")])
+        .output()
+        .ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// A TCP port free on the host's loopback right now.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+/// `promtool check metrics` on a metrics text; panics with its complaints.
+pub fn promtool_check_metrics(text: &str) {
+    let mut child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool (apt-get install prometheus)");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool check metrics: {}{}\n--- metrics:\n{text}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Asserts that Prometheus holds exactly the anomaly and RST counts the NDJSON `events` imply:
+/// `synscope_anomalies_total` by (server, kind) and `synscope_resets_total` by (server, class).
+pub fn assert_prometheus_matches_events(prom: &Prometheus, events: &[serde_json::Value]) {
+    use std::collections::BTreeMap;
+    type Counts = BTreeMap<(String, String), f64>;
+    let mut anomalies = Counts::new();
+    let mut resets = Counts::new();
+    for e in events {
+        let server = e["server"].as_str().unwrap_or_default().to_owned();
+        match e["kind"].as_str().unwrap() {
+            "reset" => {
+                let class = e["evidence"]["rst_class"].as_str().unwrap().to_owned();
+                *resets.entry((server, class)).or_default() += 1.0;
+            }
+            "syn_flood" | "reset_storm" => {}
+            k => *anomalies.entry((server, k.to_owned())).or_default() += 1.0,
+        }
+    }
+    let got = |q: &str, label: &str| -> Counts {
+        prom.query(q)
+            .into_iter()
+            .map(|(m, v)| {
+                let s = m["server"].as_str().unwrap().to_owned();
+                ((s, m[label].as_str().unwrap().to_owned()), v)
+            })
+            .collect()
+    };
+    assert_eq!(
+        got("synscope_anomalies_total > 0", "kind"),
+        anomalies,
+        "anomalies: Prometheus vs events"
+    );
+    assert_eq!(
+        got(
+            "sum by (server, class) (synscope_resets_total) > 0",
+            "class"
+        ),
+        resets,
+        "resets: Prometheus vs events"
+    );
 }

@@ -1,0 +1,521 @@
+//! Prometheus metrics (`--metrics ADDR`): what the workers counted, merged on the output thread,
+//! served as OpenMetrics text at `/metrics` by a small HTTP thread.
+//!
+//! Workers own their engines, so they never touch shared metric state: once a second each sends
+//! a [`WorkerSnapshot`] (its cumulative counters and bucketed latencies, a few hundred bytes per
+//! server endpoint) to the output thread, which keeps the latest one per worker in
+//! [`MetricsState`]. A scrape adds the workers up under a mutex held only by the output thread's
+//! updates and the scrape itself.
+//!
+//! Label cardinality is bounded: the first `max_endpoints` server endpoints seen get their own
+//! series for as long as the process lives; every later one is added to `server="other"`. (Top-N by
+//! volume would move counts between series and break counter monotonicity.)
+
+mod server;
+
+use std::{
+    collections::{BTreeMap, HashSet},
+    fmt,
+    sync::{Arc, Mutex},
+};
+
+use prometheus_client::{
+    collector::Collector,
+    encoding::{DescriptorEncoder, EncodeMetric, NoLabelSet},
+    metrics::{MetricType, counter::ConstCounter, gauge::ConstGauge},
+};
+pub use server::MetricsServer;
+use synscope_common::stats;
+
+use crate::{
+    detect::{
+        Event, Kind, Phase, RstClass,
+        engine::EngineCounters,
+        stats::{EndpointCounters, LATENCY_BOUNDS_NS, Latency},
+    },
+    flow::{Endpoint, table::EvictReason},
+};
+
+/// Default bound on server endpoints with their own series.
+pub const DEFAULT_MAX_ENDPOINTS: usize = 100;
+
+/// What one worker has counted so far (cumulative).
+#[derive(Clone, Debug, Default)]
+pub struct WorkerSnapshot {
+    pub counters: EngineCounters,
+    pub table: crate::flow::TableStats,
+    /// Per server endpoint; None is the engine's own overflow bucket.
+    pub endpoints: Vec<(Option<Endpoint>, EndpointCounters)>,
+    /// Ring records (inline) or frames (tap) read, decode failures, output messages dropped.
+    pub records: u64,
+    pub decode_errors: u64,
+    pub dropped_messages: u64,
+}
+
+impl WorkerSnapshot {
+    /// The snapshot of an engine plus the worker's own counters.
+    pub fn of(engine: &crate::detect::Engine, report: &crate::live::WorkerReport) -> Self {
+        Self {
+            counters: engine.counters(),
+            table: engine.table_stats(),
+            endpoints: engine.endpoints().export(),
+            records: report.records,
+            decode_errors: report.decode_errors.values().sum(),
+            dropped_messages: report.dropped_messages,
+        }
+    }
+}
+
+/// Everything `/metrics` shows; owned by the output thread, read by scrapes.
+#[derive(Debug)]
+pub struct MetricsState {
+    mode: &'static str,
+    max_endpoints: usize,
+    /// Server endpoints with their own series (first come, bounded, never removed).
+    named: HashSet<Endpoint>,
+    workers: Vec<WorkerSnapshot>,
+    /// `syn_flood` / `reset_storm` episodes, which the output thread's aggregator decides, by
+    /// the endpoint (flood) or host (storm) label.
+    episodes: BTreeMap<(String, Kind), u64>,
+    kernel: Option<[u64; stats::COUNT as usize]>,
+    pub evidence_files: u64,
+    pub evidence_bytes: u64,
+    start_unix: f64,
+}
+
+impl MetricsState {
+    pub fn new(mode: &'static str, max_endpoints: usize, workers: usize) -> Self {
+        Self {
+            mode,
+            max_endpoints,
+            named: HashSet::new(),
+            workers: vec![WorkerSnapshot::default(); workers],
+            episodes: BTreeMap::new(),
+            kernel: None,
+            evidence_files: 0,
+            evidence_bytes: 0,
+            start_unix: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0.0, |d| d.as_secs_f64()),
+        }
+    }
+
+    /// Takes worker `i`'s latest snapshot; names its endpoints while there is room.
+    pub fn update_worker(&mut self, i: usize, snap: WorkerSnapshot) {
+        for (ep, c) in &snap.endpoints {
+            if let Some(ep) = ep
+                && self.named.len() < self.max_endpoints
+                && c.syns + c.rsts.iter().flatten().flatten().sum::<u64>() > 0
+            {
+                self.named.insert(*ep);
+            }
+        }
+        if i >= self.workers.len() {
+            self.workers.resize_with(i + 1, Default::default);
+        }
+        self.workers[i] = snap;
+    }
+
+    /// Counts the aggregate events (per-connection kinds are counted by the engines).
+    pub fn count_event(&mut self, e: &Event) {
+        let label = match e.kind {
+            Kind::SynFlood => e.server.map(|s| self.label(&s)),
+            Kind::ResetStorm => e.ev("host").as_str().map(str::to_owned),
+            _ => None,
+        };
+        if let Some(l) = label {
+            *self.episodes.entry((l, e.kind)).or_default() += 1;
+        }
+    }
+
+    /// The kernel's counters (summed over CPUs), read by the output thread.
+    pub fn set_kernel(&mut self, k: [u64; stats::COUNT as usize]) {
+        self.kernel = Some(k);
+    }
+
+    fn label(&self, ep: &Endpoint) -> String {
+        if self.named.contains(ep) {
+            ep.to_string()
+        } else {
+            "other".to_owned()
+        }
+    }
+
+    /// Every worker's endpoints added up under their series label.
+    fn by_server(&self) -> BTreeMap<String, EndpointCounters> {
+        let mut m: BTreeMap<String, EndpointCounters> = BTreeMap::new();
+        for w in &self.workers {
+            for (ep, c) in &w.endpoints {
+                if ep.is_none() && *c == EndpointCounters::default() {
+                    continue;
+                }
+                let l = ep.map_or_else(|| "other".to_owned(), |ep| self.label(&ep));
+                m.entry(l).or_default().add(c);
+            }
+        }
+        m
+    }
+
+    /// The OpenMetrics exposition (what `/metrics` returns).
+    pub fn encode_text(state: &Arc<Mutex<MetricsState>>) -> Result<String, fmt::Error> {
+        let mut registry = prometheus_client::registry::Registry::default();
+        registry.register_collector(Box::new(Scrape(state.clone())));
+        let mut s = String::new();
+        prometheus_client::encoding::text::encode(&mut s, &registry)?;
+        Ok(s)
+    }
+}
+
+const NO_LABELS: [(&str, &str); 0] = [];
+
+/// The classic Prometheus text format (0.0.4) of an OpenMetrics exposition, for scrapers that
+/// do not ask for OpenMetrics (`curl`, `promtool check metrics`): counter families are named
+/// with their `_total` suffix, and `# EOF` / `# UNIT` lines go.
+pub fn to_classic(openmetrics: &str) -> String {
+    let counters: HashSet<&str> = openmetrics
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.strip_suffix(" counter"))
+        .collect();
+    let mut out = String::with_capacity(openmetrics.len() + 64 * counters.len());
+    for line in openmetrics.lines() {
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
+        let renamed = ["# HELP ", "# TYPE "].iter().find_map(|p| {
+            let rest = line.strip_prefix(p)?;
+            let (name, tail) = rest.split_once(' ')?;
+            counters
+                .contains(name)
+                .then(|| format!("{p}{name}_total {tail}"))
+        });
+        out.push_str(renamed.as_deref().unwrap_or(line));
+        out.push('\n');
+    }
+    out
+}
+
+/// The collector a scrape runs: encodes [`MetricsState`] as it is now.
+#[derive(Debug)]
+struct Scrape(Arc<Mutex<MetricsState>>);
+
+/// Writes one metric family: `series` gives (labels, value) pairs.
+fn family<'a, L: prometheus_client::encoding::EncodeLabelSet + 'a>(
+    enc: &mut DescriptorEncoder<'_>,
+    name: &str,
+    help: &str,
+    ty: MetricType,
+    series: impl IntoIterator<Item = (L, u64)>,
+) -> fmt::Result {
+    let mut m = enc.encode_descriptor(name, help, None, ty)?;
+    for (labels, v) in series {
+        let f = m.encode_family(&labels)?;
+        match ty {
+            MetricType::Gauge => ConstGauge::new(v as i64).encode(f)?,
+            _ => ConstCounter::new(v).encode(f)?,
+        }
+    }
+    Ok(())
+}
+
+impl Collector for Scrape {
+    fn encode(&self, mut enc: DescriptorEncoder<'_>) -> fmt::Result {
+        let st = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let servers = st.by_server();
+        use MetricType::{Counter, Gauge};
+
+        family(
+            &mut enc,
+            "synscope_build_info",
+            "synscope version and capture mode (always 1)",
+            Gauge,
+            [(
+                [("version", env!("CARGO_PKG_VERSION")), ("mode", st.mode)],
+                1,
+            )],
+        )?;
+        {
+            let m = enc.encode_descriptor(
+                "synscope_start_time_seconds",
+                "Unix time the process started",
+                None,
+                Gauge,
+            )?;
+            ConstGauge::new(st.start_unix).encode(m)?;
+        }
+        let per_server = |f: fn(&EndpointCounters) -> u64| {
+            servers
+                .iter()
+                .map(move |(s, c)| ([("server", s.as_str())], f(c)))
+        };
+        family(
+            &mut enc,
+            "synscope_syns",
+            "SYNs (first transmissions and retransmissions) sent to the server endpoint",
+            Counter,
+            per_server(|c| c.syns),
+        )?;
+        family(
+            &mut enc,
+            "synscope_connections_established",
+            "Handshakes completed (the client's ACK of the SYN-ACK seen)",
+            Counter,
+            per_server(|c| c.established),
+        )?;
+        family(
+            &mut enc,
+            "synscope_connections_closed",
+            "Connections closed normally (FIN both ways)",
+            Counter,
+            per_server(|c| c.closed_normally),
+        )?;
+        let mut anomalies: Vec<([(&str, &str); 2], u64)> = Vec::new();
+        for (s, c) in &servers {
+            for k in Kind::ALL {
+                let n = c.anomalies[k as usize];
+                if n > 0 && k != Kind::Reset {
+                    anomalies.push(([("server", s.as_str()), ("kind", k.as_str())], n));
+                }
+            }
+        }
+        for ((l, k), n) in &st.episodes {
+            anomalies.push(([("server", l.as_str()), ("kind", k.as_str())], *n));
+        }
+        family(
+            &mut enc,
+            "synscope_anomalies",
+            "Anomaly verdicts by server endpoint and kind (ANOMALIES.md; folded ones included; \
+             reset_storm is labelled with the sending host)",
+            Counter,
+            anomalies,
+        )?;
+        let mut rsts: Vec<([(&str, &str); 4], u64)> = Vec::new();
+        for (s, c) in &servers {
+            for class in RstClass::ALL {
+                for phase in Phase::ALL {
+                    for (from, n) in ["client", "server"]
+                        .into_iter()
+                        .zip(c.rsts[class as usize][phase as usize])
+                    {
+                        if n > 0 {
+                            rsts.push((
+                                [
+                                    ("server", s.as_str()),
+                                    ("class", class.as_str()),
+                                    ("phase", phase.as_str()),
+                                    ("from", from),
+                                ],
+                                n,
+                            ));
+                        }
+                    }
+                }
+            }
+        }
+        family(
+            &mut enc,
+            "synscope_resets",
+            "RSTs by server endpoint, class (refused, passive, active, probe_abort, out_of_window), \
+             connection phase and sender",
+            Counter,
+            rsts,
+        )?;
+        {
+            let mut m = enc.encode_descriptor(
+                "synscope_handshake_latency_seconds",
+                "Handshake latencies: syn_to_synack (server response), synack_to_ack (client \
+                 round trip), connect_total (first SYN to completing ACK)",
+                None,
+                MetricType::Histogram,
+            )?;
+            for (s, c) in &servers {
+                for l in Latency::ALL {
+                    let b = &c.latency[l as usize];
+                    if b.count() == 0 {
+                        continue;
+                    }
+                    // Non-cumulative: the encoder adds them up into `le` buckets.
+                    let buckets: Vec<(f64, u64)> = LATENCY_BOUNDS_NS
+                        .iter()
+                        .map(|ns| *ns as f64 / 1e9)
+                        .chain([f64::INFINITY])
+                        .zip(b.counts)
+                        .collect();
+                    let labels = [("server", s.as_str()), ("measure", l.as_str())];
+                    m.encode_family(&labels)?.encode_histogram::<NoLabelSet>(
+                        b.sum_ns as f64 / 1e9,
+                        b.count(),
+                        &buckets,
+                        None,
+                    )?;
+                }
+            }
+        }
+        let w = |f: fn(&WorkerSnapshot) -> u64| {
+            st.workers
+                .iter()
+                .enumerate()
+                .map(move |(i, s)| ([("worker", i.to_string())], f(s)))
+        };
+        family(
+            &mut enc,
+            "synscope_packets",
+            "Packets processed by each worker's engine",
+            Counter,
+            w(|s| s.counters.packets),
+        )?;
+        family(
+            &mut enc,
+            "synscope_packets_unmatched",
+            "Non-control packets of flows not in the table (pre-existing or expired connections)",
+            Counter,
+            w(|s| s.counters.unmatched),
+        )?;
+        family(
+            &mut enc,
+            "synscope_events",
+            "Events emitted by each worker's engine",
+            Counter,
+            w(|s| s.counters.events),
+        )?;
+        family(
+            &mut enc,
+            "synscope_events_folded",
+            "Per-connection events folded into a syn_flood / reset_storm episode",
+            Counter,
+            w(|s| s.counters.folded),
+        )?;
+        family(
+            &mut enc,
+            "synscope_records",
+            "Ring records (inline) or AF_XDP frames (tap) read by each worker",
+            Counter,
+            w(|s| s.records),
+        )?;
+        family(
+            &mut enc,
+            "synscope_record_decode_errors",
+            "Records or frames a worker could not decode",
+            Counter,
+            w(|s| s.decode_errors),
+        )?;
+        family(
+            &mut enc,
+            "synscope_output_dropped",
+            "Events or records dropped because the output thread's queue was full",
+            Counter,
+            w(|s| s.dropped_messages),
+        )?;
+        family(
+            &mut enc,
+            "synscope_flows",
+            "Connections in each worker's flow table",
+            Gauge,
+            w(|s| s.table.live),
+        )?;
+        let mut evicted: Vec<([(&str, String); 2], u64)> = Vec::new();
+        for (i, s) in st.workers.iter().enumerate() {
+            for (reason, n) in EvictReason::NAMES.iter().zip(s.table.evicted) {
+                evicted.push((
+                    [("worker", i.to_string()), ("reason", (*reason).to_owned())],
+                    n,
+                ));
+            }
+        }
+        family(
+            &mut enc,
+            "synscope_flows_evicted",
+            "Connections evicted from a full flow table, by policy step",
+            Counter,
+            evicted,
+        )?;
+        if let Some(k) = &st.kernel {
+            family(
+                &mut enc,
+                "synscope_kernel_packets",
+                "Kernel-side (XDP/TC) counters, summed over CPUs: packets, selected, ring_full, ...",
+                Counter,
+                stats::NAMES
+                    .iter()
+                    .zip(k)
+                    .map(|(n, v)| ([("counter", *n)], *v)),
+            )?;
+        }
+        family(
+            &mut enc,
+            "synscope_evidence_files",
+            "Evidence pcap files written",
+            Counter,
+            [(NO_LABELS, st.evidence_files)],
+        )?;
+        family(
+            &mut enc,
+            "synscope_evidence_bytes",
+            "Bytes of evidence pcaps on disk",
+            Gauge,
+            [(NO_LABELS, st.evidence_bytes)],
+        )?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::detect::stats::Buckets;
+
+    #[test]
+    fn classic_text_names_counter_families_with_total_and_drops_eof() {
+        let om = "# HELP a_x Xs.\n# TYPE a_x counter\na_x_total{k=\"v\"} 3\n# HELP g G.\n# TYPE g gauge\ng 1\n# EOF\n";
+        assert_eq!(
+            to_classic(om),
+            "# HELP a_x_total Xs.\n# TYPE a_x_total counter\na_x_total{k=\"v\"} 3\n# HELP g G.\n# TYPE g gauge\ng 1\n"
+        );
+    }
+
+    #[test]
+    fn buckets_place_values_at_their_upper_bound_and_quantiles_name_it() {
+        let mut b = Buckets::default();
+        for ns in [100_000, 100_001, 3_000_000_000, u64::MAX] {
+            b.record(ns);
+        }
+        assert_eq!(b.counts[0], 1, "100 µs is in le=0.0001");
+        assert_eq!(b.counts[1], 1);
+        assert_eq!(b.counts[14], 1, "3 s is in le=5");
+        assert_eq!(b.counts[17], 1, "+Inf");
+        assert_eq!(b.quantile_bound(0.25), Some(100_000));
+        assert_eq!(b.quantile_bound(0.5), Some(250_000));
+        assert_eq!(b.quantile_bound(0.75), Some(5_000_000_000));
+        assert_eq!(b.quantile_bound(1.0), Some(u64::MAX));
+        assert_eq!(Buckets::default().quantile_bound(0.5), None);
+    }
+
+    #[test]
+    fn endpoints_beyond_the_bound_fold_into_other_and_stay_there() {
+        let ep = |p: u16| Endpoint::from(std::net::SocketAddr::from(([10, 0, 0, 1], p)));
+        let c = EndpointCounters {
+            syns: 2,
+            ..Default::default()
+        };
+        let mut m = MetricsState::new("pcap", 1, 1);
+        m.update_worker(
+            0,
+            WorkerSnapshot {
+                endpoints: vec![(Some(ep(80)), c), (Some(ep(81)), c)],
+                ..Default::default()
+            },
+        );
+        let s = m.by_server();
+        assert_eq!(s.keys().collect::<Vec<_>>(), ["10.0.0.1:80", "other"]);
+        assert_eq!(s["other"].syns, 2);
+        // A later snapshot does not rename a series.
+        m.update_worker(
+            0,
+            WorkerSnapshot {
+                endpoints: vec![(Some(ep(81)), c)],
+                ..Default::default()
+            },
+        );
+        assert_eq!(m.by_server().keys().collect::<Vec<_>>(), ["other"]);
+    }
+}
