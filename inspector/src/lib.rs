@@ -7,6 +7,7 @@ pub mod capture;
 pub mod cli;
 pub mod demo;
 pub mod detect;
+pub mod evidence;
 pub mod flow;
 pub mod lab;
 pub mod live;

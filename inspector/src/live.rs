@@ -24,13 +24,14 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError, bounde
 use synscope_common::stats;
 
 use crate::{
-    capture::{CapturedPacket, clock::MonoToWall, decode_record, ringbuf},
+    capture::{CapturedPacket, clock::MonoToWall, decode_record, record::record_ip_bytes, ringbuf},
     cli::JsonSink,
     detect::{
         Config, Engine, Event,
         aggregate::{Aggregator, Rates, Tally},
         engine::{Packet, Totals},
     },
+    evidence::{self, Evidence},
     loader::{self, Inline, InlineOptions},
     metrics::{MetricsState, WorkerSnapshot},
     output::{
@@ -177,10 +178,13 @@ pub struct Sinks<'a> {
     pub on_event: Option<&'a mut dyn FnMut(&Event)>,
     /// `--metrics`: the state `/metrics` serves, kept current by the output thread.
     pub metrics: Option<Arc<Mutex<MetricsState>>>,
+    /// `--evidence`: where flagged connections' packets go, and each worker's ring size.
+    pub evidence: Option<(evidence::Writer, usize)>,
 }
 
 pub(crate) enum Msg {
-    Event(Event),
+    /// An event and, with `--evidence`, its connection's packets.
+    Event(Event, Option<Evidence>),
     Record(Box<CapturedPacket>),
     /// A worker's cumulative counters, once a second when metrics are on.
     Snapshot {
@@ -254,6 +258,8 @@ pub(crate) struct Crew {
     pub cores: Vec<core_affinity::CoreId>,
     pub want_records: bool,
     pub want_snapshots: bool,
+    /// Bytes of each worker's evidence ring (None: no `--evidence`).
+    pub evidence_ring: Option<usize>,
 }
 
 impl Crew {
@@ -269,6 +275,7 @@ impl Crew {
             cores: cores(),
             want_records: sinks.records.is_some(),
             want_snapshots: sinks.metrics.is_some(),
+            evidence_ring: sinks.evidence.as_ref().map(|e| e.1),
         }
     }
 
@@ -292,6 +299,7 @@ impl Crew {
             clock: self.clock,
             want_records: self.want_records,
             want_snapshots: self.want_snapshots,
+            recorder: self.evidence_ring.map(evidence::Recorder::new),
             last_snapshot: Instant::now(),
             last_watermark: 0,
             report: WorkerReport::default(),
@@ -354,7 +362,7 @@ impl Crew {
         let mut last = Vec::new();
         agg.finish(&mut last);
         for e in last {
-            take(Msg::Event(e), &mut agg, &mut sinks);
+            take(Msg::Event(e, None), &mut agg, &mut sinks);
         }
         let mut engines = Vec::new();
         let mut reports = Vec::new();
@@ -397,6 +405,7 @@ pub(crate) struct WorkerCore {
     clock: MonoToWall,
     want_records: bool,
     want_snapshots: bool,
+    recorder: Option<evidence::Recorder>,
     last_snapshot: Instant,
     last_watermark: u64,
     pub report: WorkerReport,
@@ -415,8 +424,17 @@ impl WorkerCore {
         self.clock.to_unix_ns(mono_ns)
     }
 
-    /// One captured packet through the engine (and to `--records`).
+    /// Whether packets should carry their IP bytes (`--evidence`).
+    pub fn keeps_evidence(&self) -> bool {
+        self.recorder.is_some()
+    }
+
+    /// One captured packet through the engine (and to `--records`, and the evidence ring).
     pub fn packet(&mut self, p: CapturedPacket) {
+        if let (Some(r), Some(ip)) = (self.recorder.as_mut(), p.ip.as_deref()) {
+            let key = evidence::conn_key(&p.segment.src.into(), &p.segment.dst.into());
+            r.push(key, u64::try_from(p.ts_unix_ns).unwrap_or(0), ip);
+        }
         self.engine.process(
             &Packet {
                 ts_ns: u64::try_from(p.ts_unix_ns).unwrap_or(0),
@@ -441,7 +459,12 @@ impl WorkerCore {
         self.engine
             .advance(now.saturating_sub(CLOCK_SLACK_NS), &mut self.out);
         for e in self.out.drain(..) {
-            send(&self.tx, Msg::Event(e), &mut self.report.dropped_messages);
+            let ev = self.recorder.as_ref().and_then(|r| r.for_event(&e));
+            send(
+                &self.tx,
+                Msg::Event(e, ev),
+                &mut self.report.dropped_messages,
+            );
         }
         let (tallies, watermark) = self.engine.take_tallies();
         if !tallies.is_empty() || watermark != self.last_watermark {
@@ -517,15 +540,33 @@ fn deliver(m: Msg, agg: &mut Aggregator, sinks: &mut Sinks<'_>) -> io::Result<()
             }
             Ok(())
         }
-        Msg::Event(e) => {
+        Msg::Event(e, ev) => {
+            let file = match (&mut sinks.evidence, &ev) {
+                (Some((w, _)), Some(ev)) => match w.write(&e, ev) {
+                    Ok(p) => Some(p),
+                    Err(err) => {
+                        tracing::warn!(error = %err, "cannot write an evidence file");
+                        None
+                    }
+                },
+                _ => None,
+            };
             if let Some(m) = &sinks.metrics {
-                lock(m).count_event(&e);
+                let mut m = lock(m);
+                m.count_event(&e);
+                if let Some((w, _)) = &sinks.evidence {
+                    m.evidence_files = w.written;
+                    m.evidence_bytes = w.bytes();
+                }
             }
             if let Some(f) = sinks.on_event.as_deref_mut() {
                 f(&e);
             }
             match sinks.events.as_deref_mut() {
-                Some(w) => write_line(w, &EventLine::from(&e)),
+                Some(w) => write_line(
+                    w,
+                    &EventLine::from(&e).with_evidence(file.as_deref(), ev.as_ref()),
+                ),
                 None => Ok(()),
             }
         }
@@ -541,7 +582,7 @@ fn deliver(m: Msg, agg: &mut Aggregator, sinks: &mut Sinks<'_>) -> io::Result<()
             let mut out = Vec::new();
             agg.feed(worker, tallies, watermark, &mut out);
             out.into_iter()
-                .try_for_each(|e| deliver(Msg::Event(e), agg, sinks))
+                .try_for_each(|e| deliver(Msg::Event(e, None), agg, sinks))
         }
     }
 }
@@ -574,7 +615,12 @@ fn ring_worker(
             |bytes| {
                 core.report.records += 1;
                 match decode_record(bytes, |ns| core.unix_ns(ns)) {
-                    Ok(p) => core.packet(p),
+                    Ok(mut p) => {
+                        if core.keeps_evidence() {
+                            p.ip = Some(record_ip_bytes(bytes).into());
+                        }
+                        core.packet(p)
+                    }
                     Err(e) => *core.report.decode_errors.entry(e.reason()).or_default() += 1,
                 }
             },

@@ -9,7 +9,9 @@ use crate::{
         aggregate::{Aggregator, Rates},
         engine::Packet,
     },
+    evidence::{Recorder, Writer, conn_key},
     output::ndjson::{EventLine, write_line},
+    wire::link::ip_offset,
 };
 
 /// The outcome of a replay: the engine (for the summary), frames read, skipped frames by
@@ -19,6 +21,8 @@ pub struct Replay {
     pub frames: u64,
     pub parse_errors: BTreeMap<&'static str, u64>,
     pub events: Vec<Event>,
+    /// Evidence pcaps written.
+    pub evidence_files: u64,
     pub error: Option<PcapError>,
 }
 
@@ -34,6 +38,7 @@ pub struct Replayer<'a> {
     events: Vec<Event>,
     json: Option<&'a mut dyn Write>,
     write_err: Option<std::io::Error>,
+    evidence: Option<(Recorder, Writer)>,
 }
 
 impl<'a> Replayer<'a> {
@@ -51,7 +56,14 @@ impl<'a> Replayer<'a> {
             events: Vec::new(),
             json,
             write_err: None,
+            evidence: None,
         }
+    }
+
+    /// Writes an evidence pcap for every flagged connection (`ring`: bytes of packets kept).
+    pub fn with_evidence(mut self, writer: Writer, ring: usize) -> Self {
+        self.evidence = Some((Recorder::new(ring), writer));
+        self
     }
 
     /// One frame of the capture.
@@ -61,14 +73,22 @@ impl<'a> Replayer<'a> {
         self.last_ts = self.last_ts.max(frame.ts_ns);
         self.engine.advance(self.last_ts, &mut self.out);
         match parse_frame(frame) {
-            Ok((seg, _)) => self.engine.process(
-                &Packet {
-                    ts_ns: frame.ts_ns,
-                    ifindex: frame.ifindex,
-                    seg: &seg,
-                },
-                &mut self.out,
-            ),
+            Ok((seg, _)) => {
+                if let Some((rec, _)) = &mut self.evidence
+                    && let Ok((off, _)) = ip_offset(frame.link, frame.data)
+                {
+                    let key = conn_key(&seg.src.into(), &seg.dst.into());
+                    rec.push(key, frame.ts_ns, &frame.data[off..]);
+                }
+                self.engine.process(
+                    &Packet {
+                        ts_ns: frame.ts_ns,
+                        ifindex: frame.ifindex,
+                        seg: &seg,
+                    },
+                    &mut self.out,
+                )
+            }
             Err(e) => *self.parse_errors.entry(e.reason()).or_default() += 1,
         }
         self.settle();
@@ -79,8 +99,24 @@ impl<'a> Replayer<'a> {
         let (tallies, watermark) = self.engine.take_tallies();
         self.agg.feed(0, tallies, watermark, &mut self.out);
         for e in self.out.drain(..) {
+            let mut file = None;
+            let mut ev = None;
+            if let Some((rec, w)) = &mut self.evidence {
+                ev = rec.for_event(&e);
+                if let Some(ev) = &ev {
+                    match w.write(&e, ev) {
+                        Ok(p) => file = Some(p),
+                        Err(err) => {
+                            self.write_err.get_or_insert(err);
+                        }
+                    }
+                }
+            }
             if let Some(w) = self.json.as_deref_mut()
-                && let Err(err) = write_line(w, &EventLine::from(&e))
+                && let Err(err) = write_line(
+                    w,
+                    &EventLine::from(&e).with_evidence(file.as_deref(), ev.as_ref()),
+                )
             {
                 self.write_err.get_or_insert(err);
             }
@@ -106,18 +142,24 @@ impl<'a> Replayer<'a> {
             frames: self.frames,
             parse_errors: self.parse_errors,
             events: self.events,
+            evidence_files: self.evidence.map_or(0, |(_, w)| w.written),
             error,
         })
     }
 }
 
-/// Runs `files` in order through one engine; events go to `json` as they are settled.
+/// Runs `files` in order through one engine; events go to `json` as they are settled, their
+/// connections' packets to `evidence` (a writer and the ring size).
 pub fn run(
     files: &[PathBuf],
     cfg: Config,
     json: Option<&mut dyn Write>,
+    evidence: Option<(Writer, usize)>,
 ) -> std::io::Result<Replay> {
     let mut r = Replayer::new(cfg, json);
+    if let Some((w, ring)) = evidence {
+        r = r.with_evidence(w, ring);
+    }
     let mut error = None;
     for file in files {
         if let Err(e) = read_file(file, |frame| r.frame(&frame)) {

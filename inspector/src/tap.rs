@@ -334,7 +334,13 @@ fn run(
 }
 
 /// Decodes one tapped frame: its tag (in the headroom right before the data) and its packet.
-fn decode(meta: &[u8], data: &[u8], unix_ns: impl Fn(u64) -> i128) -> Option<CapturedPacket> {
+/// With `keep_ip`, the packet's IP bytes are kept for the evidence recorder.
+fn decode(
+    meta: &[u8],
+    data: &[u8],
+    keep_ip: bool,
+    unix_ns: impl Fn(u64) -> i128,
+) -> Option<CapturedPacket> {
     if meta.len() != TapMeta::SIZE || meta[23] != TapMeta::MAGIC {
         return None;
     }
@@ -357,6 +363,13 @@ fn decode(meta: &[u8], data: &[u8], unix_ns: impl Fn(u64) -> i128) -> Option<Cap
         wire_len: u16::try_from(data.len()).unwrap_or(u16::MAX),
         vlan_depth,
         segment,
+        ip: keep_ip
+            .then(|| {
+                let (off, _) = crate::wire::link::ip_offset(LinkType::Ethernet, data).ok()?;
+                let ip = data.get(off..)?;
+                Some(ip[..ip.len().min(crate::evidence::SNAP)].into())
+            })
+            .flatten(),
     })
 }
 
@@ -403,7 +416,7 @@ fn tap_worker(
             } else {
                 &[]
             };
-            match decode(meta, bytes, |ns| core.unix_ns(ns)) {
+            match decode(meta, bytes, core.keeps_evidence(), |ns| core.unix_ns(ns)) {
                 Some(p) => {
                     let owner = p.flow_hash as usize % n;
                     if owner == me {
@@ -473,6 +486,7 @@ mod tests {
             wire_len: 60,
             vlan_depth: 0,
             segment: parse_ip_tcp(&crate::wire::emit::ip_tcp(&b)).expect("parses"),
+            ip: None,
         }
     }
 

@@ -157,16 +157,25 @@ fn every_seed_scenario_is_detected_live_with_its_evidence() {
 }
 
 #[test]
-fn seed_scenarios_reach_prometheus_with_the_counts_of_the_events() {
+fn seed_scenarios_reach_prometheus_and_evidence_pcaps() {
     if !require_root() {
         return;
     }
     let lab = Lab::create().expect("lab");
     let addr = "127.0.0.1:9464";
+    let dir = std::env::temp_dir().join(format!("synscope-live-evidence-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
     let live = Live::events(
         &lab.server_ns,
         &lab.server_if,
-        &["--workers", "2", "--metrics", addr],
+        &[
+            "--workers",
+            "2",
+            "--metrics",
+            addr,
+            "--evidence",
+            dir.to_str().unwrap(),
+        ],
     );
     let prom = Prometheus::start(Some(&lab.server_ns), 9090, addr);
     let (text, events, _) = detect_seed_scenarios_then(&lab, live, 9300, |_| {
@@ -181,6 +190,27 @@ fn seed_scenarios_reach_prometheus_with_the_counts_of_the_events() {
     assert!(selected[0].1 > 0.0, "{selected:?}");
     assert_eq!(prom.query("synscope_packets_total").len(), 2);
     assert_eq!(prom.query("synscope_build_info{mode=\"inline\"}")[0].1, 1.0);
+    // Evidence: every flagged connection's pcap holds only its packets; the refused one is
+    // exactly the SYN and the RST-ACK that refused it.
+    let files = assert_evidence_files(&events);
+    let refused = events
+        .iter()
+        .position(|e| {
+            e["kind"] == "syn_rejected"
+                && e["server"]
+                    .as_str()
+                    .unwrap()
+                    .ends_with(&format!(":{}", 9300 + scenarios::CLOSED_PORT.offset))
+        })
+        .expect("syn_rejected");
+    let pkts = &files
+        .iter()
+        .find(|f| f.0 == refused)
+        .expect("its evidence")
+        .1;
+    let flags: Vec<&str> = pkts.iter().map(|p| p.split(' ').nth(3).unwrap()).collect();
+    assert_eq!(flags, ["0x0002", "0x0014"], "{pkts:?}");
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]

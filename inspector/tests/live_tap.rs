@@ -73,9 +73,18 @@ fn every_seed_scenario_is_detected_through_af_xdp_on_a_mirror_port() {
     }
     let lab = Lab::create().expect("lab");
     let cap = mirror_port(&lab);
-    let live = Live::events(&lab.server_ns, cap, &["--mode", "tap"]);
+    let dir = std::env::temp_dir().join(format!("synscope-tap-evidence-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let live = Live::events(
+        &lab.server_ns,
+        cap,
+        &["--mode", "tap", "--evidence", dir.to_str().unwrap()],
+    );
     assert!(live.stderr.contains("queues=2"), "{}", live.stderr);
-    let stderr = detect_seed_scenarios(&lab, live, 9600);
+    let ((), events, stderr) = detect_seed_scenarios_then(&lab, live, 9600, |_| ());
+    // Evidence from full frames: every flagged connection's pcap holds only its packets.
+    assert!(!assert_evidence_files(&events).is_empty());
+    let _ = std::fs::remove_dir_all(&dir);
     // Every selected frame reached a socket and was read; the two workers handed each other
     // the flows whose frames arrived on the other's queue.
     let selected = counter(&stderr, "selected");

@@ -45,6 +45,19 @@ pub struct CapturedPacket {
     pub wire_len: u16,
     pub vlan_depth: u8,
     pub segment: Segment,
+    /// The packet from its IP header on (at most a snap length), kept only for `--evidence`.
+    pub ip: Option<Box<[u8]>>,
+}
+
+/// The IP bytes a ring-buffer record carries (empty when the record is malformed).
+pub fn record_ip_bytes(bytes: &[u8]) -> &[u8] {
+    let at = std::mem::offset_of!(PacketRecord, cap_len);
+    let Some(cap) = bytes.get(at..at + 2) else {
+        return &[];
+    };
+    let cap = usize::from(u16::from_ne_bytes([cap[0], cap[1]])).min(SNAP_LEN);
+    let start = std::mem::offset_of!(PacketRecord, data);
+    bytes.get(start..start + cap).unwrap_or(&[])
 }
 
 /// Decodes one ring-buffer record; `to_unix_ns` converts the kernel's monotonic timestamp.
@@ -75,6 +88,7 @@ pub fn decode_record(
         wire_len: rec.wire_len,
         vlan_depth: rec.vlan_depth,
         segment,
+        ip: None,
     })
 }
 

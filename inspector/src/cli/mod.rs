@@ -129,9 +129,32 @@ pub struct ReportArgs {
     /// Server endpoints with their own metric series; later ones are added to `server="other"`.
     #[arg(long, value_name = "N", default_value_t = crate::metrics::DEFAULT_MAX_ENDPOINTS)]
     pub metrics_max_endpoints: usize,
+    /// Write the captured packets of every flagged connection to a pcap per event in DIR
+    /// (named in the event's `evidence_file`; opens in Wireshark).
+    #[arg(long, value_name = "DIR")]
+    pub evidence: Option<PathBuf>,
+    /// Bound on the evidence directory; the oldest files are removed first.
+    #[arg(long, value_name = "MB", default_value_t = 256,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub evidence_max_mb: u64,
+    /// Recent packets each worker keeps for evidence, in MB (a verdict settled after its
+    /// connection's first packets left this ring gets the rest, marked `evidence_partial`).
+    #[arg(long, value_name = "MB", default_value_t = 64,
+          value_parser = clap::value_parser!(u64).range(1..=65536))]
+    pub evidence_buffer_mb: u64,
 }
 
 impl ReportArgs {
+    /// The evidence writer and per-worker ring size, when `--evidence` is set.
+    pub fn evidence(&self) -> anyhow::Result<Option<(crate::evidence::Writer, usize)>> {
+        let Some(dir) = &self.evidence else {
+            return Ok(None);
+        };
+        let w = crate::evidence::Writer::new(dir, self.evidence_max_mb << 20)
+            .map_err(|e| anyhow::anyhow!("cannot use evidence directory {}: {e}", dir.display()))?;
+        Ok(Some((w, (self.evidence_buffer_mb << 20) as usize)))
+    }
+
     /// The metrics state and its HTTP server, when `--metrics` is set.
     pub fn start_metrics(
         &self,
@@ -276,6 +299,7 @@ fn run_pcap(a: &PcapArgs) -> anyhow::Result<()> {
         &a.files,
         cfg,
         out.as_mut().map(|w| w as &mut dyn std::io::Write),
+        a.report.evidence()?,
     )?;
     let totals = crate::detect::engine::Totals::of([&r.engine]);
     let summary = crate::output::summary::render(&totals, r.frames, &r.parse_errors);
@@ -290,6 +314,7 @@ fn run_pcap(a: &PcapArgs) -> anyhow::Result<()> {
             };
             m.update_worker(0, crate::metrics::WorkerSnapshot::of(&r.engine, &report));
             r.events.iter().for_each(|e| m.count_event(e));
+            m.evidence_files = r.evidence_files;
         }
         tracing::info!(addr = %server.addr, "files read; serving metrics until Ctrl-C/SIGTERM");
         while !crate::STOP.load(std::sync::atomic::Ordering::Relaxed) {
@@ -327,6 +352,7 @@ fn run_live(a: &LiveArgs) -> anyhow::Result<()> {
         records: rec_out.as_mut().map(|w| w as &mut dyn std::io::Write),
         on_event: None,
         metrics: metrics.as_ref().map(|(s, _)| s.clone()),
+        evidence: a.report.evidence()?,
     };
     let report = match a.mode {
         Mode::Inline => {

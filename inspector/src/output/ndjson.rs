@@ -103,6 +103,31 @@ pub struct EventLine<'a> {
     pub reverse_seen: bool,
     pub evidence: &'a serde_json::Map<String, serde_json::Value>,
     pub hint: &'static str,
+    /// With `--evidence`: the pcap holding the connection's captured packets.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub evidence_file: Option<String>,
+    /// Packets in `evidence_file`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub evidence_packets: Option<usize>,
+    /// Set when older packets of the connection had already left the evidence ring.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub evidence_partial: bool,
+}
+
+impl EventLine<'_> {
+    /// Names the evidence file written for this event, if any.
+    pub fn with_evidence(
+        mut self,
+        file: Option<&std::path::Path>,
+        ev: Option<&crate::evidence::Evidence>,
+    ) -> Self {
+        if let (Some(f), Some(ev)) = (file, ev) {
+            self.evidence_file = Some(f.display().to_string());
+            self.evidence_packets = Some(ev.packets.len());
+            self.evidence_partial = ev.partial;
+        }
+        self
+    }
 }
 
 impl<'a> From<&'a crate::detect::Event> for EventLine<'a> {
@@ -117,6 +142,9 @@ impl<'a> From<&'a crate::detect::Event> for EventLine<'a> {
             reverse_seen: e.reverse_seen,
             evidence: &e.evidence,
             hint: e.kind.hint(),
+            evidence_file: None,
+            evidence_packets: None,
+            evidence_partial: false,
         }
     }
 }

@@ -548,3 +548,91 @@ pub fn assert_prometheus_matches_events(prom: &Prometheus, events: &[serde_json:
         "resets: Prometheus vs events"
     );
 }
+
+/// The TCP packets of a pcap as tshark dissects them, one `src > dst flags seq` string each
+/// (absolute sequence numbers), only those of the connection `conn` when given.
+pub fn tshark_packets(
+    pcap: &std::path::Path,
+    conn: Option<(SocketAddr, SocketAddr)>,
+) -> Vec<String> {
+    let filter = match conn {
+        None => "tcp".to_owned(),
+        Some((a, b)) => {
+            let fam = if a.is_ipv4() { "ip" } else { "ipv6" };
+            format!(
+                "tcp && {fam}.addr == {} && {fam}.addr == {} && tcp.port == {} && tcp.port == {}",
+                a.ip(),
+                b.ip(),
+                a.port(),
+                b.port()
+            )
+        }
+    };
+    let out = Command::new("tshark")
+        .arg("-r")
+        .arg(pcap)
+        .args(["-o", "tcp.relative_sequence_numbers:FALSE", "-Y", &filter])
+        .args(["-T", "fields", "-E", "separator=,"])
+        .args(["-e", "ip.src", "-e", "ipv6.src", "-e", "tcp.srcport"])
+        .args(["-e", "ip.dst", "-e", "ipv6.dst", "-e", "tcp.dstport"])
+        .args(["-e", "tcp.flags", "-e", "tcp.seq"])
+        .output()
+        .expect("tshark (installed by scripts/setup.sh)");
+    assert!(
+        out.status.success(),
+        "tshark -r {}: {}",
+        pcap.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| {
+            let f: Vec<&str> = l.split(',').collect();
+            let ep = |v4: &str, v6: &str, port: &str| {
+                if v4.is_empty() {
+                    format!("[{v6}]:{port}")
+                } else {
+                    format!("{v4}:{port}")
+                }
+            };
+            format!(
+                "{} > {} {} {}",
+                ep(f[0], f[1], f[2]),
+                ep(f[3], f[4], f[5]),
+                f[6],
+                f[7]
+            )
+        })
+        .collect()
+}
+
+/// Every event of a flagged connection names an evidence pcap that tshark opens and that holds
+/// only that connection's packets, the first of them its client's SYN; returns the files'
+/// packets by event index.
+pub fn assert_evidence_files(events: &[serde_json::Value]) -> Vec<(usize, Vec<String>)> {
+    let mut files = Vec::new();
+    for (i, e) in events.iter().enumerate() {
+        let (Some(c), Some(s)) = (e["client"].as_str(), e["server"].as_str()) else {
+            assert!(e["evidence_file"].is_null(), "{e}");
+            continue;
+        };
+        let path = e["evidence_file"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no evidence_file: {e}"));
+        let pkts = tshark_packets(std::path::Path::new(path), None);
+        assert_eq!(
+            e["evidence_packets"].as_u64(),
+            Some(pkts.len() as u64),
+            "{e}"
+        );
+        assert!(!pkts.is_empty(), "{path}");
+        for p in &pkts {
+            assert!(
+                p.starts_with(&format!("{c} > {s} ")) || p.starts_with(&format!("{s} > {c} ")),
+                "{path}: {p} is not of {c} <> {s}"
+            );
+        }
+        files.push((i, pkts));
+    }
+    files
+}
