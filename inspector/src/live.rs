@@ -180,6 +180,8 @@ pub struct Sinks<'a> {
     pub metrics: Option<Arc<Mutex<MetricsState>>>,
     /// `--evidence`: where flagged connections' packets go, and each worker's ring size.
     pub evidence: Option<(evidence::Writer, usize)>,
+    /// `--interval`: the periodic view (needs `metrics` for the workers' counters).
+    pub view: Option<crate::output::view::View>,
 }
 
 pub(crate) enum Msg {
@@ -345,6 +347,12 @@ impl Crew {
                 if let Some(k) = kernel() {
                     lock(m).set_kernel(k);
                 }
+            }
+            if let (Some(v), Some(m)) = (&mut sinks.view, &sinks.metrics)
+                && v.due()
+            {
+                let now = MonoToWall::now().to_unix_ns(MonoToWall::monotonic_now_ns());
+                v.show(&lock(m), now);
             }
             match rx.recv_timeout(Duration::from_millis(100)) {
                 Ok(m) => take(m, &mut agg, &mut sinks),
@@ -558,6 +566,9 @@ fn deliver(m: Msg, agg: &mut Aggregator, sinks: &mut Sinks<'_>) -> io::Result<()
                     m.evidence_files = w.written;
                     m.evidence_bytes = w.bytes();
                 }
+            }
+            if let Some(v) = &mut sinks.view {
+                v.event(&e);
             }
             if let Some(f) = sinks.on_event.as_deref_mut() {
                 f(&e);

@@ -214,6 +214,72 @@ fn seed_scenarios_reach_prometheus_and_evidence_pcaps() {
 }
 
 #[test]
+fn the_interval_view_prints_each_endpoints_counts_once() {
+    if !require_root() {
+        return;
+    }
+    let lab = Lab::create().expect("lab");
+    // stdout is a pipe here: plain lines, one per active endpoint and interval.
+    let live = Live::plain(&lab.server_ns, &lab.server_if, &["--interval", "1"]);
+    let server = echo_server(&lab, 9010, 5);
+    let to: SocketAddr = (lab.server_v4, 9010).into();
+    for _ in 0..5 {
+        echo_once(&lab, to, b"x");
+    }
+    server.join().expect("echo server");
+    let refused = synscope::lab::in_netns(&lab.client_ns, || {
+        std::net::TcpStream::connect_timeout(&(lab.server_v4, 9011).into(), Duration::from_secs(3))
+            .is_err()
+    })
+    .expect("netns");
+    assert!(refused);
+    // Two intervals and a snapshot period after the last packet.
+    thread::sleep(Duration::from_millis(3500));
+    let (out, code, stderr) = live.stop_raw();
+    assert_eq!(code, 0, "{stderr}");
+    let field = |l: &str, k: &str| -> u64 {
+        l.split(' ')
+            .find_map(|f| f.strip_prefix(&format!("{k}=")))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("{k} in {l}"))
+    };
+    let of = |port: u16| -> Vec<&str> {
+        let needle = format!(" server={}:{port} ", lab.server_v4);
+        out.lines().filter(|l| l.contains(&needle)).collect()
+    };
+    let sum = |lines: &[&str], k: &str| -> u64 { lines.iter().map(|l| field(l, k)).sum() };
+    let echo = of(9010);
+    assert_eq!(
+        (
+            sum(&echo, "syns"),
+            sum(&echo, "established"),
+            sum(&echo, "rsts")
+        ),
+        (5, 5, 0),
+        "{out}"
+    );
+    assert!(
+        echo.iter()
+            .all(|l| l.contains("anomalies= ") || l.ends_with("anomalies=")),
+        "{out}"
+    );
+    let closed = of(9011);
+    assert_eq!(
+        (sum(&closed, "syns"), sum(&closed, "rsts")),
+        (1, 1),
+        "{out}"
+    );
+    assert_eq!(
+        closed
+            .iter()
+            .filter(|l| l.ends_with("anomalies=syn_rejected:1"))
+            .count(),
+        1,
+        "{out}"
+    );
+}
+
+#[test]
 fn two_thousand_connections_succeed_with_a_minimal_ring_and_the_loss_is_counted() {
     if !require_root() {
         return;

@@ -86,6 +86,11 @@ pub struct LiveArgs {
     /// frames away from the kernel: never use it on a live host's interface).
     #[arg(long)]
     pub tap_on_addressed_interface: bool,
+    /// Every SECS, show what the last interval saw per server endpoint (rates, anomalies,
+    /// latency percentiles, top offenders): redrawn in place on a terminal, plain lines
+    /// otherwise; on stderr when stdout carries NDJSON.
+    #[arg(long, value_name = "SECS", value_parser = parse_secs)]
+    pub interval: Option<Duration>,
     /// Do not attach the TC egress program (ingress only: the host's own answers are not seen,
     /// so handshake verdicts are off; for one-way vantage points).
     #[arg(long)]
@@ -118,6 +123,9 @@ pub struct PcapArgs {
     #[command(flatten)]
     pub report: ReportArgs,
 }
+
+/// The metrics state the output thread updates and scrapes read.
+pub type SharedMetrics = Arc<Mutex<MetricsState>>;
 
 /// Operator outputs shared by `live` and `pcap`.
 #[derive(Debug, Args)]
@@ -155,22 +163,28 @@ impl ReportArgs {
         Ok(Some((w, (self.evidence_buffer_mb << 20) as usize)))
     }
 
-    /// The metrics state and its HTTP server, when `--metrics` is set.
+    /// The metrics state — when `--metrics` is set, or `view` needs it — and the HTTP server
+    /// of `--metrics`.
     pub fn start_metrics(
         &self,
         mode: &'static str,
         workers: usize,
-    ) -> anyhow::Result<Option<(Arc<Mutex<MetricsState>>, crate::metrics::MetricsServer)>> {
-        let Some(addr) = &self.metrics else {
-            return Ok(None);
-        };
+        view: bool,
+    ) -> anyhow::Result<(Option<SharedMetrics>, Option<crate::metrics::MetricsServer>)> {
+        if self.metrics.is_none() && !view {
+            return Ok((None, None));
+        }
         let state = Arc::new(Mutex::new(MetricsState::new(
             mode,
             self.metrics_max_endpoints,
             workers,
         )));
-        let server = crate::metrics::MetricsServer::start(addr, state.clone())?;
-        Ok(Some((state, server)))
+        let server = self
+            .metrics
+            .as_ref()
+            .map(|addr| crate::metrics::MetricsServer::start(addr, state.clone()))
+            .transpose()?;
+        Ok((Some(state), server))
     }
 }
 
@@ -294,7 +308,7 @@ fn run_pcap(a: &PcapArgs) -> anyhow::Result<()> {
     let sink = a.json.as_deref().map(JsonSink::parse);
     let mut out = sink.as_ref().map(crate::live::open_sink).transpose()?;
     let cfg = a.engine.config();
-    let metrics = a.report.start_metrics("pcap", 1)?;
+    let (state, server) = a.report.start_metrics("pcap", 1, false)?;
     let r = crate::replay::run(
         &a.files,
         cfg,
@@ -304,7 +318,7 @@ fn run_pcap(a: &PcapArgs) -> anyhow::Result<()> {
     let totals = crate::detect::engine::Totals::of([&r.engine]);
     let summary = crate::output::summary::render(&totals, r.frames, &r.parse_errors);
     print_summary(sink.as_ref(), &summary);
-    if let Some((state, server)) = metrics {
+    if let (Some(state), Some(server)) = (state, server) {
         {
             let mut m = crate::live::lock(&state);
             let report = crate::live::WorkerReport {
@@ -346,13 +360,19 @@ fn run_live(a: &LiveArgs) -> anyhow::Result<()> {
         Mode::Inline => "inline",
         Mode::Tap => "tap",
     };
-    let metrics = a.report.start_metrics(mode, opts.workers as usize)?;
+    let (state, _server) =
+        a.report
+            .start_metrics(mode, opts.workers as usize, a.interval.is_some())?;
+    let ndjson_on_stdout = [&events, &records].contains(&&Some(JsonSink::Stdout));
     let sinks = crate::live::Sinks {
         events: ev_out.as_mut().map(|w| w as &mut dyn std::io::Write),
         records: rec_out.as_mut().map(|w| w as &mut dyn std::io::Write),
         on_event: None,
-        metrics: metrics.as_ref().map(|(s, _)| s.clone()),
+        metrics: state,
         evidence: a.report.evidence()?,
+        view: a
+            .interval
+            .map(|every| crate::output::view::View::on(every, ndjson_on_stdout)),
     };
     let report = match a.mode {
         Mode::Inline => {

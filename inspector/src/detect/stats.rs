@@ -67,13 +67,6 @@ impl Buckets {
         self.counts.iter().sum()
     }
 
-    pub fn add(&mut self, o: &Buckets) {
-        for (a, b) in self.counts.iter_mut().zip(o.counts) {
-            *a += b;
-        }
-        self.sum_ns = self.sum_ns.saturating_add(o.sum_ns);
-    }
-
     /// The bound (ns) at or below which a fraction `q` of the values lie (`u64::MAX` for the
     /// +Inf bucket, None when empty): what a bucketed histogram can honestly say.
     pub fn quantile_bound(&self, q: f64) -> Option<u64> {
@@ -121,23 +114,42 @@ impl Default for EndpointCounters {
 impl EndpointCounters {
     /// Adds another worker's (or endpoint's) counters.
     pub fn add(&mut self, o: &EndpointCounters) {
-        self.syns += o.syns;
-        self.established += o.established;
-        self.closed_normally += o.closed_normally;
-        for (a, b) in self.anomalies.iter_mut().zip(o.anomalies) {
-            *a += b;
-        }
-        for (a, b) in self
-            .rsts
-            .iter_mut()
-            .flatten()
-            .flatten()
-            .zip(o.rsts.iter().flatten().flatten())
-        {
-            *a += b;
-        }
-        for (a, b) in self.latency.iter_mut().zip(&o.latency) {
-            a.add(b);
+        self.combine(o, u64::wrapping_add);
+    }
+
+    /// What was counted since `earlier` (a previous snapshot of the same counters).
+    pub fn since(&self, earlier: &EndpointCounters) -> EndpointCounters {
+        let mut d = *self;
+        d.combine(earlier, u64::saturating_sub);
+        d
+    }
+
+    /// Applies `f(self, o)` to every counter and latency bucket.
+    fn combine(&mut self, o: &EndpointCounters, f: fn(u64, u64) -> u64) {
+        let mine = [
+            &mut self.syns,
+            &mut self.established,
+            &mut self.closed_normally,
+        ]
+        .into_iter()
+        .chain(self.anomalies.iter_mut())
+        .chain(self.rsts.iter_mut().flatten().flatten())
+        .chain(
+            self.latency
+                .iter_mut()
+                .flat_map(|b| b.counts.iter_mut().chain([&mut b.sum_ns])),
+        );
+        let theirs = [o.syns, o.established, o.closed_normally]
+            .into_iter()
+            .chain(o.anomalies)
+            .chain(o.rsts.iter().flatten().flatten().copied())
+            .chain(
+                o.latency
+                    .iter()
+                    .flat_map(|b| b.counts.iter().copied().chain([b.sum_ns])),
+            );
+        for (a, b) in mine.zip(theirs) {
+            *a = f(*a, b);
         }
     }
 }

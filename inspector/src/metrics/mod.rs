@@ -142,7 +142,7 @@ impl MetricsState {
     }
 
     /// Every worker's endpoints added up under their series label.
-    fn by_server(&self) -> BTreeMap<String, EndpointCounters> {
+    pub(crate) fn by_server(&self) -> BTreeMap<String, EndpointCounters> {
         let mut m: BTreeMap<String, EndpointCounters> = BTreeMap::new();
         for w in &self.workers {
             for (ep, c) in &w.endpoints {

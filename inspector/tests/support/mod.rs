@@ -41,20 +41,24 @@ impl Live {
     /// Starts `synscope live --iface IF --records - ARGS...` in `ns` (one NDJSON line per
     /// captured record) and waits for `attached`.
     pub fn start(ns: &str, iface: &str, args: &[&str]) -> Live {
-        Self::spawn(ns, iface, "--records", args)
+        Self::spawn(ns, iface, &["--records", "-"], args)
     }
 
     /// Starts `synscope live --iface IF --json - ARGS...` in `ns` (one NDJSON line per anomaly
     /// event) and waits for `attached`.
     pub fn events(ns: &str, iface: &str, args: &[&str]) -> Live {
-        Self::spawn(ns, iface, "--json", args)
+        Self::spawn(ns, iface, &["--json", "-"], args)
     }
 
-    fn spawn(ns: &str, iface: &str, output: &str, args: &[&str]) -> Live {
+    /// Starts `synscope live --iface IF ARGS...` in `ns` (stdout is whatever ARGS make it).
+    pub fn plain(ns: &str, iface: &str, args: &[&str]) -> Live {
+        Self::spawn(ns, iface, &[], args)
+    }
+
+    fn spawn(ns: &str, iface: &str, output: &[&str], args: &[&str]) -> Live {
         let mut child = Command::new("ip")
-            .args([
-                "netns", "exec", ns, BIN, "live", "--iface", iface, output, "-",
-            ])
+            .args(["netns", "exec", ns, BIN, "live", "--iface", iface])
+            .args(output)
             .args(args)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -99,7 +103,17 @@ impl Live {
     }
 
     /// Sends SIGINT, waits, and returns (NDJSON objects, exit code, full stderr).
-    pub fn stop(mut self) -> (Vec<serde_json::Value>, i32, String) {
+    pub fn stop(self) -> (Vec<serde_json::Value>, i32, String) {
+        let (out, code, stderr) = self.stop_raw();
+        let lines = out
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad NDJSON {l:?}: {e}")))
+            .collect();
+        (lines, code, stderr)
+    }
+
+    /// Sends SIGINT, waits, and returns (stdout, exit code, full stderr).
+    pub fn stop_raw(mut self) -> (String, i32, String) {
         let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
         nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).expect("SIGINT");
         let status = self.child.wait().expect("wait");
@@ -113,12 +127,8 @@ impl Live {
             self.stderr.push_str(&line);
             self.stderr.push('\n');
         }
-        let lines = out
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad NDJSON {l:?}: {e}")))
-            .collect();
         (
-            lines,
+            out,
             status.code().unwrap_or(-1),
             std::mem::take(&mut self.stderr),
         )
