@@ -2,8 +2,7 @@
 
 use std::process::ExitCode;
 
-use clap::Parser;
-use synscope::{cli::Cli, loader::LoadError};
+use synscope::loader::LoadError;
 
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
@@ -16,14 +15,17 @@ fn main() -> ExitCode {
         // Colour only on a terminal: logs piped to journald or a file stay plain text.
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    let cli = Cli::parse();
+    let cli = synscope::cli::parse();
     match synscope::cli::run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("synscope: error: {e:#}");
-            let code = e
-                .downcast_ref::<LoadError>()
-                .map_or(1, LoadError::exit_code);
+            let code = match e.downcast_ref::<LoadError>() {
+                Some(l) => l.exit_code(),
+                // A bad config file is a usage error, like a bad flag.
+                None if e.is::<synscope::cli::config::ConfigError>() => 2,
+                None => 1,
+            };
             ExitCode::from(code as u8)
         }
     }

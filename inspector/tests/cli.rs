@@ -64,3 +64,78 @@ fn without_privileges_it_asks_for_root() {
         "{err}"
     );
 }
+
+/// A config file in a fresh temporary directory.
+fn config(name: &str, text: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("synscope-cli-{}-{name}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let f = dir.join("synscope.toml");
+    std::fs::write(&f, text).unwrap();
+    f
+}
+
+#[test]
+fn check_config_accepts_a_good_file_and_names_line_and_key_of_a_bad_one() {
+    let good = config(
+        "good",
+        "syn_timeout = 2\n[live]\niface = \"eth0\"\nworkers = 2\n",
+    );
+    let out = Command::new(BIN)
+        .args(["check-config"])
+        .arg(&good)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("synscope live --syn-timeout 2 --iface eth0 --workers 2"),
+        "{stdout}"
+    );
+    let bad = config("bad", "syn_timeout = 2\n\n[live]\nworkers = \"many\"\n");
+    let (code, err) = run(&["check-config", bad.to_str().unwrap()]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains(&format!(
+            "{}:4: key `live.workers`: invalid value 'many'",
+            bad.display()
+        )),
+        "{err}"
+    );
+    // The same error when the file is used.
+    let (code, err) = run(&["live", "--config", bad.to_str().unwrap()]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains(":4: key `live.workers`"), "{err}");
+}
+
+#[test]
+fn pcap_takes_its_settings_from_the_config_and_the_command_line_wins() {
+    let pcap = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/pcaps/closed_port.pcap");
+    let f = config("pcap", "[pcap]\njson = \"from-config.ndjson\"\n");
+    let dir = f.parent().unwrap();
+    let status = Command::new(BIN)
+        .current_dir(dir)
+        .args(["pcap", "--config", f.to_str().unwrap(), pcap])
+        .output()
+        .unwrap();
+    assert!(status.status.success());
+    let events = std::fs::read_to_string(dir.join("from-config.ndjson")).unwrap();
+    assert_eq!(events.lines().count(), 2, "{events}");
+    let status = Command::new(BIN)
+        .current_dir(dir)
+        .args([
+            "pcap",
+            "--config",
+            f.to_str().unwrap(),
+            pcap,
+            "--json",
+            "flag.ndjson",
+        ])
+        .output()
+        .unwrap();
+    assert!(status.status.success());
+    assert_eq!(
+        std::fs::read_to_string(dir.join("flag.ndjson")).unwrap(),
+        events
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}

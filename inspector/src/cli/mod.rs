@@ -9,11 +9,20 @@ use std::{
 
 use clap::{Args, Parser, Subcommand};
 
+pub mod config;
+
 use crate::{loader::AttachMode, metrics::MetricsState};
 
 /// synscope: finds broken TCP handshakes at line rate.
 #[derive(Debug, Parser)]
-#[command(name = "synscope", version, about, propagate_version = true)]
+#[command(
+    name = "synscope",
+    version,
+    about,
+    propagate_version = true,
+    // A flag given twice keeps its last value: the command line overrides `--config`.
+    args_override_self = true
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -28,6 +37,11 @@ pub enum Command {
     /// Build a throw-away lab (network namespaces + veth), drive real TCP through it, capture
     /// it live, print what was found, and tear the lab down.
     Demo(DemoArgs),
+    /// Validate a config file and print the flags it gives `live` and `pcap`.
+    CheckConfig {
+        /// The TOML file.
+        file: PathBuf,
+    },
 }
 
 /// Capture mode of `live`.
@@ -51,6 +65,9 @@ pub enum TapRest {
 
 #[derive(Debug, Args)]
 pub struct LiveArgs {
+    /// Read settings from a TOML file (keys are flag names; flags given here win).
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
     /// Interface to attach to.
     #[arg(long, value_name = "IF")]
     pub iface: String,
@@ -112,6 +129,9 @@ pub struct LiveArgs {
 
 #[derive(Debug, Args)]
 pub struct PcapArgs {
+    /// Read settings from a TOML file (keys are flag names; flags given here win).
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
     /// Capture files, processed in order as one stream.
     #[arg(required = true, value_name = "FILE")]
     pub files: Vec<PathBuf>,
@@ -285,6 +305,20 @@ impl JsonSink {
     }
 }
 
+/// Parses the process's command line, `--config` expanded; exits with clap's usage error (2)
+/// or the config file's error (2).
+pub fn parse() -> Cli {
+    use clap::{CommandFactory, FromArgMatches};
+    let argv = match config::expand(std::env::args().collect()) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("synscope: error: {e}");
+            std::process::exit(2);
+        }
+    };
+    Cli::from_arg_matches(&Cli::command().get_matches_from(argv)).unwrap_or_else(|e| e.exit())
+}
+
 /// Runs a parsed command line.
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     crate::install_stop_handler()?;
@@ -292,6 +326,10 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Live(a) => run_live(&a),
         Command::Pcap(a) => run_pcap(&a),
         Command::Demo(a) => crate::demo::run(&a),
+        Command::CheckConfig { file } => {
+            print!("{}", config::check(&file)?);
+            Ok(())
+        }
     }
 }
 
