@@ -9,7 +9,10 @@ use std::{io, process::Command};
 use aya::{
     Ebpf, EbpfLoader,
     maps::{MapData, PerCpuArray, RingBuf},
-    programs::{ProgramError, SchedClassifier, TcAttachType, Xdp, XdpMode, links::LinkType},
+    programs::{
+        ProgramError, SchedClassifier, TcAttachType, Xdp, XdpMode, links::FdLink,
+        tc::SchedClassifierLink,
+    },
 };
 use synscope_common::{MAX_WORKERS, stats};
 
@@ -20,7 +23,9 @@ static BPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), 
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
     #[error(
-        "synscope needs CAP_BPF and CAP_NET_ADMIN to load and attach BPF programs: run as root"
+        "synscope needs CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN to load and attach BPF programs \
+         (tap mode also CAP_NET_RAW and CAP_IPC_LOCK): run as root, or as a service with \
+         deploy/synscope.service's capabilities"
     )]
     NotPrivileged,
     #[error("interface {0} not found: check `ip link` (inside the right network namespace)")]
@@ -145,6 +150,9 @@ pub struct Inline {
     /// before the programs and links.
     pub rings: Vec<RingBuf<MapData>>,
     stats: PerCpuArray<MapData, u64>,
+    /// The attachments: dropping them detaches (and the kernel does it when we die).
+    _xdp_link: FdLink,
+    _egress_link: Option<SchedClassifierLink>,
     _ebpf: Ebpf,
     pub ifindex: u32,
     /// `native` or `generic`.
@@ -175,8 +183,11 @@ pub fn has_bpf_privileges() -> bool {
     };
     const CAP_NET_ADMIN: u64 = 12;
     const CAP_SYS_ADMIN: u64 = 21;
+    const CAP_PERFMON: u64 = 38;
     const CAP_BPF: u64 = 39;
-    caps & (1 << CAP_NET_ADMIN) != 0 && caps & ((1 << CAP_BPF) | (1 << CAP_SYS_ADMIN)) != 0
+    let has = |c: u64| caps & (1 << c) != 0;
+    // CAP_SYS_ADMIN stands in for CAP_BPF and CAP_PERFMON (kernels before 5.8: only it).
+    has(CAP_NET_ADMIN) && (has(CAP_SYS_ADMIN) || (has(CAP_BPF) && has(CAP_PERFMON)))
 }
 
 /// Whether `iface` is a virtual device (no bus device behind it: veth, bridge, bond, ...).
@@ -279,7 +290,7 @@ fn attach_xdp(
     iface: &str,
     ifindex: u32,
     mode: AttachMode,
-) -> Result<(u32, &'static str), LoadError> {
+) -> Result<(u32, &'static str, FdLink), LoadError> {
     let prog: &mut Xdp = ebpf
         .program_mut(name)
         .ok_or(LoadError::Program(ProgramError::NotLoaded))?
@@ -290,29 +301,35 @@ fn attach_xdp(
         iface: iface.to_owned(),
         source,
     };
-    let attach_mode = match mode {
+    let (link_id, attach_mode) = match mode {
         AttachMode::Native => prog
             .attach_to_if_index(ifindex, XdpMode::Driver)
-            .map(|_| "native")
+            .map(|id| (id, "native"))
             .map_err(refused)?,
         AttachMode::Generic => prog
             .attach_to_if_index(ifindex, XdpMode::Skb)
-            .map(|_| "generic")
+            .map(|id| (id, "generic"))
             .map_err(refused)?,
         AttachMode::Auto => match prog.attach_to_if_index(ifindex, XdpMode::Driver) {
-            Ok(_) => "native",
+            Ok(id) => (id, "native"),
             Err(e) => {
                 tracing::info!(%iface, error = %e, "native XDP refused, using generic mode");
                 prog.attach_to_if_index(ifindex, XdpMode::Skb)
-                    .map(|_| "generic")
+                    .map(|id| (id, "generic"))
                     .map_err(refused)?
             }
         },
     };
-    if !has_link(prog_id, LinkType::Xdp) {
-        return Err(LoadError::NoLink(iface.to_owned()));
+    // Only a bpf_link attachment goes away with the process. Asking the attachment itself
+    // (not listing the kernel's links) needs no CAP_SYS_ADMIN.
+    match FdLink::try_from(prog.take_link(link_id)?) {
+        Ok(link) => Ok((prog_id, attach_mode, link)),
+        Err(_) => {
+            // A netlink attachment stays when its handle is dropped: remove it.
+            force_detach(iface)?;
+            Err(LoadError::NoLink(iface.to_owned()))
+        }
     }
-    Ok((prog_id, attach_mode))
 }
 
 fn take_stats(ebpf: &mut Ebpf) -> Result<PerCpuArray<MapData, u64>, LoadError> {
@@ -373,12 +390,13 @@ pub fn attach_inline(opts: &InlineOptions) -> Result<Inline, LoadError> {
         }
         m => m,
     };
-    let (prog_id, attach_mode) =
+    let (prog_id, attach_mode, xdp_link) =
         attach_xdp(&mut ebpf, "synscope_ingress", &opts.iface, ifindex, mode)?;
-    let egress_id = if opts.egress {
-        Some(attach_egress(&mut ebpf, &opts.iface)?)
+    let (egress_id, egress_link) = if opts.egress {
+        let (id, link) = attach_egress(&mut ebpf, &opts.iface)?;
+        (Some(id), Some(link))
     } else {
-        None
+        (None, None)
     };
     let mut rings = Vec::with_capacity(workers as usize);
     for name in &ring_names[..workers as usize] {
@@ -396,6 +414,8 @@ pub fn attach_inline(opts: &InlineOptions) -> Result<Inline, LoadError> {
     Ok(Inline {
         rings,
         stats,
+        _xdp_link: xdp_link,
+        _egress_link: egress_link,
         _ebpf: ebpf,
         ifindex,
         attach_mode,
@@ -423,6 +443,7 @@ pub struct TapOptions {
 pub struct Tap {
     pub xsks: aya::maps::XskMap<MapData>,
     stats: PerCpuArray<MapData, u64>,
+    _xdp_link: FdLink,
     _ebpf: Ebpf,
     pub ifindex: u32,
     pub attach_mode: &'static str,
@@ -474,7 +495,7 @@ pub fn attach_tap(opts: &TapOptions) -> Result<Tap, LoadError> {
     let mut loader = EbpfLoader::new();
     loader.override_global("TAP_PASS_REST", &pass_rest, true);
     let mut ebpf = load_object(&mut loader, &follow)?;
-    let (prog_id, attach_mode) =
+    let (prog_id, attach_mode, xdp_link) =
         attach_xdp(&mut ebpf, "synscope_tap", &opts.iface, ifindex, opts.attach)?;
     let xsks = aya::maps::XskMap::try_from(
         ebpf.take_map("XSKS")
@@ -488,6 +509,7 @@ pub fn attach_tap(opts: &TapOptions) -> Result<Tap, LoadError> {
     Ok(Tap {
         xsks,
         stats,
+        _xdp_link: xdp_link,
         _ebpf: ebpf,
         ifindex,
         attach_mode,
@@ -495,31 +517,27 @@ pub fn attach_tap(opts: &TapOptions) -> Result<Tap, LoadError> {
     })
 }
 
-/// Whether the kernel holds a bpf_link of type `kind` for program `prog_id` (and so removes
-/// the attachment when synscope's last fd closes, even on `kill -9`).
-fn has_link(prog_id: u32, kind: LinkType) -> bool {
-    aya::programs::loaded_links()
-        .filter_map(Result::ok)
-        .any(|l| l.program_id() == prog_id && l.link_type().is_ok_and(|t| t == kind))
-}
-
 /// Attaches the TC egress selector through a tcx link (kernel 6.6+). aya falls back to a
 /// netlink (clsact) attachment on older kernels; that one would outlive a crashed synscope,
 /// so it is refused like the XDP one.
-fn attach_egress(ebpf: &mut Ebpf, iface: &str) -> Result<u32, LoadError> {
+fn attach_egress(ebpf: &mut Ebpf, iface: &str) -> Result<(u32, SchedClassifierLink), LoadError> {
     let prog: &mut SchedClassifier = ebpf
         .program_mut("synscope_egress")
         .ok_or(LoadError::Program(ProgramError::NotLoaded))?
         .try_into()?;
     prog.load()?;
     let prog_id = prog.info()?.id();
-    prog.attach(iface, TcAttachType::Egress)
-        .map_err(|source| LoadError::EgressRefused {
-            iface: iface.to_owned(),
-            source,
-        })?;
-    if !has_link(prog_id, LinkType::Tcx) {
+    let id =
+        prog.attach(iface, TcAttachType::Egress)
+            .map_err(|source| LoadError::EgressRefused {
+                iface: iface.to_owned(),
+                source,
+            })?;
+    let link = prog.take_link(id)?;
+    if <&FdLink>::try_from(&link).is_err() {
+        // Dropping the handle of a netlink attachment detaches it.
+        drop(link);
         return Err(LoadError::NoTcxLink(iface.to_owned()));
     }
-    Ok(prog_id)
+    Ok((prog_id, link))
 }

@@ -60,7 +60,7 @@ fn without_privileges_it_asks_for_root() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(
-        err.contains("needs CAP_BPF and CAP_NET_ADMIN") && err.contains("run as root"),
+        err.contains("needs CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN") && err.contains("run as root"),
         "{err}"
     );
 }

@@ -55,9 +55,21 @@ impl Live {
         Self::spawn(ns, iface, &[], args)
     }
 
+    /// Starts `synscope live --iface IF --json - ARGS...` in `ns` through `wrapper` (e.g.
+    /// `setpriv ...` to run it as a service would).
+    pub fn wrapped(ns: &str, wrapper: &[&str], iface: &str, args: &[&str]) -> Live {
+        Self::spawn_with(ns, wrapper, iface, &["--json", "-"], args)
+    }
+
     fn spawn(ns: &str, iface: &str, output: &[&str], args: &[&str]) -> Live {
+        Self::spawn_with(ns, &[], iface, output, args)
+    }
+
+    fn spawn_with(ns: &str, wrapper: &[&str], iface: &str, output: &[&str], args: &[&str]) -> Live {
         let mut child = Command::new("ip")
-            .args(["netns", "exec", ns, BIN, "live", "--iface", iface])
+            .args(["netns", "exec", ns])
+            .args(wrapper)
+            .args([BIN, "live", "--iface", iface])
             .args(output)
             .args(args)
             .stdout(Stdio::piped())

@@ -1,0 +1,180 @@
+//! `deploy/`: the files an operator installs, checked with the real programs — the service
+//! unit with `systemd-analyze verify` and by running synscope with exactly its capabilities as
+//! an unprivileged user, the alert rules with `promtool check rules` / `promtool test rules`,
+//! the example config with `synscope check-config`, and every dashboard query against a real
+//! Prometheus scraping synscope.
+
+mod support;
+
+use std::{path::Path, process::Command, thread, time::Duration};
+
+use support::*;
+use synscope::lab::Lab;
+
+const DEPLOY: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy");
+const PCAPS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/pcaps");
+
+fn ok(cmd: &mut Command) -> String {
+    let out = cmd.output().expect("run");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{cmd:?}: {text}");
+    text
+}
+
+#[test]
+fn alert_rules_are_valid_and_fire_on_the_series_they_are_about() {
+    let check = ok(Command::new("promtool")
+        .args(["check", "rules"])
+        .arg(Path::new(DEPLOY).join("alerts.yml")));
+    assert!(check.contains("SUCCESS: 5 rules found"), "{check}");
+    let test = ok(Command::new("promtool")
+        .args(["test", "rules", "alerts_test.yml"])
+        .current_dir(DEPLOY));
+    assert!(test.contains("SUCCESS"), "{test}");
+}
+
+#[test]
+fn the_service_unit_verifies_cleanly() {
+    let unit = std::fs::read_to_string(Path::new(DEPLOY).join("synscope.service")).unwrap();
+    let dir = std::env::temp_dir().join(format!("synscope-unit-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    // The unit names the installed binary; verify it against the one under test.
+    let f = dir.join("synscope.service");
+    std::fs::write(&f, unit.replace("/usr/local/bin/synscope", BIN)).unwrap();
+    let out = ok(Command::new("systemd-analyze").arg("verify").arg(&f));
+    // Unknown keys are only warnings to systemd: none allowed here.
+    assert_eq!(out, "", "{out}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn the_example_config_is_valid() {
+    let out = ok(Command::new(BIN)
+        .arg("check-config")
+        .arg(Path::new(DEPLOY).join("synscope.toml")));
+    assert!(out.contains("--iface eth0"), "{out}");
+    assert!(out.contains("--metrics [::]:9464"), "{out}");
+}
+
+/// The capabilities the unit grants (AmbientCapabilities), as setpriv wants them.
+fn unit_caps() -> String {
+    let unit = std::fs::read_to_string(Path::new(DEPLOY).join("synscope.service")).unwrap();
+    let line = unit
+        .lines()
+        .find_map(|l| l.strip_prefix("AmbientCapabilities="))
+        .expect("AmbientCapabilities");
+    let bounding = unit
+        .lines()
+        .find_map(|l| l.strip_prefix("CapabilityBoundingSet="))
+        .expect("CapabilityBoundingSet");
+    assert_eq!(line, bounding);
+    line.split_whitespace()
+        .map(|c| format!("+{}", c.trim_start_matches("CAP_").to_lowercase()))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+#[test]
+fn synscope_runs_unprivileged_with_only_the_units_capabilities() {
+    if !require_root() {
+        return;
+    }
+    let lab = Lab::create().expect("lab");
+    let caps = unit_caps();
+    assert_eq!(caps, "+bpf,+perfmon,+net_admin");
+    let dir = std::env::temp_dir().join(format!("synscope-svc-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    nix::unistd::chown(&dir, Some(65534.into()), Some(65534.into())).unwrap();
+    let config = Path::new(DEPLOY).join("synscope.toml");
+    let (inh, amb) = (
+        format!("--inh-caps={caps}"),
+        format!("--ambient-caps={caps}"),
+    );
+    let wrapper = [
+        "setpriv",
+        "--reuid=65534",
+        "--regid=65534",
+        "--clear-groups",
+        &inh,
+        &amb,
+    ];
+    // The shipped config, with this lab's interface and a writable evidence directory.
+    let live = Live::wrapped(
+        &lab.server_ns,
+        &wrapper,
+        &lab.server_if,
+        &[
+            "--config",
+            config.to_str().unwrap(),
+            "--evidence",
+            dir.to_str().unwrap(),
+            "--metrics",
+            "127.0.0.1:9464",
+        ],
+    );
+    let refused = synscope::lab::in_netns(&lab.client_ns, || {
+        std::net::TcpStream::connect_timeout(&(lab.server_v4, 9400).into(), Duration::from_secs(3))
+            .is_err()
+    })
+    .unwrap();
+    assert!(refused);
+    thread::sleep(Duration::from_millis(500));
+    let metrics = scrape(Some(&lab.server_ns), "127.0.0.1:9464").expect("metrics");
+    let (events, code, stderr) = live.stop();
+    assert_eq!(code, 0, "{stderr}");
+    let kinds: Vec<&str> = events.iter().map(|e| e["kind"].as_str().unwrap()).collect();
+    assert_eq!(kinds, ["reset", "syn_rejected"], "{stderr}");
+    assert_evidence_files(&events);
+    assert!(metrics.contains("synscope_build_info{"), "{metrics}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn every_dashboard_query_runs_on_a_real_prometheus_scraping_synscope() {
+    let dash: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(Path::new(DEPLOY).join("grafana-dashboard.json")).unwrap(),
+    )
+    .unwrap();
+    let exprs: Vec<String> = dash["panels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|p| p["targets"].as_array().unwrap().iter())
+        .map(|t| {
+            t["expr"]
+                .as_str()
+                .unwrap()
+                .replace("$__rate_interval", "1m")
+                .replace("$instance", ".*")
+        })
+        .collect();
+    assert_eq!(exprs.len(), 14);
+    let addr = format!("127.0.0.1:{}", free_port());
+    let mut child = Command::new(BIN)
+        .args([
+            "pcap",
+            &format!("{PCAPS}/probe_leak.pcap"),
+            "--metrics",
+            &addr,
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let prom = Prometheus::start(None, free_port(), &addr);
+    prom.wait_for("synscope_anomalies_total");
+    // A few scrapes, so range functions have samples.
+    thread::sleep(Duration::from_millis(2500));
+    for e in &exprs {
+        prom.query(e); // asserts the query is valid
+    }
+    let leak = prom.query(&exprs[3]);
+    assert_eq!(leak.len(), 1, "{leak:?}");
+    assert_eq!(leak[0].0["server"], "192.0.2.2:9007");
+    let _ = child.kill();
+    let _ = child.wait();
+}
