@@ -279,12 +279,76 @@ fn pcap_bench() -> anyhow::Result<()> {
     Ok(())
 }
 
+mod capture;
+mod connrate;
+mod traffic;
+
+/// `gen IFACE WORKLOAD PPS|max COUNT`: the generator alone (in the caller's namespace).
+fn gen_cmd(args: &[String]) -> anyhow::Result<()> {
+    let [iface, w, pps, count] = args else {
+        bail!("usage: synscope-bench gen IFACE syn|mix|data PPS|max COUNT");
+    };
+    let frames = traffic::frames(traffic::Workload::parse(w)?);
+    let pps = (pps != "max").then(|| pps.parse()).transpose()?;
+    let (sent, secs) = traffic::Sender::open(iface)?.run(
+        &frames,
+        count.parse()?,
+        pps,
+        std::time::Duration::from_secs(600),
+    )?;
+    println!(
+        "sent {sent} frames in {secs:.3} s: {:.0} pps",
+        sent as f64 / secs
+    );
+    Ok(())
+}
+
 fn main() -> anyhow::Result<()> {
-    let what = std::env::args().nth(1).unwrap_or_else(|| "engine".into());
+    let args: Vec<String> = std::env::args().collect();
+    let what = args.get(1).cloned().unwrap_or_else(|| "engine".into());
     match what.as_str() {
         "engine" => {}
         "pcap" => return pcap_bench(),
-        _ => bail!("unknown benchmark `{what}`: available: engine, pcap"),
+        "gen" => return gen_cmd(&args[2..]),
+        "connrate" => {
+            // connrate [ROUNDS] [SECS]
+            let rounds = args.get(2).map_or(Ok(5), |s| s.parse())?;
+            let secs = args.get(3).map_or(Ok(3.0), |s| s.parse())?;
+            return connrate::run("./target/release/synscope", rounds, secs);
+        }
+        "xdp-drop" => {
+            // xdp-drop IFACE: the count-and-drop ceiling until Ctrl-C; prints the count.
+            let iface = args
+                .get(2)
+                .context("usage: synscope-bench xdp-drop IFACE")?;
+            synscope::install_stop_handler()?;
+            let c = synscope::loader::attach_count_drop(iface)?;
+            eprintln!("attached count-and-drop to {iface}");
+            while !synscope::STOP.load(std::sync::atomic::Ordering::Relaxed) {
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            println!("packets {}", c.packets()?);
+            return Ok(());
+        }
+        "capture" => {
+            // capture [SECS] [RATES, comma-separated pps, 0 = as fast as possible]
+            let secs = args.get(2).map_or(Ok(2), |s| s.parse())?;
+            let rates: Vec<u64> = args
+                .get(3)
+                .map_or("50000,100000,200000,400000,0", String::as_str)
+                .split(',')
+                .map(str::parse)
+                .collect::<Result<_, _>>()?;
+            return capture::run(
+                "./target/release/synscope",
+                "./target/release/synscope-bench",
+                secs,
+                &rates,
+            );
+        }
+        _ => bail!(
+            "unknown benchmark `{what}`: available: engine, pcap, gen, capture, connrate, xdp-drop"
+        ),
     }
     println!(
         "| concurrent flows | packets | engine Mpps/core | baseline Mpps/core | ratio | engine bytes/flow | baseline bytes/flow (lower bound) | events |"

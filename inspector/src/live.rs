@@ -21,6 +21,7 @@ use std::{
 use anyhow::Context;
 use aya::maps::{MapData, RingBuf};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError, bounded};
+use hdrhistogram::Histogram;
 use synscope_common::stats;
 
 use crate::{
@@ -42,8 +43,10 @@ use crate::{
 
 /// Capacity of the worker → output channel.
 const CHANNEL_CAP: usize = 1 << 16;
-/// How long a worker waits on its ring before it looks at the clock and the stop flag.
-const POLL: Duration = Duration::from_millis(50);
+/// How long a worker waits on its ring before it looks at the clock and the stop flag. The
+/// kernel side wakes a worker only once its backlog is ~32 KiB, so this is also how long a
+/// record may wait at low rates (bench/RESULTS.md: detection latency).
+const POLL: Duration = Duration::from_millis(5);
 /// Records can still be in flight in the ring when a worker advances its clock: timers fire
 /// only for deadlines older than this, so a late-read answer is never judged missing.
 const CLOCK_SLACK_NS: u64 = 200_000_000;
@@ -75,6 +78,9 @@ pub struct LiveReport {
     pub egress: bool,
     /// Tap mode: one entry per AF_XDP socket (RX queue).
     pub xsk: Vec<XskReport>,
+    /// From the capture time of the packet (or deadline) that settled each event to the
+    /// event leaving the output thread, µs.
+    pub detection_latency: Histogram<u64>,
 }
 
 /// One AF_XDP socket of tap mode: its mode and the kernel's `XDP_STATISTICS`.
@@ -141,6 +147,16 @@ impl LiveReport {
                 x.rx_invalid_descs,
                 x.handed_over,
                 x.handover_full
+            ));
+        }
+        let h = &self.detection_latency;
+        if !h.is_empty() {
+            s.push_str(&format!(
+                "  detection latency (packet or deadline -> event out): p50 {} us, p99 {} us, max {} us (n={})\n",
+                h.value_at_quantile(0.5),
+                h.value_at_quantile(0.99),
+                h.max(),
+                h.len()
             ));
         }
         for (i, w) in self.workers.iter().enumerate() {
@@ -244,9 +260,16 @@ fn cores() -> Vec<core_affinity::CoreId> {
     core_affinity::get_core_ids().unwrap_or_default()
 }
 
-/// Default worker count: one per usable core, within what the kernel side provides.
+/// Cores per default worker. Inline workers share the host's cores with its applications and
+/// one worker keeps up with several hundred thousand selected packets per second; measured on
+/// 2 vCPUs, a second worker cost the host's connection rate 17% instead of 6%
+/// (bench/RESULTS.md).
+const CORES_PER_WORKER: usize = 8;
+
+/// Default worker count: one per [`CORES_PER_WORKER`] usable cores, at least one, within what
+/// the kernel side provides.
 pub fn default_workers() -> u32 {
-    (cores().len().max(1) as u32).min(synscope_common::MAX_WORKERS)
+    ((cores().len() / CORES_PER_WORKER).max(1) as u32).min(synscope_common::MAX_WORKERS)
 }
 
 /// What every capture mode's workers share: the output channel, the quit flag, the
@@ -319,7 +342,7 @@ impl Crew {
         stop: &dyn Fn() -> bool,
         kernel: &dyn Fn() -> Option<[u64; stats::COUNT as usize]>,
         mut sinks: Sinks<'_>,
-    ) -> anyhow::Result<(Vec<Engine>, Vec<WorkerReport>)> {
+    ) -> anyhow::Result<(Vec<Engine>, Vec<WorkerReport>, Histogram<u64>)> {
         let Crew {
             tx,
             rx,
@@ -330,7 +353,15 @@ impl Crew {
         drop(tx);
         let mut agg = Aggregator::new(Rates::of(cfg), handles.len(), shared);
         let mut write_err: Option<io::Error> = None;
+        let mut latency = latency_histogram();
         let mut take = |m: Msg, agg: &mut Aggregator, sinks: &mut Sinks<'_>| {
+            if let Msg::Event(e, _) = &m {
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_nanos() as u64);
+                let _ =
+                    latency.record((now.saturating_sub(e.ts_ns) / 1000).clamp(1, 3_600_000_000));
+            }
             if let Err(e) = deliver(m, agg, sinks) {
                 write_err.get_or_insert(e);
             }
@@ -400,7 +431,7 @@ impl Crew {
         for w in [sinks.events, sinks.records].into_iter().flatten() {
             let _ = w.flush();
         }
-        Ok((engines, reports))
+        Ok((engines, reports, latency))
     }
 }
 
@@ -528,8 +559,10 @@ pub fn run(
         handles.push(h);
     }
     let kernel = || inline.stats().ok();
-    let (engines, workers) = crew.output(&cfg, handles, deadline, stop, &kernel, sinks)?;
+    let (engines, workers, detection_latency) =
+        crew.output(&cfg, handles, deadline, stop, &kernel, sinks)?;
     Ok(LiveReport {
+        detection_latency,
         kernel: inline.stats()?,
         workers,
         totals: Totals::of(&engines),
@@ -596,6 +629,11 @@ fn deliver(m: Msg, agg: &mut Aggregator, sinks: &mut Sinks<'_>) -> io::Result<()
                 .try_for_each(|e| deliver(Msg::Event(e, None), agg, sinks))
         }
     }
+}
+
+/// µs, 1 µs to an hour, 2 significant digits.
+fn latency_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 3_600_000_000, 2).unwrap_or_else(|_| unreachable!())
 }
 
 /// Locks the metrics state; a scrape that panicked leaves it usable.

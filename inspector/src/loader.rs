@@ -541,3 +541,37 @@ fn attach_egress(ebpf: &mut Ebpf, iface: &str) -> Result<(u32, SchedClassifierLi
     }
     Ok((prog_id, link))
 }
+
+/// The benchmark ceiling: an XDP program that only counts and drops (bench/src/capture.rs).
+pub struct CountDrop {
+    stats: PerCpuArray<MapData, u64>,
+    _xdp_link: FdLink,
+    _ebpf: Ebpf,
+}
+
+impl CountDrop {
+    /// Frames counted so far.
+    pub fn packets(&self) -> Result<u64, LoadError> {
+        Ok(read_stats(&self.stats)?[stats::PACKETS as usize])
+    }
+}
+
+/// Attaches the count-and-drop program to `iface` (generic XDP on virtual devices, like
+/// `--xdp-mode auto`).
+pub fn attach_count_drop(iface: &str) -> Result<CountDrop, LoadError> {
+    let ifindex = preflight(iface, false)?;
+    let follow = Follow::new(0, 1);
+    let mut loader = EbpfLoader::new();
+    let mut ebpf = load_object(&mut loader, &follow)?;
+    let mode = if is_virtual(iface) {
+        AttachMode::Generic
+    } else {
+        AttachMode::Auto
+    };
+    let (_, _, link) = attach_xdp(&mut ebpf, "synscope_count_drop", iface, ifindex, mode)?;
+    Ok(CountDrop {
+        stats: take_stats(&mut ebpf)?,
+        _xdp_link: link,
+        _ebpf: ebpf,
+    })
+}

@@ -49,6 +49,14 @@ mod entry {
         crate::tap::tap(&ctx)
     }
 
+    /// Benchmark ceiling (bench/src/capture.rs): count every frame and drop it — what the XDP
+    /// hook costs with no work at all. Never attached by `synscope` itself.
+    #[xdp]
+    pub fn synscope_count_drop(_ctx: XdpContext) -> u32 {
+        crate::maps::count(synscope_common::stats::PACKETS);
+        xdp_action::XDP_DROP
+    }
+
     /// TC egress selector for inline mode: the host's own SYN-ACKs, RSTs and ACKs only show up
     /// here. Returns "no verdict" (TC_ACT_UNSPEC, tcx's TCX_NEXT) so the packet goes on and any
     /// program attached after this one still runs.

@@ -67,6 +67,8 @@ pub fn count(idx: u32) {
     }
 }
 
+const BPF_RB_AVAIL_DATA: u64 = 0;
+
 /// One ring buffer per worker (`RECORDS_<i>`): a flow's records always land in the ring of
 /// worker `flow_hash % NWORKERS`, so workers never share flow state. The loader sizes the
 /// rings in use (`--ring-size`) and shrinks the others to one page. A full ring costs a record
@@ -84,6 +86,15 @@ macro_rules! worker_rings {
             match w {
                 $( $i => $name.reserve::<PacketRecord>(0), )*
                 _ => None,
+            }
+        }
+
+        /// Bytes in worker `w`'s ring not yet consumed (reserved records included).
+        #[inline(always)]
+        pub fn pending(w: u32) -> u64 {
+            match w {
+                $( $i => $name.query(BPF_RB_AVAIL_DATA), )*
+                _ => 0,
             }
         }
     };

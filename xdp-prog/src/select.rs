@@ -3,7 +3,7 @@
 use synscope_common::{Direction, Reason, SNAP_LEN, stats};
 
 use crate::{
-    maps::{FOLLOW, count, follow_budget, follow_mask, nworkers, reserve},
+    maps::{FOLLOW, count, follow_budget, follow_mask, nworkers, pending, reserve},
     parse::{Packet, parse_tcp},
 };
 
@@ -120,5 +120,24 @@ pub fn select<P: Packet>(ctx: &P, hook: Hook) {
         entry.discard(0);
         return;
     }
-    entry.submit(0);
+    entry.submit(wakeup_flag(pending(worker)));
+}
+
+const BPF_RB_NO_WAKEUP: u64 = 1;
+const BPF_RB_FORCE_WAKEUP: u64 = 2;
+/// Unread bytes at which the worker is woken: ~146 records. Below it no record wakes the
+/// worker (its poll times out every few ms instead): a wakeup per record (the ring's default
+/// when the reader keeps up) costs an irq_work and a scheduler wakeup on the packet path.
+const WAKEUP_BYTES: u64 = 32 * 1024;
+
+/// Wake the reader when this record takes the backlog across [`WAKEUP_BYTES`] (and on every
+/// record past four times that, in case a wakeup raced the reader going to sleep).
+#[inline(always)]
+fn wakeup_flag(pending: u64) -> u64 {
+    let rec = core::mem::size_of::<synscope_common::PacketRecord>() as u64 + 8;
+    if (pending >= WAKEUP_BYTES && pending < WAKEUP_BYTES + rec) || pending >= 4 * WAKEUP_BYTES {
+        BPF_RB_FORCE_WAKEUP
+    } else {
+        BPF_RB_NO_WAKEUP
+    }
 }

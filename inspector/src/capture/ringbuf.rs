@@ -7,6 +7,9 @@ use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 
 /// Waits up to `timeout` for records, then hands every available one to `f`. Returns how
 /// many records were drained.
+/// Records taken per call at most.
+pub const MAX_BATCH: usize = 8192;
+
 pub fn drain(
     ring: &mut RingBuf<MapData>,
     timeout: Duration,
@@ -20,8 +23,11 @@ pub fn drain(
             Err(e) => return Err(e.into()),
         }
     }
+    // Bounded, so that a ring that never runs dry still lets the worker tick (timers, events).
     let mut n = 0;
-    while let Some(item) = ring.next() {
+    while n < MAX_BATCH
+        && let Some(item) = ring.next()
+    {
         f(&item);
         n += 1;
     }

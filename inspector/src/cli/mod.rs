@@ -84,7 +84,8 @@ pub struct LiveArgs {
     /// Stop after this many seconds (default: run until Ctrl-C or SIGTERM).
     #[arg(long, value_name = "SECS", value_parser = parse_secs)]
     pub duration: Option<Duration>,
-    /// Worker threads, one ring buffer each (default: one per usable core, at most 16).
+    /// Worker threads, one ring buffer each (default: one per 8 usable cores, at least 1: they
+    /// share the host's cores with its applications; add workers if `ring_full` grows).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=16))]
     pub workers: Option<u32>,
     /// Packets of a flow followed after each SYN and SYN-ACK, both directions (0: control
