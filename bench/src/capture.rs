@@ -74,9 +74,17 @@ struct Running {
 
 /// Starts `argv` in `ns`; waits until a stderr or stdout line contains `ready`.
 fn start(ns: &str, env: &[(&str, &str)], argv: &[&str], ready: &str) -> anyhow::Result<Running> {
+    // Extra synscope flags for experiments (e.g. "--xdp-mode native").
+    let extra = std::env::var("SYNSCOPE_BENCH_ARGS").unwrap_or_default();
+    let extra: Vec<&str> = if argv.get(1) == Some(&"live") {
+        extra.split_whitespace().collect()
+    } else {
+        Vec::new()
+    };
     let mut child = Command::new("ip")
         .args(["netns", "exec", ns])
         .args(argv)
+        .args(extra)
         .envs(env.iter().copied())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -283,8 +291,16 @@ pub fn step(
             if xsk_dropped > 0 {
                 s.lost.push(("AF_XDP rx_dropped".into(), xsk_dropped));
             }
-            if s.processed < s.selected {
-                s.lost.push(("not read".into(), s.selected - s.processed));
+            // Selected frames already counted lost on their way to the workers.
+            let accounted: u64 = s
+                .lost
+                .iter()
+                .filter(|l| l.0.starts_with("AF_XDP") || l.0 == "ring_full" || l.0 == "load_failed")
+                .map(|l| l.1)
+                .sum();
+            if s.processed + accounted < s.selected {
+                s.lost
+                    .push(("not read".into(), s.selected - s.processed - accounted));
             }
             s.latency = text
                 .lines()

@@ -34,10 +34,11 @@ use crate::{
     wire::{TcpFlags, link::LinkType},
 };
 
-/// UMEM frames per socket (and the fill ring's depth).
-const FRAMES: u32 = 4096;
-/// Frames consumed per `poll_and_consume` batch.
-const BATCH: usize = 64;
+/// UMEM frames per socket, and the depth of its fill and RX rings (32 MiB of UMEM per queue:
+/// 4096 frames overflowed the RX ring at 400k frames/s in bench/RESULTS.md, 16384 did not).
+const FRAMES: u32 = 16384;
+/// Frames consumed per `poll_and_consume` batch (fewer ring updates per frame).
+const BATCH: usize = 256;
 /// UMEM chunk size (xsk-rs default, aligned chunks).
 const FRAME_SIZE: usize = 2048;
 /// Capacity of each worker's hand-over queue.
@@ -203,6 +204,7 @@ fn open_socket(iface: &str, queue: u32) -> anyhow::Result<QueueSocket> {
         )
         .map_err(|e| anyhow::anyhow!("creating the UMEM for queue {queue}: {e}"))?;
         let sock_cfg = SocketConfig::builder()
+            .rx_queue_size(ring)
             .libxdp_flags(LibxdpFlags::XSK_LIBXDP_FLAGS_INHIBIT_PROG_LOAD)
             .bind_flags(flags | BindFlags::XDP_USE_NEED_WAKEUP)
             .build();
