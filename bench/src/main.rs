@@ -331,19 +331,21 @@ fn main() -> anyhow::Result<()> {
             return Ok(());
         }
         "capture" => {
-            // capture [SECS] [RATES, comma-separated pps, 0 = as fast as possible]
+            // capture [SECS] [RATES, comma-separated pps] [ROUNDS at the maximum rate]
             let secs = args.get(2).map_or(Ok(2), |s| s.parse())?;
             let rates: Vec<u64> = args
                 .get(3)
-                .map_or("50000,100000,200000,400000,0", String::as_str)
+                .map_or("100000,200000,400000", String::as_str)
                 .split(',')
                 .map(str::parse)
                 .collect::<Result<_, _>>()?;
+            let rounds = args.get(4).map_or(Ok(3), |s| s.parse())?;
             return capture::run(
                 "./target/release/synscope",
                 "./target/release/synscope-bench",
                 secs,
                 &rates,
+                rounds,
             );
         }
         _ => bail!(

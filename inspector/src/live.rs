@@ -114,7 +114,7 @@ impl LiveReport {
         }
         let mut s = summary::render(&self.totals, self.records(), &BTreeMap::new());
         s.push_str(&format!(
-            "xdp attach mode: {}, tc egress: {}\nkernel counters:\n",
+            "ingress attach mode: {}, tc egress: {}\nkernel counters:\n",
             self.attach_mode,
             if self.egress { "attached" } else { "off" }
         ));
@@ -232,7 +232,7 @@ pub fn run_inline(
         mode = inline.attach_mode,
         egress = inline.egress,
         workers = inline.rings.len(),
-        xdp_prog_id = inline.prog_ids.0,
+        ingress_prog_id = inline.prog_ids.0,
         egress_prog_id = inline.prog_ids.1.unwrap_or(0),
         "attached; stop with Ctrl-C"
     );

@@ -75,6 +75,13 @@ pub enum LoadError {
          an address"
     )]
     LiveInterface { iface: String, addrs: String },
+    #[error(
+        "synscope already runs on {iface} in this network namespace (its lock `@{lock}` is \
+         taken): stop it first"
+    )]
+    AlreadyRunning { iface: String, lock: String },
+    #[error("tap mode needs XDP (AF_XDP redirect): --xdp-mode tc is for inline mode")]
+    TapNeedsXdp,
     #[error("BPF program or map setup failed: {0}")]
     Program(#[from] ProgramError),
     #[error("BPF map {name} unusable: {source}")]
@@ -93,21 +100,26 @@ impl LoadError {
         match self {
             Self::UnknownInterface(_)
             | Self::AlreadyAttached { .. }
+            | Self::AlreadyRunning { .. }
+            | Self::TapNeedsXdp
             | Self::LiveInterface { .. } => 2,
             _ => 1,
         }
     }
 }
 
-/// How to attach the XDP program.
+/// How to attach the ingress program.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum AttachMode {
-    /// Native (driver) mode, falling back to generic with a log line.
+    /// Real NICs: native (driver) XDP, falling back to generic with a log line. Virtual devices
+    /// (veth, bridges, ...): TC ingress in inline mode, generic XDP in tap mode.
     Auto,
-    /// Native mode only.
+    /// Native XDP only.
     Native,
-    /// Generic (skb) mode only.
+    /// Generic (skb) XDP only.
     Generic,
+    /// TC ingress (tcx link) instead of XDP: inline mode only.
+    Tc,
 }
 
 /// Inline-mode options.
@@ -151,11 +163,12 @@ pub struct Inline {
     pub rings: Vec<RingBuf<MapData>>,
     stats: PerCpuArray<MapData, u64>,
     /// The attachments: dropping them detaches (and the kernel does it when we die).
-    _xdp_link: FdLink,
+    _ingress_link: IngressLink,
     _egress_link: Option<SchedClassifierLink>,
+    _lock: InstanceLock,
     _ebpf: Ebpf,
     pub ifindex: u32,
-    /// `native` or `generic`.
+    /// `native`, `generic` (XDP) or `tc` (TC ingress).
     pub attach_mode: &'static str,
     /// Whether the TC egress selector is attached.
     pub egress: bool,
@@ -168,6 +181,12 @@ impl Inline {
     pub fn stats(&self) -> Result<[u64; stats::COUNT as usize], LoadError> {
         read_stats(&self.stats)
     }
+}
+
+/// The ingress attachment: an XDP bpf_link or a tcx link; dropping it detaches.
+enum IngressLink {
+    Xdp(#[allow(dead_code)] FdLink),
+    Tc(#[allow(dead_code)] SchedClassifierLink),
 }
 
 /// Whether the effective capabilities allow loading and attaching XDP programs.
@@ -232,11 +251,35 @@ fn force_detach(iface: &str) -> Result<(), LoadError> {
 }
 
 /// Checks privileges, resolves the interface, and deals with an XDP program already there.
-fn preflight(iface: &str, force: bool) -> Result<u32, LoadError> {
+/// One synscope per interface and network namespace: an abstract unix socket named after the
+/// interface, bound for as long as the handle lives (abstract names are per network namespace
+/// and vanish with the process, `kill -9` included; no files, no privileges).
+pub struct InstanceLock(#[allow(dead_code)] std::os::unix::net::UnixListener);
+
+fn instance_lock(iface: &str, ifindex: u32) -> Result<InstanceLock, LoadError> {
+    use std::os::linux::net::SocketAddrExt;
+    let name = format!("synscope-if{ifindex}");
+    let addr = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes())
+        .map_err(|_| LoadError::UnknownInterface(iface.to_owned()))?;
+    std::os::unix::net::UnixListener::bind_addr(&addr)
+        .map(InstanceLock)
+        .map_err(|_| LoadError::AlreadyRunning {
+            iface: iface.to_owned(),
+            lock: name,
+        })
+}
+
+/// Privileges, the interface, the instance lock; with `xdp`, no foreign XDP program (or
+/// `--force` removes it).
+fn preflight(iface: &str, force: bool, xdp: bool) -> Result<(u32, InstanceLock), LoadError> {
     if !has_bpf_privileges() {
         return Err(LoadError::NotPrivileged);
     }
     let ifindex = ifindex(iface)?;
+    let lock = instance_lock(iface, ifindex)?;
+    if !xdp {
+        return Ok((ifindex, lock));
+    }
     if let Some((_, existing)) = attached_xdp(iface) {
         if !force {
             return Err(LoadError::AlreadyAttached {
@@ -247,7 +290,7 @@ fn preflight(iface: &str, force: bool) -> Result<u32, LoadError> {
         tracing::warn!(%iface, %existing, "--force: detaching the existing XDP program");
         force_detach(iface)?;
     }
-    Ok(ifindex)
+    Ok((ifindex, lock))
 }
 
 /// The follow-window globals of one load: `FOLLOW_MASK + 1` slots.
@@ -310,6 +353,7 @@ fn attach_xdp(
             .attach_to_if_index(ifindex, XdpMode::Skb)
             .map(|id| (id, "generic"))
             .map_err(refused)?,
+        AttachMode::Tc => return Err(LoadError::TapNeedsXdp),
         AttachMode::Auto => match prog.attach_to_if_index(ifindex, XdpMode::Driver) {
             Ok(id) => (id, "native"),
             Err(e) => {
@@ -361,7 +405,21 @@ fn read_stats(
 /// Loads the selector, attaches it to `opts.iface` in the caller's network namespace, and
 /// returns the handles userspace reads.
 pub fn attach_inline(opts: &InlineOptions) -> Result<Inline, LoadError> {
-    let ifindex = preflight(&opts.iface, opts.force)?;
+    // On virtual devices (veth, bridges, ...) XDP is no driver fast path: native XDP on veth
+    // copies every cloned TCP skb into a page pool (measured: 25 → 4 Gbit/s through a veth
+    // pair), generic XDP copies them too (0.78 of the throughput), while a TC ingress program
+    // sees the skb as it is. `auto` picks TC there.
+    let mode = match opts.attach {
+        AttachMode::Auto if is_virtual(&opts.iface) => {
+            tracing::info!(
+                iface = %opts.iface,
+                "virtual device: TC ingress instead of XDP (XDP on veth copies packets)"
+            );
+            AttachMode::Tc
+        }
+        m => m,
+    };
+    let (ifindex, lock) = preflight(&opts.iface, opts.force, mode != AttachMode::Tc)?;
     let workers = opts.workers.clamp(1, MAX_WORKERS);
     let ring_names: Vec<String> = (0..MAX_WORKERS).map(|i| format!("RECORDS_{i}")).collect();
     let follow = Follow::new(opts.follow_budget, opts.follow_slots);
@@ -377,23 +435,25 @@ pub fn attach_inline(opts: &InlineOptions) -> Result<Inline, LoadError> {
     }
     loader.override_global("NWORKERS", &workers, true);
     let mut ebpf = load_object(&mut loader, &follow)?;
-    // On virtual devices (veth, bridges, ...) native XDP is no driver fast path: veth copies
-    // every cloned TCP skb into a page pool for it (measured: 25 → 4 Gbit/s through a veth
-    // pair), while generic XDP sees the skb as it is. `auto` picks generic there.
-    let mode = match opts.attach {
-        AttachMode::Auto if is_virtual(&opts.iface) => {
-            tracing::info!(
-                iface = %opts.iface,
-                "virtual device: generic XDP (native XDP on veth copies every packet)"
-            );
-            AttachMode::Generic
-        }
-        m => m,
+    let (prog_id, attach_mode, ingress_link) = if mode == AttachMode::Tc {
+        let (id, link) = attach_tc(
+            &mut ebpf,
+            "synscope_ingress_tc",
+            &opts.iface,
+            TcAttachType::Ingress,
+        )?;
+        (id, "tc", IngressLink::Tc(link))
+    } else {
+        let (id, m, link) = attach_xdp(&mut ebpf, "synscope_ingress", &opts.iface, ifindex, mode)?;
+        (id, m, IngressLink::Xdp(link))
     };
-    let (prog_id, attach_mode, xdp_link) =
-        attach_xdp(&mut ebpf, "synscope_ingress", &opts.iface, ifindex, mode)?;
     let (egress_id, egress_link) = if opts.egress {
-        let (id, link) = attach_egress(&mut ebpf, &opts.iface)?;
+        let (id, link) = attach_tc(
+            &mut ebpf,
+            "synscope_egress",
+            &opts.iface,
+            TcAttachType::Egress,
+        )?;
         (Some(id), Some(link))
     } else {
         (None, None)
@@ -414,8 +474,9 @@ pub fn attach_inline(opts: &InlineOptions) -> Result<Inline, LoadError> {
     Ok(Inline {
         rings,
         stats,
-        _xdp_link: xdp_link,
+        _ingress_link: ingress_link,
         _egress_link: egress_link,
+        _lock: lock,
         _ebpf: ebpf,
         ifindex,
         attach_mode,
@@ -444,6 +505,7 @@ pub struct Tap {
     pub xsks: aya::maps::XskMap<MapData>,
     stats: PerCpuArray<MapData, u64>,
     _xdp_link: FdLink,
+    _lock: InstanceLock,
     _ebpf: Ebpf,
     pub ifindex: u32,
     pub attach_mode: &'static str,
@@ -482,7 +544,10 @@ fn addresses(iface: &str) -> Vec<String> {
 /// addresses unless `allow_addressed`: on a live host, redirecting its control packets to
 /// AF_XDP would take them away from its own TCP stack.
 pub fn attach_tap(opts: &TapOptions) -> Result<Tap, LoadError> {
-    let ifindex = preflight(&opts.iface, opts.force)?;
+    if opts.attach == AttachMode::Tc {
+        return Err(LoadError::TapNeedsXdp);
+    }
+    let (ifindex, lock) = preflight(&opts.iface, opts.force, true)?;
     let addrs = addresses(&opts.iface);
     if !addrs.is_empty() && !opts.allow_addressed {
         return Err(LoadError::LiveInterface {
@@ -510,6 +575,7 @@ pub fn attach_tap(opts: &TapOptions) -> Result<Tap, LoadError> {
         xsks,
         stats,
         _xdp_link: xdp_link,
+        _lock: lock,
         _ebpf: ebpf,
         ifindex,
         attach_mode,
@@ -517,22 +583,27 @@ pub fn attach_tap(opts: &TapOptions) -> Result<Tap, LoadError> {
     })
 }
 
-/// Attaches the TC egress selector through a tcx link (kernel 6.6+). aya falls back to a
+/// Attaches TC program `name` at `at` through a tcx link (kernel 6.6+). aya falls back to a
 /// netlink (clsact) attachment on older kernels; that one would outlive a crashed synscope,
 /// so it is refused like the XDP one.
-fn attach_egress(ebpf: &mut Ebpf, iface: &str) -> Result<(u32, SchedClassifierLink), LoadError> {
+fn attach_tc(
+    ebpf: &mut Ebpf,
+    name: &str,
+    iface: &str,
+    at: TcAttachType,
+) -> Result<(u32, SchedClassifierLink), LoadError> {
     let prog: &mut SchedClassifier = ebpf
-        .program_mut("synscope_egress")
+        .program_mut(name)
         .ok_or(LoadError::Program(ProgramError::NotLoaded))?
         .try_into()?;
     prog.load()?;
     let prog_id = prog.info()?.id();
-    let id =
-        prog.attach(iface, TcAttachType::Egress)
-            .map_err(|source| LoadError::EgressRefused {
-                iface: iface.to_owned(),
-                source,
-            })?;
+    let id = prog
+        .attach(iface, at)
+        .map_err(|source| LoadError::EgressRefused {
+            iface: iface.to_owned(),
+            source,
+        })?;
     let link = prog.take_link(id)?;
     if <&FdLink>::try_from(&link).is_err() {
         // Dropping the handle of a netlink attachment detaches it.
@@ -556,10 +627,13 @@ impl CountDrop {
     }
 }
 
-/// Attaches the count-and-drop program to `iface` (generic XDP on virtual devices, like
-/// `--xdp-mode auto`).
+/// Attaches the count-and-drop program to `iface` (generic XDP on virtual devices). Takes no
+/// instance lock: to synscope it is a foreign XDP program (tests use it as one).
 pub fn attach_count_drop(iface: &str) -> Result<CountDrop, LoadError> {
-    let ifindex = preflight(iface, false)?;
+    if !has_bpf_privileges() {
+        return Err(LoadError::NotPrivileged);
+    }
+    let ifindex = ifindex(iface)?;
     let follow = Follow::new(0, 1);
     let mut loader = EbpfLoader::new();
     let mut ebpf = load_object(&mut loader, &follow)?;

@@ -22,9 +22,9 @@ fn records_exact_control_packets_of_real_connections_in_both_directions() {
     let lab = Lab::create().expect("lab");
     // Control packets only: the follow-ups are timing-dependent (delayed ACKs).
     let live = Live::start(&lab.server_ns, &lab.server_if, &["--follow", "0"]);
-    // A veth is a virtual device: `auto` attaches generic XDP there (native XDP on veth
-    // copies every packet; see bench/RESULTS.md).
-    assert!(live.stderr.contains("mode=\"generic\""), "{}", live.stderr);
+    // A veth is a virtual device: `auto` attaches a TC ingress program there (XDP on veth
+    // copies packets; see bench/RESULTS.md).
+    assert!(live.stderr.contains("mode=\"tc\""), "{}", live.stderr);
     let server = echo_server(&lab, 9000, 2);
     let v4: SocketAddr = (lab.server_v4, 9000).into();
     let v6: SocketAddr = (lab.server_v6, 9000).into();
@@ -395,31 +395,38 @@ fn kill_9_leaves_nothing_attached_and_connections_still_work() {
         return;
     }
     let lab = Lab::create().expect("lab");
-    let mut live = Live::start(&lab.server_ns, &lab.server_if, &[]);
-    assert!(xdp_attached(&lab, &lab.server_ns, &lab.server_if));
-    let (xdp_id, tc_id) = (
-        log_field(&live.stderr, "xdp_prog_id"),
-        log_field(&live.stderr, "egress_prog_id"),
-    );
-    assert!(prog_linked(xdp_id) && prog_linked(tc_id));
-    live.child.kill().expect("SIGKILL");
-    live.child.wait().expect("reap");
-    // The bpf_link goes away with the last fd; allow the kernel a moment to release it.
-    let mut attached = true;
-    for _ in 0..50 {
-        attached = xdp_attached(&lab, &lab.server_ns, &lab.server_if);
-        if !attached {
-            break;
+    // Both ingress attachments: TC (auto on a veth) and XDP.
+    for (args, xdp) in [(&[][..], false), (&["--xdp-mode", "generic"][..], true)] {
+        let mut live = Live::start(&lab.server_ns, &lab.server_if, args);
+        assert_eq!(xdp_attached(&lab, &lab.server_ns, &lab.server_if), xdp);
+        let (ingress_id, tc_id) = (
+            log_field(&live.stderr, "ingress_prog_id"),
+            log_field(&live.stderr, "egress_prog_id"),
+        );
+        assert!(prog_linked(ingress_id) && prog_linked(tc_id));
+        live.child.kill().expect("SIGKILL");
+        live.child.wait().expect("reap");
+        // The links go away with the last fd; allow the kernel a moment to release them.
+        let mut left = true;
+        for _ in 0..50 {
+            left = xdp_attached(&lab, &lab.server_ns, &lab.server_if)
+                || prog_linked(ingress_id)
+                || prog_linked(tc_id);
+            if !left {
+                break;
+            }
+            thread::sleep(Duration::from_millis(100));
         }
-        thread::sleep(Duration::from_millis(100));
+        assert!(
+            !left,
+            "{args:?}: an ingress or egress link is left after kill -9"
+        );
+        let port = if xdp { 9101 } else { 9100 };
+        let server = echo_server(&lab, port, 1);
+        let (_, back) = echo_once(&lab, (lab.server_v4, port).into(), b"after kill");
+        server.join().expect("echo");
+        assert_eq!(back, b"after kill");
     }
-    assert!(!attached, "XDP program still attached after kill -9");
-    assert!(!prog_linked(xdp_id), "XDP bpf_link left after kill -9");
-    assert!(!prog_linked(tc_id), "tcx egress link left after kill -9");
-    let server = echo_server(&lab, 9100, 1);
-    let (_, back) = echo_once(&lab, (lab.server_v4, 9100).into(), b"after kill");
-    server.join().expect("echo");
-    assert_eq!(back, b"after kill");
 }
 
 #[test]
@@ -428,7 +435,6 @@ fn a_second_instance_refuses_to_replace_the_first() {
         return;
     }
     let lab = Lab::create().expect("lab");
-    let first = Live::start(&lab.server_ns, &lab.server_if, &[]);
     let live_again = |extra: &[&str]| {
         Command::new("ip")
             .args([
@@ -439,12 +445,33 @@ fn a_second_instance_refuses_to_replace_the_first() {
                 "live",
                 "--iface",
                 &lab.server_if,
+                "--duration",
+                "1",
             ])
             .args(extra)
             .output()
             .expect("run")
     };
-    let second = live_again(&[]);
+    let first = Live::start(&lab.server_ns, &lab.server_if, &[]);
+    for extra in [&[][..], &["--xdp-mode", "generic"]] {
+        let second = live_again(extra);
+        let err = String::from_utf8_lossy(&second.stderr);
+        assert_eq!(second.status.code(), Some(2), "{err}");
+        assert!(
+            err.contains(&format!("synscope already runs on {}", lab.server_if)),
+            "{err}"
+        );
+    }
+    let (_, code, _) = first.stop();
+    assert_eq!(code, 0, "the first instance kept running");
+
+    // A foreign XDP program (held by this test through its own bpf_link).
+    let foreign = synscope::lab::in_netns(&lab.server_ns, || {
+        synscope::loader::attach_count_drop(&lab.server_if)
+    })
+    .expect("netns")
+    .expect("foreign XDP program");
+    let second = live_again(&["--xdp-mode", "generic"]);
     let err = String::from_utf8_lossy(&second.stderr);
     assert_eq!(second.status.code(), Some(2), "{err}");
     assert!(
@@ -453,12 +480,15 @@ fn a_second_instance_refuses_to_replace_the_first() {
     );
     assert!(err.contains("--force"), "{err}");
     // --force cannot take over a bpf_link another process owns: it says so.
-    let forced = live_again(&["--force"]);
+    let forced = live_again(&["--xdp-mode", "generic", "--force"]);
     let err = String::from_utf8_lossy(&forced.stderr);
     assert_eq!(forced.status.code(), Some(1), "{err}");
     assert!(err.contains("only its owner can remove"), "{err}");
-    let (_, code, _) = first.stop();
-    assert_eq!(code, 0, "the first instance kept running");
+    // TC ingress (auto on a veth) runs beside it.
+    let beside = live_again(&[]);
+    let err = String::from_utf8_lossy(&beside.stderr);
+    assert_eq!(beside.status.code(), Some(0), "{err}");
+    drop(foreign);
 }
 
 #[test]

@@ -38,6 +38,7 @@ mod entry {
                 direction: Direction::Ingress,
                 ifindex,
                 rx_queue,
+                vlan_offloaded: 0,
             },
         );
         xdp_action::XDP_PASS
@@ -57,19 +58,38 @@ mod entry {
         xdp_action::XDP_DROP
     }
 
+    /// TC ingress selector for inline mode on virtual devices (veth, bridges, ...), where XDP
+    /// is no driver fast path and generic XDP must copy cloned skbs (bench/RESULTS.md): the
+    /// same selection on the skb as it is. Returns TC_ACT_UNSPEC (tcx's TCX_NEXT).
+    #[classifier]
+    pub fn synscope_ingress_tc(ctx: TcContext) -> i32 {
+        select_skb(&ctx, Direction::Ingress)
+    }
+
     /// TC egress selector for inline mode: the host's own SYN-ACKs, RSTs and ACKs only show up
     /// here. Returns "no verdict" (TC_ACT_UNSPEC, tcx's TCX_NEXT) so the packet goes on and any
     /// program attached after this one still runs.
     #[classifier]
     pub fn synscope_egress(ctx: TcContext) -> i32 {
+        select_skb(&ctx, Direction::Egress)
+    }
+
+    /// The selector on an skb (TC hooks): a VLAN tag the kernel took off the data into the
+    /// skb (ingress) or will insert (egress) counts as one more tag.
+    #[inline(always)]
+    fn select_skb(ctx: &TcContext, direction: Direction) -> i32 {
         // SAFETY: `ctx.skb.skb` is the kernel's __sk_buff for this invocation.
-        let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+        let (ifindex, queue, vlan) = unsafe {
+            let skb = &*ctx.skb.skb;
+            (skb.ifindex, skb.queue_mapping, skb.vlan_present)
+        };
         select(
-            &ctx,
+            ctx,
             Hook {
-                direction: Direction::Egress,
+                direction,
                 ifindex,
-                rx_queue: 0,
+                rx_queue: if direction == Direction::Ingress { queue } else { 0 },
+                vlan_offloaded: u8::from(vlan != 0),
             },
         );
         TC_ACT_UNSPEC

@@ -16,6 +16,9 @@ pub struct Hook {
     pub direction: Direction,
     pub ifindex: u32,
     pub rx_queue: u32,
+    /// VLAN tags the kernel already took off the packet data into the skb (TC hooks: 1 when
+    /// `vlan_present`), added to the tags the parser walks.
+    pub vlan_offloaded: u8,
 }
 
 /// Decides whether a TCP packet is selected, and why. Control packets always are; a SYN or
@@ -104,7 +107,7 @@ pub fn select<P: Packet>(ctx: &P, hook: Hook) {
         (*rec).direction = hook.direction as u8;
         (*rec).reason = why as u8;
         (*rec).family = tcp.family;
-        (*rec).vlan_depth = tcp.vlan_depth;
+        (*rec).vlan_depth = tcp.vlan_depth + hook.vlan_offloaded;
         (*rec)._pad = [0; 4];
     }
     // The verifier needs the copy length provably in [1, SNAP_LEN].

@@ -120,7 +120,8 @@ pub struct LiveArgs {
     /// Ring buffer size per worker in bytes: a power of two, at least 4096 (K/M suffixes).
     #[arg(long, value_name = "BYTES", default_value = "8M", value_parser = parse_ring_size)]
     pub ring_size: u32,
-    /// XDP attachment mode.
+    /// Ingress attachment: `auto` is native XDP on real NICs (generic if refused) and, inline
+    /// on virtual devices (veth, bridges), a TC ingress program (XDP there copies packets).
     #[arg(long, value_enum, default_value_t = AttachMode::Auto)]
     pub xdp_mode: AttachMode,
     /// Detach an XDP program already attached to the interface instead of refusing.
