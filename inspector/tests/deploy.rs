@@ -134,7 +134,7 @@ fn synscope_runs_unprivileged_with_only_the_units_capabilities() {
 }
 
 #[test]
-fn every_dashboard_query_runs_on_a_real_prometheus_scraping_synscope() {
+fn every_dashboard_query_runs_and_the_leak_alert_fires_on_a_real_prometheus() {
     let dash: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(Path::new(DEPLOY).join("grafana-dashboard.json")).unwrap(),
     )
@@ -165,7 +165,8 @@ fn every_dashboard_query_runs_on_a_real_prometheus_scraping_synscope() {
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    let prom = Prometheus::start(None, free_port(), &addr);
+    let rules = Path::new(DEPLOY).join("alerts.yml");
+    let prom = Prometheus::start_with_rules(None, free_port(), &addr, Some(&rules));
     prom.wait_for("synscope_anomalies_total");
     // A few scrapes, so range functions have samples.
     thread::sleep(Duration::from_millis(2500));
@@ -175,6 +176,20 @@ fn every_dashboard_query_runs_on_a_real_prometheus_scraping_synscope() {
     let leak = prom.query(&exprs[3]);
     assert_eq!(leak.len(), 1, "{leak:?}");
     assert_eq!(leak[0].0["server"], "192.0.2.2:9007");
+    // The shipped alert rules, evaluated by this Prometheus on what it scraped: the seed-002
+    // leak fires, and nothing else.
+    let mut firing = Vec::new();
+    for _ in 0..50 {
+        firing = prom.firing();
+        if !firing.is_empty() {
+            break;
+        }
+        thread::sleep(Duration::from_millis(100));
+    }
+    let names: Vec<&str> = firing.iter().map(|f| f.0.as_str()).collect();
+    assert_eq!(names, ["SynscopeProbeConnectionLeak"], "{firing:?}");
+    assert_eq!(firing[0].1["server"], "192.0.2.2:9007");
+    assert_eq!(firing[0].1["severity"], "critical");
     let _ = child.kill();
     let _ = child.wait();
 }

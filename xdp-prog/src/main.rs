@@ -88,7 +88,11 @@ mod entry {
             Hook {
                 direction,
                 ifindex,
-                rx_queue: if direction == Direction::Ingress { queue } else { 0 },
+                rx_queue: if direction == Direction::Ingress {
+                    queue
+                } else {
+                    0
+                },
                 vlan_offloaded: u8::from(vlan != 0),
             },
         );

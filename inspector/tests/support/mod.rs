@@ -366,13 +366,27 @@ impl Prometheus {
     /// Starts Prometheus (inside `ns` when given, where `target` must be reachable) on `port`
     /// and waits until it is ready.
     pub fn start(ns: Option<&str>, port: u16, target: &str) -> Prometheus {
+        Self::start_with_rules(ns, port, target, None)
+    }
+
+    /// [`Prometheus::start`], also evaluating the alert rules in `rules` every second.
+    pub fn start_with_rules(
+        ns: Option<&str>,
+        port: u16,
+        target: &str,
+        rules: Option<&std::path::Path>,
+    ) -> Prometheus {
         let dir = std::env::temp_dir().join(format!("synscope-prom-{}-{port}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(dir.join("data")).expect("prometheus dir");
         std::fs::write(
             dir.join("prometheus.yml"),
             format!(
-                "global:\n  scrape_interval: 1s\n  scrape_timeout: 900ms\nscrape_configs:\n  - job_name: synscope\n    static_configs:\n      - targets: ['{target}']\n"
+                "global:\n  scrape_interval: 1s\n  scrape_timeout: 900ms\n  evaluation_interval: 1s\n{}scrape_configs:\n  - job_name: synscope\n    static_configs:\n      - targets: ['{target}']\n",
+                rules.map_or_else(String::new, |r| format!(
+                    "rule_files:\n  - '{}'\n",
+                    r.display()
+                ))
             ),
         )
         .expect("prometheus config");
@@ -443,6 +457,26 @@ impl Prometheus {
                 )
             })
             .collect()
+    }
+
+    /// The alerts in state `firing`, as (alertname, labels).
+    pub fn firing(&self) -> Vec<(String, serde_json::Value)> {
+        let body = self.get("/api/v1/alerts").unwrap_or_default();
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+        v["data"]["alerts"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter(|x| x["state"] == "firing")
+                    .map(|x| {
+                        (
+                            x["labels"]["alertname"].as_str().unwrap_or("").to_owned(),
+                            x["labels"].clone(),
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 
     /// Waits until `promql` returns at least one series (Prometheus has scraped it).
