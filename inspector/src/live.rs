@@ -247,11 +247,11 @@ pub fn run_inline(
     })
 }
 
-/// Runs `f` on an attached handle, then drops the handle (which detaches) and says so.
+/// Runs `f` on an attached handle (which detaches it when it stops the workers), then drops
+/// the handle.
 pub(crate) fn detach_after<H, T>(mut handle: H, f: impl FnOnce(&mut H) -> T) -> T {
     let r = f(&mut handle);
     drop(handle);
-    tracing::info!("detached");
     r
 }
 
@@ -341,6 +341,7 @@ impl Crew {
         deadline: Option<Instant>,
         stop: &dyn Fn() -> bool,
         kernel: &dyn Fn() -> Option<[u64; stats::COUNT as usize]>,
+        detach: &dyn Fn(),
         mut sinks: Sinks<'_>,
     ) -> anyhow::Result<(Vec<Engine>, Vec<WorkerReport>, Histogram<u64>)> {
         let Crew {
@@ -392,6 +393,10 @@ impl Crew {
                 Err(RecvTimeoutError::Disconnected) => break,
             }
         }
+        // Stop the source first, then let the workers drain what is in flight: the kernel's
+        // counters and the workers' then add up exactly.
+        detach();
+        tracing::info!("detached");
         quit.store(true, Ordering::Release);
         // Workers do a last drain and exit; take everything they still send.
         while let Ok(m) = rx.recv() {
@@ -559,8 +564,15 @@ pub fn run(
         handles.push(h);
     }
     let kernel = || inline.stats().ok();
-    let (engines, workers, detection_latency) =
-        crew.output(&cfg, handles, deadline, stop, &kernel, sinks)?;
+    let (engines, workers, detection_latency) = crew.output(
+        &cfg,
+        handles,
+        deadline,
+        stop,
+        &kernel,
+        &|| inline.detach(),
+        sinks,
+    )?;
     Ok(LiveReport {
         detection_latency,
         kernel: inline.stats()?,

@@ -163,8 +163,8 @@ pub struct Inline {
     pub rings: Vec<RingBuf<MapData>>,
     stats: PerCpuArray<MapData, u64>,
     /// The attachments: dropping them detaches (and the kernel does it when we die).
-    _ingress_link: IngressLink,
-    _egress_link: Option<SchedClassifierLink>,
+    /// Taken (dropped) by [`Inline::detach`] or with the handle.
+    links: std::sync::Mutex<Option<(IngressLink, Option<SchedClassifierLink>)>>,
     _lock: InstanceLock,
     _ebpf: Ebpf,
     pub ifindex: u32,
@@ -177,6 +177,12 @@ pub struct Inline {
 }
 
 impl Inline {
+    /// Detaches the programs (no new records); the rings and counters stay readable, so the
+    /// workers can drain what is in flight and the counters add up exactly.
+    pub fn detach(&self) {
+        drop(self.links.lock().unwrap_or_else(|p| p.into_inner()).take());
+    }
+
     /// Sums the per-CPU counters, indexed by `synscope_common::stats`.
     pub fn stats(&self) -> Result<[u64; stats::COUNT as usize], LoadError> {
         read_stats(&self.stats)
@@ -474,8 +480,7 @@ pub fn attach_inline(opts: &InlineOptions) -> Result<Inline, LoadError> {
     Ok(Inline {
         rings,
         stats,
-        _ingress_link: ingress_link,
-        _egress_link: egress_link,
+        links: std::sync::Mutex::new(Some((ingress_link, egress_link))),
         _lock: lock,
         _ebpf: ebpf,
         ifindex,
@@ -504,7 +509,8 @@ pub struct TapOptions {
 pub struct Tap {
     pub xsks: aya::maps::XskMap<MapData>,
     stats: PerCpuArray<MapData, u64>,
-    _xdp_link: FdLink,
+    /// Taken (dropped) by [`Tap::detach`] or with the handle.
+    xdp_link: std::sync::Mutex<Option<FdLink>>,
     _lock: InstanceLock,
     _ebpf: Ebpf,
     pub ifindex: u32,
@@ -513,6 +519,17 @@ pub struct Tap {
 }
 
 impl Tap {
+    /// Detaches the XDP program before the sockets close: no frame then meets a closed socket
+    /// (`tap_no_socket`), and the workers drain what was redirected.
+    pub fn detach(&self) {
+        drop(
+            self.xdp_link
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .take(),
+        );
+    }
+
     /// Sums the per-CPU counters, indexed by `synscope_common::stats`.
     pub fn stats(&self) -> Result<[u64; stats::COUNT as usize], LoadError> {
         read_stats(&self.stats)
@@ -574,7 +591,7 @@ pub fn attach_tap(opts: &TapOptions) -> Result<Tap, LoadError> {
     Ok(Tap {
         xsks,
         stats,
-        _xdp_link: xdp_link,
+        xdp_link: std::sync::Mutex::new(Some(xdp_link)),
         _lock: lock,
         _ebpf: ebpf,
         ifindex,

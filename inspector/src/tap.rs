@@ -9,7 +9,7 @@ use std::{
     os::fd::AsRawFd,
     sync::{
         Arc,
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicI64, Ordering},
     },
     thread,
     time::{Duration, Instant},
@@ -304,24 +304,40 @@ fn run(
             }))
         })
         .collect();
+    // Each worker's progress: the capture time up to which it has read its queue and handed
+    // every foreign frame over (i128::MAX once it ends).
+    let progress: Arc<Vec<AtomicI64>> = Arc::new((0..n).map(|_| AtomicI64::new(0)).collect());
     let mut handles = Vec::new();
     for (i, (sock, inbox)) in sockets.into_iter().zip(inbox_rx).enumerate() {
         let mut core = crew.worker(i, &cfg);
         let (quit, pin) = (crew.quit.clone(), crew.core(i));
         let peers = inbox_tx.clone();
         let xr = xsk_reports[i].clone();
+        let progress = progress.clone();
         let h = thread::Builder::new()
             .name(format!("synscope-tap{i}"))
             .spawn(move || {
                 core.pin(pin);
-                tap_worker(i, sock, inbox, &peers, core, &quit, &xr)
+                let mates = Mates {
+                    me: i,
+                    peers: &peers,
+                    progress: &progress,
+                };
+                tap_worker(sock, inbox, &mates, core, &quit, &xr)
             })
             .context("spawning a tap worker")?;
         handles.push(h);
     }
     drop(inbox_tx);
-    let (engines, workers, detection_latency): (Vec<Engine>, Vec<WorkerReport>, _) =
-        crew.output(&cfg, handles, deadline, stop, &|| tap.stats().ok(), sinks)?;
+    let (engines, workers, detection_latency): (Vec<Engine>, Vec<WorkerReport>, _) = crew.output(
+        &cfg,
+        handles,
+        deadline,
+        stop,
+        &|| tap.stats().ok(),
+        &|| tap.detach(),
+        sinks,
+    )?;
     Ok(LiveReport {
         detection_latency,
         kernel: tap.stats()?,
@@ -376,17 +392,44 @@ fn decode(
     })
 }
 
+/// What a tap worker knows of the others.
+struct Mates<'a> {
+    me: usize,
+    /// Every worker's hand-over queue, by worker.
+    peers: &'a [Sender<CapturedPacket>],
+    /// Every worker's progress (capture time, ns), by worker.
+    progress: &'a [AtomicI64],
+}
+
+impl Mates<'_> {
+    /// Capture time up to which every worker has handed its foreign frames over: packets older
+    /// than this (minus the reorder window) can no longer be overtaken by a hand-over. A
+    /// stalled worker holds the others back, by at most [`MAX_HOLD_NS`].
+    fn horizon(&self, now: i128) -> i128 {
+        let slowest = self
+            .progress
+            .iter()
+            .map(|p| i128::from(p.load(Ordering::Acquire)))
+            .min()
+            .unwrap_or(now);
+        slowest.clamp(now - MAX_HOLD_NS, now)
+    }
+}
+
+/// The longest a worker waits for a stalled one before releasing packets anyway.
+const MAX_HOLD_NS: i128 = 2_000_000_000;
+
 /// One tap worker: consumes its socket's RX ring, keeps its own flows, hands the others to
 /// their owners, and takes what the others hand it.
 fn tap_worker(
-    me: usize,
     mut sock: QueueSocket,
     inbox: Receiver<CapturedPacket>,
-    peers: &[Sender<CapturedPacket>],
+    mates: &Mates<'_>,
     mut core: WorkerCore,
     quit: &AtomicBool,
     xr: &std::sync::Mutex<XskReport>,
 ) -> anyhow::Result<(Engine, WorkerReport)> {
+    let (me, peers) = (mates.me, mates.peers);
     // Benchmark hook (bench/src/capture.rs): the AF_XDP I/O ceiling — the same sockets and
     // XDP program, frames only counted and recycled.
     let count_only = std::env::var_os("SYNSCOPE_TAP_COUNT_ONLY").is_some();
@@ -452,7 +495,9 @@ fn tap_worker(
             reorder.push(p);
         }
         let now = core.unix_ns(crate::capture::clock::MonoToWall::monotonic_now_ns());
-        reorder.release((!done).then_some(now), |p| core.packet(p));
+        // Everything this worker read before `now` is handed over or held here.
+        mates.progress[me].store(i64::try_from(now).unwrap_or(i64::MAX), Ordering::Release);
+        reorder.release((!done).then(|| mates.horizon(now)), |p| core.packet(p));
         if done || last_tick.elapsed() >= Duration::from_millis(50) {
             core.tick();
             last_tick = Instant::now();
@@ -463,6 +508,8 @@ fn tap_worker(
             break;
         }
     }
+    // This worker hands nothing over any more: it holds no one back.
+    mates.progress[me].store(i64::MAX, Ordering::Release);
     // Hand-overs that raced the quit flag, then everything still held.
     while let Ok(p) = inbox.try_recv() {
         reorder.push(p);
@@ -531,5 +578,28 @@ mod tests {
         r.release(None, |p| out.push(p.ts_unix_ns));
         assert_eq!(out, [20, 10, 30]);
         assert!(r.syns.is_empty());
+    }
+}
+
+#[cfg(test)]
+mod mates_tests {
+    use super::*;
+
+    #[test]
+    fn the_horizon_waits_for_the_slowest_worker_but_not_forever() {
+        let now: i128 = 1_000_000_000_000;
+        let progress = [AtomicI64::new(0), AtomicI64::new(0)];
+        let mates = Mates {
+            me: 0,
+            peers: &[],
+            progress: &progress,
+        };
+        progress[0].store((now - 1_000_000) as i64, Ordering::Relaxed);
+        progress[1].store((now - 50_000_000) as i64, Ordering::Relaxed);
+        assert_eq!(mates.horizon(now), now - 50_000_000);
+        progress[1].store((now - 10_000_000_000) as i64, Ordering::Relaxed);
+        assert_eq!(mates.horizon(now), now - MAX_HOLD_NS);
+        progress[1].store(i64::MAX, Ordering::Relaxed);
+        assert_eq!(mates.horizon(now), now - 1_000_000);
     }
 }
