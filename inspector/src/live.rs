@@ -272,6 +272,14 @@ pub fn default_workers() -> u32 {
     ((cores().len() / CORES_PER_WORKER).max(1) as u32).min(synscope_common::MAX_WORKERS)
 }
 
+/// The attached kernel side, as the output thread sees it.
+pub(crate) struct Source<'a> {
+    /// The kernel's counters, summed over CPUs.
+    pub kernel: &'a dyn Fn() -> Option<[u64; stats::COUNT as usize]>,
+    /// Detaches the programs (before the workers' last drain).
+    pub detach: &'a dyn Fn(),
+}
+
 /// What every capture mode's workers share: the output channel, the quit flag, the
 /// cross-flow state, the clock and the core list.
 pub(crate) struct Crew {
@@ -340,8 +348,7 @@ impl Crew {
         handles: Vec<thread::JoinHandle<anyhow::Result<(Engine, WorkerReport)>>>,
         deadline: Option<Instant>,
         stop: &dyn Fn() -> bool,
-        kernel: &dyn Fn() -> Option<[u64; stats::COUNT as usize]>,
-        detach: &dyn Fn(),
+        source: Source<'_>,
         mut sinks: Sinks<'_>,
     ) -> anyhow::Result<(Vec<Engine>, Vec<WorkerReport>, Histogram<u64>)> {
         let Crew {
@@ -376,7 +383,7 @@ impl Crew {
                 && kernel_read.elapsed() >= SNAPSHOT_EVERY
             {
                 kernel_read = Instant::now();
-                if let Some(k) = kernel() {
+                if let Some(k) = (source.kernel)() {
                     lock(m).set_kernel(k);
                 }
             }
@@ -395,7 +402,7 @@ impl Crew {
         }
         // Stop the source first, then let the workers drain what is in flight: the kernel's
         // counters and the workers' then add up exactly.
-        detach();
+        (source.detach)();
         tracing::info!("detached");
         quit.store(true, Ordering::Release);
         // Workers do a last drain and exit; take everything they still send.
@@ -423,7 +430,7 @@ impl Crew {
             for (i, (e, r)) in engines.iter().zip(&reports).enumerate() {
                 m.update_worker(i, WorkerSnapshot::of(e, r));
             }
-            if let Some(k) = kernel() {
+            if let Some(k) = (source.kernel)() {
                 m.set_kernel(k);
             }
         }
@@ -563,16 +570,12 @@ pub fn run(
             .context("spawning a worker thread")?;
         handles.push(h);
     }
-    let kernel = || inline.stats().ok();
-    let (engines, workers, detection_latency) = crew.output(
-        &cfg,
-        handles,
-        deadline,
-        stop,
-        &kernel,
-        &|| inline.detach(),
-        sinks,
-    )?;
+    let source = Source {
+        kernel: &|| inline.stats().ok(),
+        detach: &|| inline.detach(),
+    };
+    let (engines, workers, detection_latency) =
+        crew.output(&cfg, handles, deadline, stop, source, sinks)?;
     Ok(LiveReport {
         detection_latency,
         kernel: inline.stats()?,

@@ -334,8 +334,10 @@ fn run(
         handles,
         deadline,
         stop,
-        &|| tap.stats().ok(),
-        &|| tap.detach(),
+        crate::live::Source {
+            kernel: &|| tap.stats().ok(),
+            detach: &|| tap.detach(),
+        },
         sinks,
     )?;
     Ok(LiveReport {
