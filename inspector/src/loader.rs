@@ -111,8 +111,8 @@ impl LoadError {
 /// How to attach the ingress program.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum AttachMode {
-    /// Real NICs: native (driver) XDP, falling back to generic with a log line. Virtual devices
-    /// (veth, bridges, ...): TC ingress in inline mode, generic XDP in tap mode.
+    /// Native (driver) XDP, falling back to generic with a log line; in inline mode on
+    /// virtual devices (veth, bridges, ...), TC ingress instead.
     Auto,
     /// Native XDP only.
     Native,
