@@ -398,10 +398,15 @@ pub fn run(bin: &str, bench: &str, secs: u64, rates: &[u64], rounds: u32) -> any
         // What inline mode costs traffic it does not select.
         (Workload::Data, vec![Consumer::XdpDrop, Consumer::Inline(1)]),
     ] {
+        // SYNSCOPE_BENCH_ONLY: comma-separated parts of consumer names; SYNSCOPE_BENCH_WORKLOAD:
+        // one workload (for experiments).
         let consumers: Vec<Consumer> = consumers
             .into_iter()
-            .filter(|c| c.name().contains(&only))
+            .filter(|c| only.split(',').any(|o| c.name().contains(o)))
             .collect();
+        if std::env::var("SYNSCOPE_BENCH_WORKLOAD").is_ok_and(|w| w != workload.name()) {
+            continue;
+        }
         let frames = frames(workload);
         let share = selected_share(workload, &frames);
         println!(
