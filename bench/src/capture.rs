@@ -408,7 +408,7 @@ pub fn run(bin: &str, bench: &str, secs: u64, rates: &[u64], rounds: u32) -> any
             continue;
         }
         let frames = frames(workload);
-        let share = selected_share(workload, &frames);
+        let share = selected_share(&frames);
         println!(
             "### workload {} ({:.0}% of frames are control packets)\n",
             workload.name(),
@@ -502,7 +502,7 @@ fn control_frames(frames: &[Vec<u8>], sent: u64) -> u64 {
 }
 
 /// The share of control packets (SYN/FIN/RST) in a workload's frames.
-fn selected_share(_w: Workload, frames: &[Vec<u8>]) -> f64 {
+fn selected_share(frames: &[Vec<u8>]) -> f64 {
     let control = frames.iter().filter(|f| is_control(f)).count();
     control as f64 / frames.len() as f64
 }

@@ -225,7 +225,7 @@ pub fn run_inline(
     stop: &AtomicBool,
     sinks: Sinks<'_>,
 ) -> anyhow::Result<LiveReport> {
-    let inline = loader::attach_inline(opts)?;
+    let mut inline = loader::attach_inline(opts)?;
     tracing::info!(
         iface = %opts.iface,
         ifindex = inline.ifindex,
@@ -236,23 +236,14 @@ pub fn run_inline(
         egress_prog_id = inline.prog_ids.1.unwrap_or(0),
         "attached; stop with Ctrl-C"
     );
-    detach_after(inline, |inline| {
-        run(
-            inline,
-            cfg,
-            duration,
-            &|| stop.load(Ordering::Relaxed),
-            sinks,
-        )
-    })
-}
-
-/// Runs `f` on an attached handle (which detaches it when it stops the workers), then drops
-/// the handle.
-pub(crate) fn detach_after<H, T>(mut handle: H, f: impl FnOnce(&mut H) -> T) -> T {
-    let r = f(&mut handle);
-    drop(handle);
-    r
+    // `run` detaches before the workers' last drain; dropping `inline` closes the rest.
+    run(
+        &mut inline,
+        cfg,
+        duration,
+        &|| stop.load(Ordering::Relaxed),
+        sinks,
+    )
 }
 
 /// The cores workers are pinned to: worker i gets the i-th usable core (wrapping).
@@ -356,6 +347,7 @@ impl Crew {
             rx,
             quit,
             shared,
+            clock,
             ..
         } = self;
         drop(tx);
@@ -364,9 +356,8 @@ impl Crew {
         let mut latency = latency_histogram();
         let mut take = |m: Msg, agg: &mut Aggregator, sinks: &mut Sinks<'_>| {
             if let Msg::Event(e, _) = &m {
-                let now = std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map_or(0, |d| d.as_nanos() as u64);
+                let now =
+                    u64::try_from(clock.to_unix_ns(MonoToWall::monotonic_now_ns())).unwrap_or(0);
                 let _ =
                     latency.record((now.saturating_sub(e.ts_ns) / 1000).clamp(1, 3_600_000_000));
             }
@@ -390,8 +381,7 @@ impl Crew {
             if let (Some(v), Some(m)) = (&mut sinks.view, &sinks.metrics)
                 && v.due()
             {
-                let now = MonoToWall::now().to_unix_ns(MonoToWall::monotonic_now_ns());
-                v.show(&lock(m), now);
+                v.show(&lock(m), clock.to_unix_ns(MonoToWall::monotonic_now_ns()));
             }
             match rx.recv_timeout(Duration::from_millis(100)) {
                 Ok(m) => take(m, &mut agg, &mut sinks),
@@ -480,11 +470,20 @@ impl WorkerCore {
         self.recorder.is_some()
     }
 
-    /// One captured packet through the engine (and to `--records`, and the evidence ring).
-    pub fn packet(&mut self, p: CapturedPacket) {
-        if let (Some(r), Some(ip)) = (self.recorder.as_mut(), p.ip.as_deref()) {
+    /// Keeps `ip` (the packet's bytes from its IP header on) in the evidence ring, with
+    /// `--evidence`.
+    pub fn keep_evidence(&mut self, p: &CapturedPacket, ip: &[u8]) {
+        if let Some(r) = self.recorder.as_mut() {
             let key = evidence::conn_key(&p.segment.src.into(), &p.segment.dst.into());
             r.push(key, u64::try_from(p.ts_unix_ns).unwrap_or(0), ip);
+        }
+    }
+
+    /// One captured packet through the engine (and to `--records`, and — for packets that
+    /// carry their bytes, i.e. tap mode's — the evidence ring).
+    pub fn packet(&mut self, mut p: CapturedPacket) {
+        if let Some(ip) = p.ip.take() {
+            self.keep_evidence(&p, &ip);
         }
         self.engine.process(
             &Packet {
@@ -679,10 +678,8 @@ fn ring_worker(
             |bytes| {
                 core.report.records += 1;
                 match decode_record(bytes, |ns| core.unix_ns(ns)) {
-                    Ok(mut p) => {
-                        if core.keeps_evidence() {
-                            p.ip = Some(record_ip_bytes(bytes).into());
-                        }
+                    Ok(p) => {
+                        core.keep_evidence(&p, record_ip_bytes(bytes));
                         core.packet(p)
                     }
                     Err(e) => *core.report.decode_errors.entry(e.reason()).or_default() += 1,

@@ -275,13 +275,18 @@ fn instance_lock(iface: &str, ifindex: u32) -> Result<InstanceLock, LoadError> {
         })
 }
 
-/// Privileges, the interface, the instance lock; with `xdp`, no foreign XDP program (or
-/// `--force` removes it).
-fn preflight(iface: &str, force: bool, xdp: bool) -> Result<(u32, InstanceLock), LoadError> {
+/// The privilege check, then `iface`'s index.
+fn privileged_ifindex(iface: &str) -> Result<u32, LoadError> {
     if !has_bpf_privileges() {
         return Err(LoadError::NotPrivileged);
     }
-    let ifindex = ifindex(iface)?;
+    ifindex(iface)
+}
+
+/// Privileges, the interface, the instance lock; with `xdp`, no foreign XDP program (or
+/// `--force` removes it).
+fn preflight(iface: &str, force: bool, xdp: bool) -> Result<(u32, InstanceLock), LoadError> {
+    let ifindex = privileged_ifindex(iface)?;
     let lock = instance_lock(iface, ifindex)?;
     if !xdp {
         return Ok((ifindex, lock));
@@ -647,10 +652,7 @@ impl CountDrop {
 /// Attaches the count-and-drop program to `iface` (generic XDP on virtual devices). Takes no
 /// instance lock: to synscope it is a foreign XDP program (tests use it as one).
 pub fn attach_count_drop(iface: &str) -> Result<CountDrop, LoadError> {
-    if !has_bpf_privileges() {
-        return Err(LoadError::NotPrivileged);
-    }
-    let ifindex = ifindex(iface)?;
+    let ifindex = privileged_ifindex(iface)?;
     let follow = Follow::new(0, 1);
     let mut loader = EbpfLoader::new();
     let mut ebpf = load_object(&mut loader, &follow)?;

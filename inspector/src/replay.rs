@@ -11,7 +11,6 @@ use crate::{
     },
     evidence::{Recorder, Writer, conn_key},
     output::ndjson::{EventLine, write_line},
-    wire::link::ip_offset,
 };
 
 /// The outcome of a replay: the engine (for the summary), frames read, skipped frames by
@@ -73,12 +72,9 @@ impl<'a> Replayer<'a> {
         self.last_ts = self.last_ts.max(frame.ts_ns);
         self.engine.advance(self.last_ts, &mut self.out);
         match parse_frame(frame) {
-            Ok((seg, _)) => {
-                if let Some((rec, _)) = &mut self.evidence
-                    && let Ok((off, _)) = ip_offset(frame.link, frame.data)
-                {
-                    let key = conn_key(&seg.src.into(), &seg.dst.into());
-                    rec.push(key, frame.ts_ns, &frame.data[off..]);
+            Ok((seg, _, ip)) => {
+                if let Some((rec, _)) = &mut self.evidence {
+                    rec.push(conn_key(&seg.src.into(), &seg.dst.into()), frame.ts_ns, ip);
                 }
                 self.engine.process(
                     &Packet {

@@ -268,16 +268,15 @@ pub fn run_tap(
         xdp_prog_id = tap.prog_id,
         "attached (tap); stop with Ctrl-C"
     );
-    crate::live::detach_after(tap, |tap| {
-        run(
-            tap,
-            sockets,
-            cfg,
-            duration,
-            &|| stop.load(Ordering::Relaxed),
-            sinks,
-        )
-    })
+    // `run` detaches before the workers' last drain; dropping `tap` closes the rest.
+    run(
+        &mut tap,
+        sockets,
+        cfg,
+        duration,
+        &|| stop.load(Ordering::Relaxed),
+        sinks,
+    )
 }
 
 fn run(
@@ -373,7 +372,7 @@ fn decode(
         link: LinkType::Ethernet,
         data,
     };
-    let (segment, vlan_depth) = parse_frame(&frame).ok()?;
+    let (segment, vlan_depth, ip) = parse_frame(&frame).ok()?;
     Some(CapturedPacket {
         ts_unix_ns: unix_ns(ts),
         ifindex: u32_at(12),
@@ -384,13 +383,7 @@ fn decode(
         wire_len: u16::try_from(data.len()).unwrap_or(u16::MAX),
         vlan_depth,
         segment,
-        ip: keep_ip
-            .then(|| {
-                let (off, _) = crate::wire::link::ip_offset(LinkType::Ethernet, data).ok()?;
-                let ip = data.get(off..)?;
-                Some(ip[..ip.len().min(crate::evidence::SNAP)].into())
-            })
-            .flatten(),
+        ip: keep_ip.then(|| ip[..ip.len().min(crate::evidence::SNAP)].into()),
     })
 }
 

@@ -175,11 +175,12 @@ pub fn read_from(
     Ok(n)
 }
 
-/// Parses a frame down to its TCP segment; returns the VLAN depth too.
-pub fn parse_frame(frame: &Frame<'_>) -> Result<(Segment, u8), WireError> {
+/// Parses a frame down to its TCP segment; returns the VLAN depth and the packet's bytes from
+/// its IP header on (for evidence) too.
+pub fn parse_frame<'a>(frame: &Frame<'a>) -> Result<(Segment, u8, &'a [u8]), WireError> {
     let (off, tags) = ip_offset(frame.link, frame.data)?;
-    let seg = parse_ip_tcp(frame.data.get(off..).ok_or(WireError::Truncated)?)?;
-    Ok((seg, tags))
+    let ip = frame.data.get(off..).ok_or(WireError::Truncated)?;
+    Ok((parse_ip_tcp(ip)?, tags, ip))
 }
 
 #[cfg(test)]
