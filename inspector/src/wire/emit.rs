@@ -21,6 +21,10 @@ pub struct SegmentBuilder {
     pub sack_permitted: bool,
     pub timestamps: Option<(u32, u32)>,
     pub ttl: u8,
+    /// IPv4 identification (unused for IPv6).
+    pub ip_id: u16,
+    /// TCP Fast Open option (kind 34) with this cookie; empty = a cookie request.
+    pub fastopen: Option<Vec<u8>>,
     pub payload: Vec<u8>,
 }
 
@@ -49,6 +53,8 @@ impl SegmentBuilder {
             sack_permitted: false,
             timestamps: None,
             ttl: 64,
+            ip_id: 0,
+            fastopen: None,
             payload: Vec::new(),
         }
     }
@@ -84,6 +90,15 @@ impl SegmentBuilder {
         self.timestamps = Some((tsval, tsecr));
         self
     }
+    pub fn ip_id(mut self, v: u16) -> Self {
+        self.ip_id = v;
+        self
+    }
+    /// A TCP Fast Open option carrying `cookie` (empty: a cookie request).
+    pub fn fastopen(mut self, cookie: &[u8]) -> Self {
+        self.fastopen = Some(cookie.to_vec());
+        self
+    }
     pub fn payload(mut self, p: &[u8]) -> Self {
         self.payload = p.to_vec();
         self
@@ -105,6 +120,10 @@ impl SegmentBuilder {
         }
         if let Some(w) = self.wscale {
             o.extend_from_slice(&[1, 3, 3, w]);
+        }
+        if let Some(c) = &self.fastopen {
+            o.extend_from_slice(&[34, 2 + c.len() as u8]);
+            o.extend_from_slice(c);
         }
         while o.len() % 4 != 0 {
             o.push(1);
@@ -185,7 +204,8 @@ pub fn ip_tcp(b: &SegmentBuilder) -> Vec<u8> {
             let total = (20 + tcp.len()) as u16;
             p.extend_from_slice(&[0x45, 0]);
             p.extend_from_slice(&total.to_be_bytes());
-            p.extend_from_slice(&[0, 0, 0x40, 0, b.ttl, 6, 0, 0]);
+            p.extend_from_slice(&b.ip_id.to_be_bytes());
+            p.extend_from_slice(&[0x40, 0, b.ttl, 6, 0, 0]);
             p.extend_from_slice(&s.octets());
             p.extend_from_slice(&d.octets());
             let c = checksum(&[&p]);

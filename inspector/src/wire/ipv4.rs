@@ -44,6 +44,10 @@ impl<'a> Ipv4Packet<'a> {
     pub fn total_len(&self) -> u16 {
         u16::from_be_bytes([self.buf[2], self.buf[3]])
     }
+    /// Identification field.
+    pub fn id(&self) -> u16 {
+        u16::from_be_bytes([self.buf[4], self.buf[5]])
+    }
     /// Fragment offset in 8-byte units (0 for unfragmented and first fragments).
     pub fn frag_offset(&self) -> u16 {
         u16::from_be_bytes([self.buf[6], self.buf[7]]) & 0x1fff

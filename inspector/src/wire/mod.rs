@@ -74,12 +74,15 @@ pub struct Segment {
     pub options: TcpOptions,
     /// TCP payload bytes according to the IP length field (may exceed what was captured).
     pub payload_len: u32,
+    /// IPv4 identification (0 for IPv6): tells a segment captured twice from a
+    /// retransmission, which carries a new one.
+    pub ip_id: u16,
 }
 
 /// Parses an IP packet (version taken from its first nibble) carrying TCP.
 pub fn parse_ip_tcp(buf: &[u8]) -> Result<Segment, WireError> {
     let first = *buf.first().ok_or(WireError::Truncated)?;
-    let (src, dst, l4, l4_len) = match first >> 4 {
+    let (src, dst, l4, l4_len, ip_id) = match first >> 4 {
         4 => {
             let ip = Ipv4Packet::new_checked(buf)?;
             if ip.protocol() != ipv4::PROTO_TCP {
@@ -94,6 +97,7 @@ pub fn parse_ip_tcp(buf: &[u8]) -> Result<Segment, WireError> {
                 IpAddr::V4(ip.dst()),
                 &buf[hl..],
                 usize::from(ip.total_len()) - hl,
+                ip.id(),
             )
         }
         6 => {
@@ -110,6 +114,7 @@ pub fn parse_ip_tcp(buf: &[u8]) -> Result<Segment, WireError> {
                 IpAddr::V6(ip.dst()),
                 &buf[off..],
                 l4_len,
+                0,
             )
         }
         v => return Err(WireError::BadVersion(v)),
@@ -126,6 +131,7 @@ pub fn parse_ip_tcp(buf: &[u8]) -> Result<Segment, WireError> {
         window: tcp.window(),
         options: tcp.options()?,
         payload_len: payload_len as u32,
+        ip_id,
     })
 }
 

@@ -76,6 +76,9 @@ pub struct TcpOptions {
     pub sack_blocks: u8,
     /// Timestamps (kind 8): (TSval, TSecr).
     pub timestamps: Option<(u32, u32)>,
+    /// TCP Fast Open (RFC 7413, kind 34, or the experimental kind 254 with magic 0xF989):
+    /// the cookie's length in bytes, 0 for a cookie request.
+    pub fastopen: Option<u8>,
 }
 
 /// A checked view of a TCP header (options included) at the start of a buffer.
@@ -158,6 +161,10 @@ impl<'a> TcpPacket<'a> {
                             let e = u32::from_be_bytes([body[4], body[5], body[6], body[7]]);
                             o.timestamps = Some((v, e));
                         }
+                        (34, n) => o.fastopen = Some(n as u8),
+                        (254, n) if n >= 2 && body[..2] == [0xf9, 0x89] => {
+                            o.fastopen = Some((n - 2) as u8)
+                        }
                         (2 | 3 | 4 | 5 | 8, _) => return Err(WireError::BadTcpOption),
                         _ => {}
                     }
@@ -219,6 +226,19 @@ mod tests {
             TcpPacket::new_checked(&h).unwrap().options(),
             Err(WireError::BadTcpOption)
         );
+    }
+
+    #[test]
+    fn fast_open_cookie_and_request_decode() {
+        let h = header(&[34, 10, 1, 2, 3, 4, 5, 6, 7, 8, 1, 1]);
+        let o = TcpPacket::new_checked(&h).unwrap().options().unwrap();
+        assert_eq!(o.fastopen, Some(8));
+        let h = header(&[34, 2, 1, 1]);
+        let o = TcpPacket::new_checked(&h).unwrap().options().unwrap();
+        assert_eq!(o.fastopen, Some(0), "cookie request");
+        let h = header(&[254, 4, 0xf9, 0x89]);
+        let o = TcpPacket::new_checked(&h).unwrap().options().unwrap();
+        assert_eq!(o.fastopen, Some(0), "experimental kind with magic");
     }
 
     #[test]
