@@ -364,6 +364,7 @@ mod tests {
                 server: Some(ep("[fd00::2]:80")),
                 ifindex: 1,
                 reverse_seen: false,
+                one_way: None,
                 evidence: Default::default(),
             };
             paths.push(w.write(&e, &ev).unwrap());

@@ -279,6 +279,7 @@ impl Aggregator {
                     server: Some(ep),
                     ifindex: 0,
                     reverse_seen: c.synacks > 0,
+                    one_way: None,
                     evidence: evidence! {
                         "phase" => "start",
                         "rate" => c.syns,
@@ -306,6 +307,7 @@ impl Aggregator {
                     server: None,
                     ifindex: 0,
                     reverse_seen: false,
+                    one_way: None,
                     evidence: evidence! {
                         "phase" => "start",
                         "host" => ip_string(host),
@@ -328,6 +330,7 @@ impl Aggregator {
                 server: Some(ep),
                 ifindex: 0,
                 reverse_seen: e.answered > 0,
+                one_way: None,
                 evidence: evidence! {
                     "phase" => "end",
                     "duration_s" => (e.last_sec + 1).saturating_sub(e.start_sec),
@@ -346,6 +349,7 @@ impl Aggregator {
                 server: None,
                 ifindex: 0,
                 reverse_seen: false,
+                one_way: None,
                 evidence: evidence! {
                     "phase" => "end",
                     "host" => ip_string(host),

@@ -1,43 +1,62 @@
-//! The handshake state machine. `Engine::process` takes one packet and its capture time,
-//! fires every timer due before it, updates the connection, and appends verdicts to `out`.
+//! The dispatcher. `Engine::process` takes one packet and its capture time, fires every timer
+//! due before it, finds (or creates) the connection and hands the packet to the rules of its
+//! family; `Engine::advance` fires timers; `Engine::finish` settles what the end of input
+//! decides. Each family's rules live in their own file:
 //!
-//! Roles follow ANOMALIES.md: the client sent the first SYN without ACK; a flow first seen at
-//! a SYN-ACK is oriented from it; a flow first seen at a FIN or RST is `midstream` (the lower
-//! port is taken as the server's) and raises no handshake anomaly.
+//! | file | verdicts |
+//! |---|---|
+//! | `handshake.rs` | `syn_unanswered`, `syn_retransmitted`, `synack_unacked`, `synack_wrong_ack`, `syn_tuple_reuse`, TCP Fast Open |
+//! | `reset.rs` / `rst.rs` | `reset` (class, phase, effect) and `syn_rejected` |
+//! | `probe.rs` | `probe_rst_before_ack`, `probe_connection_leak` |
+//! | `overflow.rs` | `accept_queue_overflow` |
+//! | `paws.rs` | `paws_nat_collision` |
+//! | `close.rs` | FINs, `fin_unanswered`, the end of a connection |
+//! | `aggregate.rs` | `syn_flood`, `reset_storm` |
+//!
+//! Roles follow `docs/anomalies.md`: the client sent the first SYN without ACK; a flow first
+//! seen at a SYN-ACK is oriented from it; a flow first seen at a FIN or RST is `midstream`
+//! (the lower port is taken as the server's) and raises no handshake anomaly.
 
-use std::sync::Arc;
+use std::{hash::BuildHasher, sync::Arc};
 
 use serde_json::Value;
 
 use super::{
     aggregate::Tally,
+    conn::{C, Conn, S, State},
     event::{Event, Kind},
-    reset::{LastSeg, RstInput, RstWindows, classify},
-    seq::{seq_lt, ts_older},
+    reset::LastSeg,
+    seq::seq_lt,
     shared::Shared,
-    stats::{Endpoints, Latency},
+    stats::Endpoints,
 };
 use crate::{
-    evidence,
-    flow::{Endpoint, FlowKey, FlowTable, Side, TimerKind, table::FlowClass},
+    flow::{Endpoint, FlowKey, FlowTable, TimerKind, table::FlowClass},
     wire::{Segment, TcpFlags},
 };
 
-const MS: u64 = 1_000_000;
-/// One fixed hash for the distinct-source sketches, so every worker's sketches can be merged.
-const SOURCE_HASH: foldhash::fast::FixedState = foldhash::fast::FixedState::with_seed(0x5eed);
-const SEC: u64 = 1_000_000_000;
+pub(super) const MS: u64 = 1_000_000;
+pub(super) const SEC: u64 = 1_000_000_000;
 
-/// Timeouts and thresholds, with the defaults of ANOMALIES.md (all in ns).
+/// Timeouts and thresholds, with the defaults of `docs/anomalies.md` (all in ns).
 #[derive(Clone, Debug)]
 pub struct Config {
+    /// The least time a SYN stream stays unanswered before it is given up (the deadline
+    /// then follows the client's backoff: see `handshake::quiet_deadline`).
     pub syn_timeout: u64,
+    /// The same for the server's SYN-ACK stream.
     pub synack_timeout: u64,
     pub fin_timeout: u64,
     pub leak_confirm: u64,
     pub listener_alive: u64,
     pub probe_window: u64,
     pub race_window: u64,
+    /// How late a reordered packet may still correct a verdict: the late ACK of a probe
+    /// whose RST overtook it, or a handshake that completes after a RST refused its SYN.
+    pub reorder_window: u64,
+    /// Two copies of the same segment this close together are one packet captured twice
+    /// (mirror ports, `tcpdump -i any`).
+    pub duplicate_window: u64,
     /// How long a closed connection stays in the table (tuple reuse is judged against 2·MSL).
     pub closed_linger: u64,
     /// How long a quiet established connection stays in the table.
@@ -64,6 +83,8 @@ impl Default for Config {
             listener_alive: 10 * SEC,
             probe_window: 50 * MS,
             race_window: MS,
+            reorder_window: 200 * MS,
+            duplicate_window: 10 * MS,
             closed_linger: 60 * SEC,
             established_idle: 300 * SEC,
             paws_window: 60 * SEC,
@@ -82,11 +103,15 @@ pub struct EngineCounters {
     pub packets: u64,
     /// Non-control packets of flows not in the table (pre-existing or expired connections).
     pub unmatched: u64,
+    /// Segments captured twice (the copy was skipped).
+    pub duplicates: u64,
     pub events: u64,
     /// Per-connection events folded into a `syn_flood` / `reset_storm` episode.
     pub folded: u64,
     /// Connections dropped from a full table before their verdict was settled.
     pub evicted_pending: u64,
+    /// Handshakes still open when the input ended, too young for a verdict.
+    pub undecided: u64,
 }
 
 impl EngineCounters {
@@ -94,9 +119,11 @@ impl EngineCounters {
     pub fn add(&mut self, o: &EngineCounters) {
         self.packets += o.packets;
         self.unmatched += o.unmatched;
+        self.duplicates += o.duplicates;
         self.events += o.events;
         self.folded += o.folded;
         self.evicted_pending += o.evicted_pending;
+        self.undecided += o.undecided;
     }
 }
 
@@ -113,12 +140,12 @@ impl Totals {
         let mut t: Option<Totals> = None;
         for e in engines {
             let t = t.get_or_insert_with(|| Totals {
-                endpoints: Endpoints::new(e.cfg.max_endpoints),
+                endpoints: Endpoints::new(e.ctx.cfg.max_endpoints),
                 counters: EngineCounters::default(),
                 table: Default::default(),
             });
-            t.endpoints.merge(&e.endpoints);
-            t.counters.add(&e.counters);
+            t.endpoints.merge(&e.ctx.endpoints);
+            t.counters.add(&e.ctx.counters);
             t.table.add(&e.table.stats());
         }
         t.unwrap_or_else(|| Totals {
@@ -129,144 +156,125 @@ impl Totals {
     }
 }
 
+/// Why a pending handshake verdict was settled.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
-enum State {
-    SynSent,
-    SynReceived,
-    Established,
-    Closed,
-    Midstream,
+pub(super) enum Ended {
+    /// Its deadline passed: the sender stopped retransmitting.
+    GaveUp,
+    /// The capture (or the live run) ended.
+    CaptureEnd,
+    /// A full flow table evicted the connection.
+    Evicted,
 }
 
-impl State {
-    fn as_str(self) -> &'static str {
+impl Ended {
+    pub(super) fn as_str(self) -> &'static str {
         match self {
-            State::SynSent => "syn_sent",
-            State::SynReceived => "syn_received",
-            State::Established => "established",
-            State::Closed => "closed",
-            State::Midstream => "midstream",
+            Ended::GaveUp => "gave_up",
+            Ended::CaptureEnd => "capture_end",
+            Ended::Evicted => "evicted",
         }
     }
 }
 
-/// A client RST seen while the server was in SYN_RECV.
-#[derive(Clone, Copy, Debug)]
-struct EarlyRst {
-    tsval: Option<u32>,
-    seq_ok: bool,
-    paws_fail: bool,
+/// Everything the rules share besides the flow table (split from it so a rule can hold a
+/// connection of the table and emit at once).
+pub(super) struct Ctx {
+    pub cfg: Config,
+    pub endpoints: Endpoints,
+    pub shared: Arc<Shared>,
+    pub counters: EngineCounters,
+    /// Counts of the current capture-time second for the aggregate anomalies.
+    pub tally: Tally,
 }
 
-/// Evidence shared by `probe_rst_before_ack` and `probe_connection_leak`.
-fn probe_evidence(early: &EarlyRst, syn_tsval: Option<u32>) -> serde_json::Map<String, Value> {
-    evidence! {
-        "rst_tsval" => early.tsval,
-        "syn_tsval" => syn_tsval,
-        "paws_reject_expected" => early.paws_fail,
-        "rst_seq_ok" => early.seq_ok,
-    }
-}
+/// One fixed hash for the distinct-source sketches, so every worker's sketches can be merged.
+pub(super) const SOURCE_HASH: foldhash::fast::FixedState =
+    foldhash::fast::FixedState::with_seed(0x5eed);
 
-const C: usize = 0;
-const S: usize = 1;
-
-/// One connection's state.
-#[derive(Clone, Debug)]
-struct Conn {
-    client: Side,
-    state: State,
-    ifindex: u32,
-    syn_first: u64,
-    syn_last: u64,
-    syn_count: u16,
-    client_isn: u32,
-    syn_tsval: Option<u32>,
-    synack_first: u64,
-    synack_last: u64,
-    synack_count: u16,
-    server_isn: u32,
-    /// The ack number of the first SYN-ACK (the client ISN + 1 it answers).
-    synack_ack: u32,
-    ack_ns: u64,
-    synack_after_ack: u16,
-    /// Next sequence number of [client, server], when known.
-    next_seq: [Option<u32>; 2],
-    last: [Option<LastSeg>; 2],
-    fin_ns: [u64; 2],
-    fin_end: [u32; 2],
-    fin_count: [u16; 2],
-    fin_acked: [bool; 2],
-    rst_seen: [bool; 2],
-    data_seen: bool,
-    early_rst: Option<EarlyRst>,
-    late_ack_ns: u64,
-    reverse_seen: bool,
-    reported: u16,
-    closed_ns: u64,
-    /// The newest TSval the client sent (remembered for the PAWS check when the server
-    /// closes first).
-    client_tsval: Option<u32>,
-    /// PAWS NAT collision pending its answer: (prev_tsval, prev_age_ns, tsval).
-    paws: Option<(u32, u64, u32)>,
-}
-
-impl Conn {
-    /// The first SYN of the handshake (ISN `isn`) at `now`.
-    fn record_syn(&mut self, now: u64, isn: u32, tsval: Option<u32>) {
-        self.syn_first = now;
-        self.syn_last = now;
-        self.syn_count = 1;
-        self.client_isn = isn;
-        self.syn_tsval = tsval;
-    }
-
-    fn new(client: Side, state: State, ifindex: u32) -> Self {
-        Self {
-            client,
-            state,
-            ifindex,
-            syn_first: 0,
-            syn_last: 0,
-            syn_count: 0,
-            client_isn: 0,
-            syn_tsval: None,
-            client_tsval: None,
-            synack_first: 0,
-            synack_last: 0,
-            synack_count: 0,
-            server_isn: 0,
-            synack_ack: 0,
-            ack_ns: 0,
-            synack_after_ack: 0,
-            next_seq: [None; 2],
-            last: [None; 2],
-            fin_ns: [0; 2],
-            fin_end: [0; 2],
-            fin_count: [0; 2],
-            fin_acked: [false; 2],
-            rst_seen: [false; 2],
-            data_seen: false,
-            early_rst: None,
-            late_ack_ns: 0,
-            reverse_seen: false,
-            reported: 0,
-            closed_ns: 0,
-            paws: None,
+impl Ctx {
+    /// Whether the peer of `subject` (a role) was ever heard from: in this flow, or any
+    /// packet from that host to the subject's host.
+    pub(super) fn reverse_seen(&self, key: &FlowKey, conn: &Conn, subject: usize) -> bool {
+        let other = 1 - subject;
+        if conn.half[other].seen {
+            return true;
         }
+        let (subj, oth) = ends(key, conn, subject);
+        self.shared.pair_seen(&oth.ip, &subj.ip)
+    }
+
+    /// Emits `kind` for `conn` (once per connection, except `reset`). `subject` is the role
+    /// whose packet the verdict is about; `one_way` marks a verdict that needs a direction
+    /// the vantage never captured.
+    #[expect(clippy::too_many_arguments, reason = "the envelope of one event")]
+    pub(super) fn emit(
+        &mut self,
+        out: &mut Vec<Event>,
+        key: &FlowKey,
+        conn: &mut Conn,
+        kind: Kind,
+        subject: usize,
+        one_way: Option<&'static str>,
+        ts: u64,
+        evidence: serde_json::Map<String, Value>,
+    ) {
+        if kind != Kind::Reset {
+            if conn.reported & kind.bit() != 0 {
+                return;
+            }
+            conn.reported |= kind.bit();
+        }
+        let client = key.get(conn.client);
+        let server = key.get(conn.client.peer());
+        let reverse_seen = self.reverse_seen(key, conn, subject);
+        self.endpoints.get(server).anomalies[kind as usize] += 1;
+        // While an aggregate episode lasts, its per-connection verdicts are counted, not sent.
+        let folded = match kind {
+            Kind::SynUnanswered
+            | Kind::SynackUnacked
+            | Kind::SynRejected
+            | Kind::AcceptQueueOverflow => self.shared.flooding(&server, ts),
+            Kind::Reset => {
+                let sender = if subject == C { client.ip } else { server.ip };
+                self.shared.storming(&sender, ts)
+            }
+            _ => false,
+        };
+        if folded {
+            self.counters.folded += 1;
+            return;
+        }
+        self.counters.events += 1;
+        out.push(Event {
+            ts_ns: ts,
+            kind,
+            client: Some(client),
+            server: Some(server),
+            ifindex: conn.ifindex,
+            reverse_seen,
+            one_way,
+            evidence,
+        });
+    }
+}
+
+/// (subject's endpoint, the other end's endpoint).
+pub(super) fn ends(key: &FlowKey, conn: &Conn, subject: usize) -> (Endpoint, Endpoint) {
+    let client = key.get(conn.client);
+    let server = key.get(conn.client.peer());
+    if subject == C {
+        (client, server)
+    } else {
+        (server, client)
     }
 }
 
 /// The detection engine of one worker.
 pub struct Engine {
-    cfg: Config,
-    table: FlowTable<Conn>,
-    endpoints: Endpoints,
-    shared: Arc<Shared>,
-    counters: EngineCounters,
+    pub(super) table: FlowTable<Conn>,
+    pub(super) ctx: Ctx,
     now: u64,
-    /// Counts of the current capture-time second for the aggregate anomalies.
-    tally: Tally,
     tally_sec: u64,
     /// Finished seconds, for [`Engine::take_tallies`].
     tallies: Vec<Tally>,
@@ -281,14 +289,26 @@ pub struct Packet<'a> {
     pub seg: &'a Segment,
 }
 
-fn role_of(conn: &Conn, side: Side) -> usize {
-    if side == conn.client { C } else { S }
-}
-
-fn seq_len(seg: &Segment) -> u32 {
+/// Sequence space a segment uses: payload plus one for SYN and for FIN.
+pub(super) fn seq_len(seg: &Segment) -> u32 {
     seg.payload_len
         + u32::from(seg.flags.contains(TcpFlags::SYN))
         + u32::from(seg.flags.contains(TcpFlags::FIN))
+}
+
+/// What tells two captures of one segment from two segments: every header field a
+/// retransmission would change (IPv4 ID, TSval) or a different segment would.
+fn fingerprint(seg: &Segment) -> u64 {
+    const H: foldhash::fast::FixedState = foldhash::fast::FixedState::with_seed(0xd0b1e);
+    H.hash_one((
+        seg.seq,
+        seg.ack,
+        seg.flags.0,
+        seg.window,
+        seg.payload_len,
+        seg.ip_id,
+        seg.options.timestamps,
+    ))
 }
 
 impl Engine {
@@ -302,22 +322,24 @@ impl Engine {
     pub fn with_shared(cfg: Config, shared: Arc<Shared>) -> Self {
         Self {
             table: FlowTable::new(cfg.max_flows),
-            endpoints: Endpoints::new(cfg.max_endpoints),
-            shared,
-            counters: EngineCounters::default(),
+            ctx: Ctx {
+                endpoints: Endpoints::new(cfg.max_endpoints),
+                shared,
+                counters: EngineCounters::default(),
+                tally: Tally::default(),
+                cfg,
+            },
             now: 0,
-            tally: Tally::default(),
             tally_sec: 0,
             tallies: Vec::new(),
-            cfg,
         }
     }
 
     pub fn config(&self) -> &Config {
-        &self.cfg
+        &self.ctx.cfg
     }
     pub fn counters(&self) -> EngineCounters {
-        self.counters
+        self.ctx.counters
     }
     pub fn table_stats(&self) -> crate::flow::TableStats {
         self.table.stats()
@@ -326,62 +348,30 @@ impl Engine {
         self.table.memory_bytes()
     }
     pub fn endpoints(&self) -> &Endpoints {
-        &self.endpoints
+        &self.ctx.endpoints
+    }
+    /// The cross-flow state this engine shares with the other workers.
+    pub fn shared(&self) -> &Arc<Shared> {
+        &self.ctx.shared
     }
 
-    fn emit(
+    /// Emits `kind` for the connection in `slot` (see [`Ctx::emit`]).
+    #[expect(clippy::too_many_arguments, reason = "the envelope of one event")]
+    pub(super) fn emit(
         &mut self,
         out: &mut Vec<Event>,
         slot: u32,
         kind: Kind,
+        subject: usize,
+        one_way: Option<&'static str>,
         ts: u64,
         evidence: serde_json::Map<String, Value>,
     ) {
         let key = self.table.key(slot);
-        let Some(conn) = self.table.get_mut(slot) else {
-            return;
-        };
-        if kind != Kind::Reset {
-            if conn.reported & kind.bit() != 0 {
-                return;
-            }
-            conn.reported |= kind.bit();
+        if let Some(conn) = self.table.get_mut(slot) {
+            self.ctx
+                .emit(out, &key, conn, kind, subject, one_way, ts, evidence);
         }
-        let client = key.get(conn.client);
-        let server = key.get(conn.client.peer());
-        let reverse_seen = conn.reverse_seen || self.shared.pair_seen(&server.ip, &client.ip);
-        self.endpoints.get(server).anomalies[kind as usize] += 1;
-        // While an aggregate episode lasts, its per-connection verdicts are counted, not sent.
-        let folded = match kind {
-            Kind::SynUnanswered
-            | Kind::SynackUnacked
-            | Kind::SynRejected
-            | Kind::AcceptQueueOverflow => self.shared.flooding(&server, ts),
-            Kind::Reset => {
-                let sender = if evidence.get("from").and_then(Value::as_str) == Some("client") {
-                    client.ip
-                } else {
-                    server.ip
-                };
-                self.shared.storming(&sender, ts)
-            }
-            _ => false,
-        };
-        if folded {
-            self.counters.folded += 1;
-            return;
-        }
-        let ev = Event {
-            ts_ns: ts,
-            kind,
-            client: Some(client),
-            server: Some(server),
-            ifindex: conn.ifindex,
-            reverse_seen,
-            evidence,
-        };
-        self.counters.events += 1;
-        out.push(ev);
     }
 
     /// Fires every timer due at or before `now`.
@@ -396,15 +386,38 @@ impl Engine {
         }
     }
 
-    /// End of input at capture time `now`: fires what is due; verdicts whose deadline lies
-    /// beyond the capture stay undecided.
+    /// End of input at capture time `now`: fires what is due, then settles what the end
+    /// decides: a RST held for the reorder window is final, a SYN or SYN-ACK stream that
+    /// waited at least its timeout is unanswered (`ended: capture_end`), a younger one is
+    /// counted as `undecided`.
     pub fn finish(&mut self, now: u64, out: &mut Vec<Event>) {
         self.advance(now, out);
+        for slot in self.table.armed_slots(TimerKind::Settle) {
+            self.table.disarm(slot, TimerKind::Settle);
+            self.on_settle(slot, out);
+        }
+        for (kind, wait) in [
+            (TimerKind::Syn, self.ctx.cfg.syn_timeout),
+            (TimerKind::SynAck, self.ctx.cfg.synack_timeout),
+        ] {
+            for slot in self.table.armed_slots(kind) {
+                let first = self.table.get(slot).map_or(now, |c| match kind {
+                    TimerKind::Syn => c.syn_first,
+                    _ => c.synack_first,
+                });
+                self.table.disarm(slot, kind);
+                if now.saturating_sub(first) >= wait {
+                    self.on_pending_end(kind, slot, now, super::engine::Ended::CaptureEnd, out);
+                } else {
+                    self.ctx.counters.undecided += 1;
+                }
+            }
+        }
         self.roll_tally(self.tally_sec + 1);
     }
 
     fn roll_tally(&mut self, sec: u64) {
-        let mut t = std::mem::take(&mut self.tally);
+        let mut t = std::mem::take(&mut self.ctx.tally);
         if !t.is_empty() {
             t.second = self.tally_sec;
             self.tallies.push(t);
@@ -418,25 +431,22 @@ impl Engine {
         (std::mem::take(&mut self.tallies), self.tally_sec)
     }
 
-    /// The cross-flow state this engine shares with the other workers.
-    pub fn shared(&self) -> &Arc<Shared> {
-        &self.shared
-    }
-
     /// Processes one packet.
     pub fn process(&mut self, p: &Packet<'_>, out: &mut Vec<Event>) {
         let now = p.ts_ns;
         self.advance(now, out);
-        self.counters.packets += 1;
+        self.ctx.counters.packets += 1;
         let seg = p.seg;
         let src = Endpoint::from(seg.src);
         let dst = Endpoint::from(seg.dst);
         let (key, side) = FlowKey::of(src, dst);
         let f = seg.flags;
-        let syn = f.contains(TcpFlags::SYN);
-        let ack = f.contains(TcpFlags::ACK);
-        let rst = f.contains(TcpFlags::RST);
-        let fin = f.contains(TcpFlags::FIN);
+        let (syn, ack, rst, fin) = (
+            f.contains(TcpFlags::SYN),
+            f.contains(TcpFlags::ACK),
+            f.contains(TcpFlags::RST),
+            f.contains(TcpFlags::FIN),
+        );
 
         let slot = match self.table.find(&key) {
             Some(slot) => slot,
@@ -463,15 +473,12 @@ impl Engine {
                         FlowClass::Open,
                     )
                 } else {
-                    self.counters.unmatched += 1;
+                    self.ctx.counters.unmatched += 1;
                     return;
                 };
                 let (slot, evicted) = self.table.insert(key, conn, class);
-                if let Some((_, old, _)) = evicted
-                    && (matches!(old.state, State::SynSent | State::SynReceived)
-                        || old.late_ack_ns != 0)
-                {
-                    self.counters.evicted_pending += 1;
+                if let Some((old_key, mut old, _)) = evicted {
+                    self.on_evicted(&old_key, &mut old, now, out);
                 }
                 if self
                     .table
@@ -479,7 +486,7 @@ impl Engine {
                     .is_some_and(|c| c.state == State::Midstream)
                 {
                     self.table
-                        .arm(slot, TimerKind::Expire, now + self.cfg.established_idle);
+                        .arm(slot, TimerKind::Expire, now + self.ctx.cfg.established_idle);
                 }
                 slot
             }
@@ -487,14 +494,27 @@ impl Engine {
         let Some(conn) = self.table.get_mut(slot) else {
             return;
         };
-        let role = role_of(conn, side);
-        if role == S {
-            if !conn.reverse_seen {
-                // Once per flow: the host pair has reverse traffic (ANOMALIES: reverse_seen).
-                self.shared.saw_pair(&src.ip, &dst.ip);
-            }
-            conn.reverse_seen = true;
-        } else if let Some((ts, _)) = seg.options.timestamps {
+        let role = conn.role_of(side);
+        // The same segment captured twice (mirror ports, `-i any`): the copy is skipped.
+        let fp = fingerprint(seg);
+        let h = &mut conn.half[role];
+        if h.seen
+            && h.fingerprint == fp
+            && now.saturating_sub(h.fingerprint_ns) <= self.ctx.cfg.duplicate_window
+        {
+            self.ctx.counters.duplicates += 1;
+            return;
+        }
+        h.fingerprint = fp;
+        h.fingerprint_ns = now;
+        if !h.seen {
+            h.seen = true;
+            // Once per flow and direction: the host pair has traffic this way.
+            self.ctx.shared.saw_pair(&src.ip, &dst.ip);
+        }
+        if role == C
+            && let Some((ts, _)) = seg.options.timestamps
+        {
             conn.client_tsval = Some(ts);
         }
         let server_ep = key.get(conn.client.peer());
@@ -510,15 +530,25 @@ impl Engine {
         }
         // Bookkeeping common to every segment.
         if let Some(conn) = self.table.get_mut(slot) {
+            let h = &mut conn.half[role];
             let end = seg.seq.wrapping_add(seq_len(seg));
-            if conn.next_seq[role].is_none_or(|n| seq_lt(n, end)) && !rst {
-                conn.next_seq[role] = Some(end);
+            if !rst {
+                if h.next_seq.is_none_or(|n| seq_lt(n, end)) {
+                    h.next_seq = Some(end);
+                }
+                if ack && h.acked.is_none_or(|a| seq_lt(a, seg.ack)) {
+                    h.acked = Some(seg.ack);
+                }
+                h.window = seg.window;
+                h.window_of_syn = syn;
+            }
+            if syn {
+                h.wscale = seg.options.wscale;
             }
             if seg.payload_len > 0 {
                 conn.data_seen = true;
             }
-
-            conn.last[role] = Some(LastSeg {
+            conn.half[role].last = Some(LastSeg {
                 seq: seg.seq,
                 ack: seg.ack,
                 has_ack: ack,
@@ -527,488 +557,46 @@ impl Engine {
         }
     }
 
-    fn on_syn(&mut self, slot: u32, server_ep: Endpoint, p: &Packet<'_>, out: &mut Vec<Event>) {
-        let now = p.ts_ns;
-        let seg = p.seg;
-        let tsval = seg.options.timestamps.map(|t| t.0);
-        let Some(conn) = self.table.get_mut(slot) else {
-            return;
-        };
-        if conn.syn_count > 0 && seg.seq == conn.client_isn {
-            // Retransmission of the same SYN.
-            conn.syn_count = conn.syn_count.saturating_add(1);
-            conn.syn_last = now;
+    /// A full table pushed `conn` out: a handshake verdict it was waiting for is settled now
+    /// (`ended: evicted`), so a flood of new flows cannot hide an unanswered SYN.
+    fn on_evicted(&mut self, key: &FlowKey, conn: &mut Conn, now: u64, out: &mut Vec<Event>) {
+        if !conn.pending() {
             return;
         }
-        if conn.syn_count == 0
-            && matches!(conn.state, State::SynReceived | State::Established)
-            && conn.synack_count > 0
-            && conn.synack_ack == seg.seq.wrapping_add(1)
-        {
-            // The SYN of a handshake whose SYN-ACK was captured first (a tap whose RX queues
-            // or mirror paths reorder the two directions): the same connection, not a reuse.
-            conn.record_syn(now, seg.seq, tsval);
-            self.endpoints.get(server_ep).syns += 1;
-            return;
-        }
-        if conn.syn_count > 0 || conn.state != State::SynSent {
-            // A new ISN on a tuple already known: report reuse unless the old connection
-            // closed more than 2·MSL ago, then start over.
-            let recent =
-                conn.state != State::Closed || now.saturating_sub(conn.closed_ns) < 60 * SEC;
-            let (prev_state, prev_isn) = (conn.state, conn.client_isn);
-            let had_syn = conn.syn_count > 0;
-            let client = conn.client;
-            let ifindex = conn.ifindex;
-            if recent {
-                let ev = evidence! {
-                    "prev_state" => prev_state.as_str(),
-                    "prev_isn" => had_syn.then_some(prev_isn),
-                    "isn" => seg.seq,
-                };
-                self.emit(out, slot, Kind::SynTupleReuse, now, ev);
-            }
-            let Some(conn) = self.table.get_mut(slot) else {
-                return;
-            };
-            let reverse_seen = conn.reverse_seen;
-            *conn = Conn::new(client, State::SynSent, ifindex);
-            conn.reverse_seen = reverse_seen;
-            for k in TimerKind::ALL {
-                self.table.disarm(slot, k);
-            }
-            self.table.set_class(slot, FlowClass::HalfOpen);
-        }
-        let Some(conn) = self.table.get_mut(slot) else {
-            return;
-        };
-        conn.record_syn(now, seg.seq, tsval);
-        self.endpoints.get(server_ep).syns += 1;
-        let client_ip = Endpoint::from(seg.src).ip;
-        self.tally.syn(
-            server_ep,
-            std::hash::BuildHasher::hash_one(&SOURCE_HASH, client_ip),
-        );
-        self.table
-            .arm(slot, TimerKind::Syn, now + self.cfg.syn_timeout);
-        if let Some(t) = tsval
-            && let Some(hit) = self.paws_check(client_ip, server_ep.ip, t, now)
-            && let Some(conn) = self.table.get_mut(slot)
-        {
-            conn.paws = Some(hit);
-        }
-    }
-
-    /// Returns (prev_tsval, prev_age_ns, tsval) when this SYN's TSval is older (PAWS sense)
-    /// than the last one the same source IP sent in a connection to the same server IP that
-    /// the server closed first, less than `paws_window` before (across workers).
-    /// Rate-limited to one per (source, server) per `paws_window`.
-    fn paws_check(
-        &mut self,
-        src: [u8; 16],
-        dst: [u8; 16],
-        tsval: u32,
-        now: u64,
-    ) -> Option<(u32, u64, u32)> {
-        self.shared
-            .paws_check(src, dst, tsval, now, self.cfg.paws_window)
-            .map(|(prev, age)| (prev, age, tsval))
-    }
-
-    fn on_synack(&mut self, slot: u32, server_ep: Endpoint, p: &Packet<'_>, out: &mut Vec<Event>) {
-        let now = p.ts_ns;
-        let seg = p.seg;
-        let Some(conn) = self.table.get_mut(slot) else {
-            return;
-        };
+        self.ctx.counters.evicted_pending += 1;
         match conn.state {
-            State::SynSent => {
-                let expected = conn.client_isn.wrapping_add(1);
-                if conn.syn_count > 0 && seg.ack != expected {
-                    let ev = evidence! { "expected_ack" => expected, "ack" => seg.ack };
-                    self.emit(out, slot, Kind::SynackWrongAck, now, ev);
-                    return;
-                }
-                let (syn_first, syn_last, syn_count, paws) = (
-                    conn.syn_first,
-                    conn.syn_last,
-                    conn.syn_count,
-                    conn.paws.take(),
-                );
-                conn.state = State::SynReceived;
-                conn.server_isn = seg.seq;
-                conn.synack_ack = seg.ack;
-                conn.synack_first = now;
-                conn.synack_last = now;
-                conn.synack_count = 1;
-                if syn_count > 0 {
-                    self.tally.synack(server_ep);
-                }
-                self.table.disarm(slot, TimerKind::Syn);
-                self.table
-                    .arm(slot, TimerKind::SynAck, now + self.cfg.synack_timeout);
-                if syn_count > 0 {
-                    self.endpoints
-                        .get(server_ep)
-                        .record(Latency::SynToSynack, now.saturating_sub(syn_last));
-                }
-                if syn_count > 1 {
-                    let ev = evidence! {
-                        "syn_count" => syn_count,
-                        "extra_delay_us" => syn_last.saturating_sub(syn_first) / 1000,
-                    };
-                    self.emit(out, slot, Kind::SynRetransmitted, now, ev);
-                }
-                // An answered SYN did no harm: since Linux 4.10 clients randomize the TSval
-                // offset per connection, so backwards TSvals across connections are normal.
-                // Only a SYN that then goes unanswered is reported (see the Syn timer).
-                let _ = paws;
-                // The client's completing ACK was captured before this SYN-ACK (a tap whose
-                // queues invert the two directions): the handshake is complete now.
-                let acked_early = self.table.get(slot).is_some_and(|c| {
-                    c.last[C].is_some_and(|l| l.has_ack && l.ack == seg.seq.wrapping_add(1))
-                });
-                if acked_early {
-                    self.establish(slot, server_ep, now);
-                }
+            State::SynSent if conn.syn_count > 0 => {
+                let ev = super::handshake::unanswered_syn_evidence(conn, Ended::Evicted);
+                let ctx = &mut self.ctx;
+                ctx.emit(out, key, conn, Kind::SynUnanswered, C, None, now, ev);
             }
-            State::SynReceived if conn.synack_count == 0 => {
-                // A flow first seen at its SYN-ACK (oriented from it): the handshake's
-                // server side, without the SYN (it may still come, reordered).
-                conn.server_isn = seg.seq;
-                conn.synack_ack = seg.ack;
-                conn.synack_first = now;
-                conn.synack_last = now;
-                conn.synack_count = 1;
-                self.table
-                    .arm(slot, TimerKind::SynAck, now + self.cfg.synack_timeout);
-            }
-            State::SynReceived | State::Established if seg.seq == conn.server_isn => {
-                conn.synack_count = conn.synack_count.saturating_add(1);
-                conn.synack_last = now;
-                if conn.ack_ns != 0 && conn.early_rst.is_none() {
-                    conn.synack_after_ack = conn.synack_after_ack.saturating_add(1);
-                    let ev = evidence! {
-                        "signature" => "ack_dropped",
-                        "synack_after_ack" => conn.synack_after_ack,
-                        "stall_us" => now.saturating_sub(conn.ack_ns) / 1000,
-                        "last_handshake_age_ms" => Value::Null,
-                    };
-                    self.emit(out, slot, Kind::AcceptQueueOverflow, now, ev);
-                }
+            State::SynReceived if conn.early_rst.is_none() => {
+                let (kind, subject, one_way, ev) =
+                    super::handshake::unacked_synack_verdict(&self.ctx, key, conn, Ended::Evicted);
+                self.ctx
+                    .emit(out, key, conn, kind, subject, one_way, now, ev);
             }
             _ => {}
-        }
-    }
-
-    #[expect(clippy::too_many_arguments, reason = "evidence fields of one event")]
-    fn emit_paws(
-        &mut self,
-        out: &mut Vec<Event>,
-        slot: u32,
-        now: u64,
-        prev: u32,
-        age: u64,
-        tsval: u32,
-        answered: bool,
-    ) {
-        let ev = evidence! {
-            "prev_tsval" => prev,
-            "prev_age_ms" => age / MS,
-            "tsval" => tsval,
-            "answered" => answered,
-        };
-        self.emit(out, slot, Kind::PawsNatCollision, now, ev);
-    }
-
-    fn on_rst(
-        &mut self,
-        slot: u32,
-        role: usize,
-        server_ep: Endpoint,
-        p: &Packet<'_>,
-        out: &mut Vec<Event>,
-    ) {
-        let now = p.ts_ns;
-        let seg = p.seg;
-        let has_ack = seg.flags.contains(TcpFlags::ACK);
-        let Some(conn) = self.table.get_mut(slot) else {
-            return;
-        };
-        let answers_syn = conn.state == State::SynSent && role == S;
-        let input = RstInput {
-            from_client: role == C,
-            has_ack,
-            seq: seg.seq,
-            ack: seg.ack,
-            answers_syn,
-            expected_seq: conn.next_seq[role],
-            full_visibility: self.cfg.full_visibility,
-            peer_last: conn.last[1 - role],
-            since_established: (conn.ack_ns != 0).then(|| now.saturating_sub(conn.ack_ns)),
-            closing: conn.fin_ns.iter().any(|&t| t != 0),
-            data_seen: conn.data_seen,
-        };
-        let windows = RstWindows {
-            probe_window: self.cfg.probe_window,
-            race_window: self.cfg.race_window,
-        };
-        let (class, phase) = classify(&input, &windows);
-        self.tally.rst(Endpoint::from(seg.src).ip, class);
-        let from = if role == C { "client" } else { "server" };
-        self.endpoints
-            .get(server_ep)
-            .count_rst(class, phase, role == C);
-        let ev = evidence! {
-            "from" => from,
-            "rst_class" => class.as_str(),
-            "phase" => phase.as_str(),
-            "seq" => seg.seq,
-            "ack" => has_ack.then_some(seg.ack),
-            "expected_seq" => input.expected_seq,
-        };
-        self.emit(out, slot, Kind::Reset, now, ev);
-
-        let Some(conn) = self.table.get_mut(slot) else {
-            return;
-        };
-        conn.rst_seen[role] = true;
-        if answers_syn {
-            let ev = evidence! { "rst_ack" => has_ack.then_some(seg.ack) };
-            self.table.disarm(slot, TimerKind::Syn);
-            self.emit(out, slot, Kind::SynRejected, now, ev);
-        } else if role == C
-            && conn.state == State::SynReceived
-            && conn.ack_ns == 0
-            && conn.early_rst.is_none()
-        {
-            // The client resets while the server is in SYN_RECV: a probe, if an ACK follows.
-            let tsval = seg.options.timestamps.map(|t| t.0);
-            let paws_fail = match (conn.syn_tsval, tsval) {
-                (Some(recent), Some(v)) => ts_older(recent, v),
-                _ => false,
-            };
-            conn.early_rst = Some(EarlyRst {
-                tsval,
-                seq_ok: seg.seq == conn.client_isn.wrapping_add(1),
-                paws_fail,
-            });
-            self.table.disarm(slot, TimerKind::SynAck);
-            // Stay in SYN_RECV: a rejected RST leaves the server's request socket alive.
-            return;
-        } else if role == S && conn.late_ack_ns != 0 {
-            // The server answered the probe's late ACK: no leak.
-            self.table.disarm(slot, TimerKind::Leak);
-        }
-        if class == super::RstClass::OutOfWindow {
-            return; // RFC 5961: ignored by the receiver, the connection lives on.
-        }
-        self.close(slot, now);
-    }
-
-    fn close(&mut self, slot: u32, now: u64) {
-        let Some(conn) = self.table.get_mut(slot) else {
-            return;
-        };
-        if conn.state == State::Closed {
-            return;
-        }
-        conn.state = State::Closed;
-        conn.closed_ns = now;
-        // The server closed first: it now holds TIME_WAIT and (tcp_tw_recycle) remembers the
-        // client's last TSval for the PAWS check of that host's next SYNs.
-        let server_first =
-            conn.fin_ns[S] != 0 && (conn.fin_ns[C] == 0 || conn.fin_ns[S] <= conn.fin_ns[C]);
-        if server_first && let Some(ts) = conn.client_tsval {
-            let client_side = conn.client;
-            let key = self.table.key(slot);
-            let (client, server) = (key.get(client_side), key.get(client_side.peer()));
-            self.shared
-                .paws_remember(client.ip, server.ip, ts, now, self.cfg.paws_window);
-        }
-        self.table.set_class(slot, FlowClass::Closed);
-        self.table.disarm(slot, TimerKind::SynAck);
-        self.table
-            .arm(slot, TimerKind::Expire, now + self.cfg.closed_linger);
-    }
-
-    fn on_segment(
-        &mut self,
-        slot: u32,
-        role: usize,
-        server_ep: Endpoint,
-        p: &Packet<'_>,
-        out: &mut Vec<Event>,
-    ) {
-        let now = p.ts_ns;
-        let seg = p.seg;
-        let ack = seg.flags.contains(TcpFlags::ACK);
-        let fin = seg.flags.contains(TcpFlags::FIN);
-        let Some(conn) = self.table.get_mut(slot) else {
-            return;
-        };
-        // The client's handshake-completing ACK (possibly carrying data or a FIN).
-        if role == C
-            && ack
-            && conn.state == State::SynReceived
-            && seg.ack == conn.server_isn.wrapping_add(1)
-        {
-            if let Some(early) = conn.early_rst {
-                if conn.late_ack_ns == 0 {
-                    conn.late_ack_ns = now;
-                    conn.state = State::Established;
-                    let leak_expected = early.paws_fail || !early.seq_ok;
-                    let ev = probe_evidence(&early, conn.syn_tsval);
-                    self.emit(out, slot, Kind::ProbeRstBeforeAck, now, ev);
-                    if leak_expected {
-                        self.table
-                            .arm(slot, TimerKind::Leak, now + self.cfg.leak_confirm);
-                    } else {
-                        self.table
-                            .arm(slot, TimerKind::Expire, now + self.cfg.closed_linger);
-                    }
-                }
-            } else {
-                self.establish(slot, server_ep, now);
-            }
-        }
-        let Some(conn) = self.table.get_mut(slot) else {
-            return;
-        };
-        let peer = 1 - role;
-        if ack && conn.fin_ns[peer] != 0 && !seq_lt(seg.ack, conn.fin_end[peer]) {
-            conn.fin_acked[peer] = true;
-        }
-        if fin {
-            let end = seg.seq.wrapping_add(seq_len(seg));
-            if conn.fin_ns[role] == 0 {
-                conn.fin_ns[role] = now;
-                conn.fin_end[role] = end;
-                conn.fin_count[role] = 1;
-                if conn.fin_ns[peer] == 0 {
-                    self.table
-                        .arm(slot, TimerKind::Fin, now + self.cfg.fin_timeout);
-                }
-            } else {
-                conn.fin_count[role] = conn.fin_count[role].saturating_add(1);
-            }
-            let Some(conn) = self.table.get_mut(slot) else {
-                return;
-            };
-            if conn.fin_ns[peer] != 0 {
-                if conn.state == State::Established {
-                    self.endpoints.get(server_ep).closed_normally += 1;
-                }
-                self.close(slot, now);
-            }
-        }
-    }
-
-    /// The handshake completed at `now` (the client's ACK of the SYN-ACK).
-    fn establish(&mut self, slot: u32, server_ep: Endpoint, now: u64) {
-        let Some(conn) = self.table.get_mut(slot) else {
-            return;
-        };
-        let (syn_first, synack_last) = (conn.syn_first, conn.synack_last);
-        conn.state = State::Established;
-        conn.ack_ns = now;
-        self.table.disarm(slot, TimerKind::SynAck);
-        self.table.set_class(slot, FlowClass::Open);
-        self.table
-            .arm(slot, TimerKind::Expire, now + self.cfg.established_idle);
-        let st = self.endpoints.get(server_ep);
-        st.established += 1;
-        st.last_handshake_ns = now;
-        self.shared.handshake_done(&server_ep, now);
-        st.record(Latency::SynackToAck, now.saturating_sub(synack_last));
-        if syn_first != 0 {
-            st.record(Latency::ConnectTotal, now.saturating_sub(syn_first));
         }
     }
 
     fn on_timer(&mut self, kind: TimerKind, slot: u32, deadline: u64, out: &mut Vec<Event>) {
-        let key = self.table.key(slot);
-        let Some(conn) = self.table.get_mut(slot) else {
-            return;
-        };
-        let server_ep = key.get(conn.client.peer());
         match kind {
-            TimerKind::Syn if conn.state == State::SynSent => {
-                let (syn_count, isn, tsval, paws) = (
-                    conn.syn_count,
-                    conn.client_isn,
-                    conn.syn_tsval,
-                    conn.paws.take(),
-                );
-                // A SYN that collides with a remembered TSval has a more specific
-                // explanation than a full accept queue: PAWS dropped it (seed 003).
-                let alive = self
-                    .shared
-                    .last_handshake(&server_ep)
-                    .filter(|&t| deadline.saturating_sub(t) < self.cfg.listener_alive)
-                    .filter(|_| paws.is_none());
-                if let Some(last) = alive {
-                    let ev = evidence! {
-                        "signature" => "syn_dropped",
-                        "syn_count" => syn_count,
-                        "synack_after_ack" => Value::Null,
-                        "stall_us" => Value::Null,
-                        "last_handshake_age_ms" => deadline.saturating_sub(last) / MS,
-                    };
-                    self.emit(out, slot, Kind::AcceptQueueOverflow, deadline, ev);
-                } else {
-                    let ev = evidence! { "syn_count" => syn_count, "isn" => isn, "tsval" => tsval };
-                    self.emit(out, slot, Kind::SynUnanswered, deadline, ev);
-                }
-                if let Some((prev, age, ts)) = paws {
-                    self.emit_paws(out, slot, deadline, prev, age, ts, false);
-                }
-                self.table
-                    .arm(slot, TimerKind::Expire, deadline + self.cfg.closed_linger);
+            TimerKind::Syn | TimerKind::SynAck => {
+                self.on_pending_end(kind, slot, deadline, Ended::GaveUp, out)
             }
-            TimerKind::SynAck if conn.state == State::SynReceived && conn.early_rst.is_none() => {
-                let ev = evidence! { "synack_count" => conn.synack_count };
-                self.emit(out, slot, Kind::SynackUnacked, deadline, ev);
-                self.table
-                    .arm(slot, TimerKind::Expire, deadline + self.cfg.closed_linger);
-            }
-            TimerKind::Leak => {
-                let Some(early) = conn.early_rst else { return };
-                let late = conn.late_ack_ns;
-                let mut ev = probe_evidence(&early, conn.syn_tsval);
-                ev.insert(
-                    "late_ack_delay_us".into(),
-                    Value::from(late.saturating_sub(conn.synack_last) / 1000),
-                );
-                self.emit(out, slot, Kind::ProbeConnectionLeak, deadline, ev);
-                self.table.arm(
-                    slot,
-                    TimerKind::Expire,
-                    deadline + self.cfg.established_idle,
-                );
-            }
-            TimerKind::Fin => {
-                for role in [C, S] {
-                    let peer = 1 - role;
-                    if conn.fin_ns[role] != 0
-                        && !conn.fin_acked[role]
-                        && conn.fin_ns[peer] == 0
-                        && !conn.rst_seen[peer]
-                    {
-                        let ev = evidence! {
-                            "fin_count" => conn.fin_count[role],
-                            "from" => if role == C { "client" } else { "server" },
-                        };
-                        self.emit(out, slot, Kind::FinUnanswered, deadline, ev);
-                        break;
-                    }
-                }
-            }
+            TimerKind::Leak => self.on_leak_timer(slot, deadline, out),
+            TimerKind::Fin => self.on_fin_timer(slot, deadline, out),
+            TimerKind::Settle => self.on_settle(slot, out),
             TimerKind::Expire => {
                 self.table.remove(slot);
             }
-            _ => {}
         }
+    }
+
+    /// The client's IP hashed for the distinct-source sketches.
+    pub(super) fn source_hash(ip: [u8; 16]) -> u64 {
+        SOURCE_HASH.hash_one(ip)
     }
 }
 

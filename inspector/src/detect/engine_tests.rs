@@ -1,6 +1,9 @@
 //! Rule tests: each anomaly with its exact evidence, and the nearest case that must not fire.
 
 use super::*;
+use crate::detect::stats::Latency;
+use crate::evidence;
+use serde_json::Value;
 use crate::wire::{emit::SegmentBuilder, parse_ip_tcp};
 
 const T0: u64 = 1_800_000_000 * SEC;
@@ -79,9 +82,13 @@ fn syn_answered_by_rst_is_rejected_and_refused() {
     let mut sim = Sim::new();
     sim.at(0, c(40000, SYN, 1000, 0))
         .at(1, s(40000, RA, 0, 1001));
+    assert!(sim.out.is_empty(), "held for the reorder window");
+    sim.until(201);
     assert_eq!(sim.kinds(), ["reset", "syn_rejected"]);
     let r = sim.one(Kind::Reset);
+    assert_eq!(r.ts_ns, T0 + MS, "the RST's own time");
     assert_eq!(r.ev("rst_class"), "refused");
+    assert_eq!(r.ev("effect"), "reset");
     assert_eq!(r.ev("phase"), "handshake");
     assert_eq!(r.ev("from"), "server");
     assert_eq!(sim.one(Kind::SynRejected).ev("rst_ack"), 1001);
@@ -91,20 +98,112 @@ fn syn_answered_by_rst_is_rejected_and_refused() {
 }
 
 #[test]
-fn unanswered_syns_fire_once_at_the_timeout_with_their_count() {
+fn unanswered_syns_fire_once_when_the_client_gave_up_with_their_count() {
     let mut sim = Sim::new();
     sim.at(0, c(40000, SYN, 1000, 0).timestamps(77, 0))
         .at(1000, c(40000, SYN, 1000, 0));
-    sim.until(2999);
-    assert!(sim.out.is_empty(), "not before syn_timeout");
-    sim.until(3000).until(10_000);
+    // After a 1 s gap the next SYN is due 2 s later: the stream is given up at
+    // 1 s + max(3 s, 2 s) + 0.75 s.
+    sim.until(4749);
+    assert!(sim.out.is_empty(), "not before the client gave up");
+    sim.until(4750).until(10_000);
     let e = sim.one(Kind::SynUnanswered);
     assert_eq!(
         e.evidence,
-        evidence! { "syn_count" => 2, "isn" => 1000, "tsval" => 77 }
+        evidence! { "syn_count" => 2, "isn" => 1000, "tsval" => 77, "span_ms" => 1000,
+        "ended" => "gave_up", "server_answer" => Value::Null }
     );
-    assert_eq!(e.ts_ns, T0 + 3000 * MS);
+    assert_eq!(e.ts_ns, T0 + 4750 * MS);
     assert!(!e.reverse_seen, "the server never sent anything");
+    assert_eq!(e.severity(), "warning");
+    let st = sim.eng.endpoints().iter().next().unwrap().1;
+    assert_eq!(
+        (st.syns, st.syn_retransmits, st.syn_retry_started, st.syn_retry_ended),
+        (2, 1, 1, 1)
+    );
+}
+
+/// Linux's SYN schedule with `tcp_syn_retries` = 6: 0, 1, 3, 7, 15, 31, 63 s.
+const LINUX_SYNS: [u64; 7] = [0, 1000, 3000, 7000, 15_000, 31_000, 63_000];
+
+#[test]
+fn a_syn_answered_on_its_second_retransmission_is_never_unanswered() {
+    let mut sim = Sim::new();
+    for t in &LINUX_SYNS[..3] {
+        sim.at(*t, c(1, SYN, 1000, 0));
+        sim.until(t + 999);
+        if *t == 1000 {
+            let st = sim.eng.endpoints().iter().next().unwrap().1;
+            assert_eq!(
+                st.syn_retry_started - st.syn_retry_ended,
+                1,
+                "in retry: the early signal"
+            );
+        }
+    }
+    sim.at(3001, s(1, SA, 5000, 1001))
+        .at(3002, c(1, ACK, 1001, 5001))
+        .until(200_000);
+    assert_eq!(sim.kinds(), ["syn_retransmitted"]);
+    assert_eq!(sim.out[0].ev("syn_count"), 3);
+    assert_eq!(sim.out[0].ev("extra_delay_us"), 3_000_000);
+    let st = sim.eng.endpoints().iter().next().unwrap().1;
+    assert_eq!((st.syn_retry_started, st.syn_retry_ended), (1, 1));
+}
+
+#[test]
+fn windows_backoff_answered_at_9_s_is_never_unanswered() {
+    let mut sim = Sim::new();
+    for t in [0, 3000, 9000] {
+        sim.at(t, c(1, SYN, 1000, 0));
+    }
+    sim.at(9002, s(1, SA, 5000, 1001))
+        .at(9003, c(1, ACK, 1001, 5001))
+        .until(100_000);
+    assert_eq!(sim.kinds(), ["syn_retransmitted"]);
+}
+
+#[test]
+fn a_linux_client_that_never_gets_an_answer_is_reported_once_when_it_gives_up() {
+    let mut sim = Sim::new();
+    for t in LINUX_SYNS {
+        sim.at(t, c(1, SYN, 1000, 0));
+    }
+    sim.until(63_000 + 64_000 + 999);
+    assert!(sim.out.is_empty(), "{:?}", sim.kinds());
+    sim.until(63_000 + 64_000 + 1000);
+    let e = sim.one(Kind::SynUnanswered);
+    assert_eq!(e.ev("syn_count"), 7);
+    assert_eq!(e.ev("span_ms"), 63_000);
+    assert_eq!(e.ts_ns, T0 + 128_000 * MS, "1 s after connect() failed");
+}
+
+#[test]
+fn the_end_of_the_capture_settles_old_enough_syn_streams_and_counts_young_ones() {
+    let mut sim = Sim::new();
+    sim.at(0, c(1, SYN, 1000, 0)).at(1000, c(1, SYN, 1000, 0));
+    sim.at(3500, c(2, SYN, 2000, 0));
+    sim.eng.finish(T0 + 4000 * MS, &mut sim.out);
+    let e = sim.one(Kind::SynUnanswered);
+    assert_eq!(e.client.unwrap().port, 1);
+    assert_eq!(e.ev("ended"), "capture_end");
+    assert_eq!(sim.eng.counters().undecided, 1, "the 0.5 s old SYN");
+}
+
+#[test]
+fn a_pending_syn_pushed_out_of_a_full_table_is_settled_as_evicted() {
+    let mut sim = Sim {
+        eng: Engine::new(Config {
+            max_flows: 1,
+            ..Config::default()
+        }),
+        out: Vec::new(),
+    };
+    sim.at(0, c(1, SYN, 1000, 0)).at(10, c(2, SYN, 2000, 0));
+    let e = sim.one(Kind::SynUnanswered);
+    assert_eq!(e.client.unwrap().port, 1);
+    assert_eq!(e.ev("ended"), "evicted");
+    assert_eq!(sim.eng.counters().evicted_pending, 1);
 }
 
 #[test]
@@ -158,7 +257,7 @@ fn unanswered_syn_to_a_live_listener_is_accept_queue_overflow_not_syn_unanswered
     sim.at(100, c(2, SYN, 9000, 0)).until(4000);
     assert_eq!(sim.kinds(), ["accept_queue_overflow"]);
     assert_eq!(sim.out[0].ev("signature"), "syn_dropped");
-    assert_eq!(sim.out[0].ev("last_handshake_age_ms"), 3098);
+    assert_eq!(sim.out[0].ev("last_handshake_age_ms"), 3848);
     // The same SYN to a listener idle for longer than listener_alive is syn_unanswered.
     let mut sim = Sim::new();
     handshake(&mut sim, 1, 0);
@@ -205,16 +304,37 @@ fn rst_before_ack_with_a_valid_timestamp_is_no_leak() {
 }
 
 #[test]
-fn rst_before_ack_with_bad_seq_is_a_leak_and_out_of_window() {
-    let mut sim = probe(None, 1500);
+fn rst_before_ack_outside_the_servers_window_is_a_leak() {
+    // Linux `tcp_check_req` drops a RST outside [RCV.NXT, RCV.NXT + window).
+    let mut sim = probe(None, 1001 + 100_000);
     sim.until(5000);
     assert_eq!(
         sim.kinds(),
         ["reset", "probe_rst_before_ack", "probe_connection_leak"]
     );
     assert_eq!(sim.out[0].ev("rst_class"), "out_of_window");
+    assert_eq!(sim.out[0].ev("effect"), "none");
     assert_eq!(sim.out[2].ev("rst_seq_ok"), false);
     assert_eq!(sim.out[2].ev("rst_tsval"), &Value::Null);
+}
+
+#[test]
+fn rst_before_ack_inside_the_window_is_accepted_and_no_leak() {
+    let mut sim = probe(None, 1500);
+    sim.until(5000);
+    assert_eq!(sim.kinds(), ["reset", "probe_rst_before_ack"]);
+    assert_eq!(sim.out[1].ev("rst_seq_ok"), true);
+}
+
+#[test]
+fn an_ack_long_after_the_rst_is_no_reordering() {
+    let mut sim = Sim::new();
+    sim.at(0, c(1, SYN, 1000, 0).timestamps(1_000_000, 0))
+        .at(1, s(1, SA, 5000, 1001).timestamps(9, 1_000_000))
+        .at(2, c(1, TcpFlags::RST, 1001, 0).timestamps(0, 9))
+        .at(15_002, c(1, ACK, 1001, 5001).timestamps(1_015_000, 9))
+        .until(30_000);
+    assert_eq!(sim.kinds(), ["reset"], "15 s later: not the RST's predecessor");
 }
 
 #[test]

@@ -135,11 +135,25 @@ pub struct Event {
     /// None for `reset_storm` (the host is in the evidence).
     pub server: Option<Endpoint>,
     pub ifindex: u32,
+    /// Whether a packet from the other host of the pair (the one this verdict says did not
+    /// answer, or the receiver of the RST) was captured: across flows and workers.
     pub reverse_seen: bool,
+    /// Set when the verdict needs a direction this vantage never captured: the reason. The
+    /// event is then `info`, whatever its kind's severity.
+    pub one_way: Option<&'static str>,
     pub evidence: Map<String, Value>,
 }
 
 impl Event {
+    /// `info`, `warning` or `critical`: the kind's, or `info` for a one-way verdict.
+    pub fn severity(&self) -> &'static str {
+        if self.one_way.is_some() {
+            "info"
+        } else {
+            self.kind.severity()
+        }
+    }
+
     /// The evidence field `name`, or Null.
     pub fn ev(&self, name: &str) -> &Value {
         self.evidence.get(name).unwrap_or(&Value::Null)

@@ -3,8 +3,14 @@
 //! and tests.
 
 pub mod aggregate;
+mod close;
+mod conn;
 pub mod engine;
 pub mod event;
+mod handshake;
+mod overflow;
+mod paws;
+mod probe;
 pub mod reset;
 pub mod seq;
 pub mod shared;
@@ -12,4 +18,4 @@ pub mod stats;
 
 pub use engine::{Config, Engine, EngineCounters};
 pub use event::{Event, Kind};
-pub use reset::{Phase, RstClass};
+pub use reset::{Effect, Phase, RstClass};

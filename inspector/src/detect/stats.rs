@@ -89,12 +89,22 @@ impl Buckets {
 /// The exported part of [`EndpointStats`]: counters and bucketed latencies, no HDR.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct EndpointCounters {
+    /// SYN packets: first transmissions and retransmissions.
     pub syns: u64,
+    /// Of `syns`, retransmissions (same ISN).
+    pub syn_retransmits: u64,
+    /// Connections whose client started retransmitting its SYN / whose SYN stream then ended
+    /// (answered or given up): the difference is the connections in SYN retry right now.
+    pub syn_retry_started: u64,
+    pub syn_retry_ended: u64,
+    /// SYNs with a TCP Fast Open option, and TFO handshakes whose SYN data the server acked.
+    pub tfo_syns: u64,
+    pub tfo_data_accepted: u64,
     pub established: u64,
     pub closed_normally: u64,
     pub anomalies: [u64; Kind::ALL.len()],
     /// RSTs by [class][phase][from: 0 client, 1 server].
-    pub rsts: [[[u64; 2]; 4]; 5],
+    pub rsts: [[[u64; 2]; 5]; 5],
     pub latency: [Buckets; 3],
 }
 
@@ -102,10 +112,15 @@ impl Default for EndpointCounters {
     fn default() -> Self {
         Self {
             syns: 0,
+            syn_retransmits: 0,
+            syn_retry_started: 0,
+            syn_retry_ended: 0,
+            tfo_syns: 0,
+            tfo_data_accepted: 0,
             established: 0,
             closed_normally: 0,
             anomalies: [0; Kind::ALL.len()],
-            rsts: [[[0; 2]; 4]; 5],
+            rsts: [[[0; 2]; 5]; 5],
             latency: [Buckets::default(); 3],
         }
     }
@@ -128,6 +143,11 @@ impl EndpointCounters {
     fn combine(&mut self, o: &EndpointCounters, f: fn(u64, u64) -> u64) {
         let mine = [
             &mut self.syns,
+            &mut self.syn_retransmits,
+            &mut self.syn_retry_started,
+            &mut self.syn_retry_ended,
+            &mut self.tfo_syns,
+            &mut self.tfo_data_accepted,
             &mut self.established,
             &mut self.closed_normally,
         ]
@@ -139,15 +159,24 @@ impl EndpointCounters {
                 .iter_mut()
                 .flat_map(|b| b.counts.iter_mut().chain([&mut b.sum_ns])),
         );
-        let theirs = [o.syns, o.established, o.closed_normally]
-            .into_iter()
-            .chain(o.anomalies)
-            .chain(o.rsts.iter().flatten().flatten().copied())
-            .chain(
-                o.latency
-                    .iter()
-                    .flat_map(|b| b.counts.iter().copied().chain([b.sum_ns])),
-            );
+        let theirs = [
+            o.syns,
+            o.syn_retransmits,
+            o.syn_retry_started,
+            o.syn_retry_ended,
+            o.tfo_syns,
+            o.tfo_data_accepted,
+            o.established,
+            o.closed_normally,
+        ]
+        .into_iter()
+        .chain(o.anomalies)
+        .chain(o.rsts.iter().flatten().flatten().copied())
+        .chain(
+            o.latency
+                .iter()
+                .flat_map(|b| b.counts.iter().copied().chain([b.sum_ns])),
+        );
         for (a, b) in mine.zip(theirs) {
             *a = f(*a, b);
         }

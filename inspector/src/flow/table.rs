@@ -5,16 +5,21 @@
 //!   and the table never holds more than `max_flows` entries, so it never grows.
 //! - Slots: flows live in a preallocated arena; a generation number per slot invalidates
 //!   timers and queue entries of a slot that was reused.
-//! - Timers: one FIFO queue per [`TimerKind`]. Every timer of a kind has the same duration, so
-//!   deadlines arrive in order and arming/expiring is O(1). A slot has at most one live
-//!   deadline per kind; superseded entries are skipped when popped, and a queue that grows past
-//!   twice the table's capacity is compacted (amortized O(1)), so memory stays bounded under
+//! - Timers: one min-heap of (deadline, slot, generation, kind). Deadlines differ per flow
+//!   (a SYN stream's deadline follows its client's retransmission backoff), so a FIFO per
+//!   kind would fire them out of order. A slot has at most one live deadline per kind;
+//!   superseded entries are skipped when popped, and a heap that grows past twice the
+//!   table's capacity per kind is rebuilt from its live entries, so memory stays bounded under
 //!   any traffic.
 //! - Eviction when full (counted by reason): the oldest **closed** flow first (it carries the
 //!   least information), then the oldest **half-open** one (SYN floods must not push out
 //!   established connections), then the oldest remaining flow.
 
-use std::{collections::VecDeque, hash::BuildHasher};
+use std::{
+    cmp::Reverse,
+    collections::{BinaryHeap, VecDeque},
+    hash::BuildHasher,
+};
 
 use hashbrown::HashTable;
 
@@ -34,12 +39,20 @@ pub enum TimerKind {
     Leak = 3,
     /// End of the flow's life in the table (closed linger, idle).
     Expire = 4,
+    /// A RST's verdicts held for the reorder window, so a later packet can correct them.
+    Settle = 5,
 }
 
 impl TimerKind {
-    pub const COUNT: usize = 5;
-    pub const ALL: [TimerKind; Self::COUNT] =
-        [Self::Syn, Self::SynAck, Self::Fin, Self::Leak, Self::Expire];
+    pub const COUNT: usize = 6;
+    pub const ALL: [TimerKind; Self::COUNT] = [
+        Self::Syn,
+        Self::SynAck,
+        Self::Fin,
+        Self::Leak,
+        Self::Expire,
+        Self::Settle,
+    ];
 }
 
 /// Eviction priority classes.
@@ -84,11 +97,12 @@ impl TableStats {
     }
 }
 
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 struct Timer {
     deadline: u64,
     slot: u32,
     generation: u32,
+    kind: u8,
 }
 
 #[derive(Clone, Copy)]
@@ -107,7 +121,7 @@ pub struct FlowTable<V> {
     class: Vec<FlowClass>,
     armed: Vec<[u64; TimerKind::COUNT]>,
     free: Vec<u32>,
-    timers: [VecDeque<Timer>; TimerKind::COUNT],
+    timers: BinaryHeap<Reverse<Timer>>,
     queues: [VecDeque<Aged>; 3],
     max: usize,
     stats: TableStats,
@@ -128,7 +142,7 @@ impl<V> FlowTable<V> {
             class: vec![FlowClass::Open; max],
             armed: vec![[0; TimerKind::COUNT]; max],
             free,
-            timers: std::array::from_fn(|_| VecDeque::new()),
+            timers: BinaryHeap::new(),
             queues: std::array::from_fn(|_| VecDeque::new()),
             max,
             stats: TableStats::default(),
@@ -259,19 +273,27 @@ impl<V> FlowTable<V> {
     pub fn arm(&mut self, slot: u32, kind: TimerKind, deadline: u64) {
         let s = slot as usize;
         self.armed[s][kind as usize] = deadline;
-        let q = &mut self.timers[kind as usize];
-        q.push_back(Timer {
+        self.timers.push(Reverse(Timer {
             deadline,
             slot,
             generation: self.gens[s],
-        });
-        if q.len() > 2 * self.max + 16 {
+            kind: kind as u8,
+        }));
+        if self.timers.len() > 2 * TimerKind::COUNT * self.max + 16 {
             let (gens, armed) = (&self.gens, &self.armed);
-            q.retain(|t| {
-                gens[t.slot as usize] == t.generation
-                    && armed[t.slot as usize][kind as usize] == t.deadline
-            });
+            self.timers.retain(|Reverse(t)| Self::live(gens, armed, t));
         }
+    }
+
+    fn live(gens: &[u32], armed: &[[u64; TimerKind::COUNT]], t: &Timer) -> bool {
+        let s = t.slot as usize;
+        gens[s] == t.generation && armed[s][usize::from(t.kind)] == t.deadline
+    }
+
+    /// The deadline of timer `kind` of `slot`, if armed.
+    pub fn deadline(&self, slot: u32, kind: TimerKind) -> Option<u64> {
+        let d = self.armed[slot as usize][kind as usize];
+        (d != 0).then_some(d)
     }
 
     /// Disarms timer `kind` of `slot`.
@@ -287,28 +309,29 @@ impl<V> FlowTable<V> {
     /// The earliest live timer due at or before `now`, disarmed and returned as
     /// (kind, slot, deadline).
     pub fn pop_expired(&mut self, now: u64) -> Option<(TimerKind, u32, u64)> {
-        let mut best: Option<(TimerKind, Timer)> = None;
-        for kind in TimerKind::ALL {
-            let q = &mut self.timers[kind as usize];
-            // Drop superseded entries at the front so the front is live.
-            while let Some(t) = q.front() {
-                let s = t.slot as usize;
-                if self.gens[s] == t.generation && self.armed[s][kind as usize] == t.deadline {
-                    break;
-                }
-                q.pop_front();
+        while let Some(&Reverse(t)) = self.timers.peek() {
+            if !Self::live(&self.gens, &self.armed, &t) {
+                self.timers.pop();
+                continue;
             }
-            if let Some(t) = q.front()
-                && t.deadline <= now
-                && best.is_none_or(|(_, b)| t.deadline < b.deadline)
-            {
-                best = Some((kind, *t));
+            if t.deadline > now {
+                return None;
             }
+            self.timers.pop();
+            let kind = TimerKind::ALL[usize::from(t.kind)];
+            self.armed[t.slot as usize][kind as usize] = 0;
+            return Some((kind, t.slot, t.deadline));
         }
-        let (kind, t) = best?;
-        self.timers[kind as usize].pop_front();
-        self.armed[t.slot as usize][kind as usize] = 0;
-        Some((kind, t.slot, t.deadline))
+        None
+    }
+
+    /// Slots whose timer `kind` is armed (end of input: what is still pending).
+    pub fn armed_slots(&self, kind: TimerKind) -> Vec<u32> {
+        (0..self.max as u32)
+            .filter(|&s| {
+                self.vals[s as usize].is_some() && self.armed[s as usize][kind as usize] != 0
+            })
+            .collect()
     }
 
     /// Bytes this table allocated (index, arena, timer and eviction queues).
@@ -321,11 +344,7 @@ impl<V> FlowTable<V> {
                 + size_of::<u32>() * 2
                 + size_of::<FlowClass>()
                 + size_of::<[u64; TimerKind::COUNT]>());
-        let timers: usize = self
-            .timers
-            .iter()
-            .map(|q| q.capacity() * size_of::<Timer>())
-            .sum();
+        let timers = self.timers.capacity() * size_of::<Timer>();
         let queues: usize = self
             .queues
             .iter()
@@ -417,7 +436,7 @@ mod tests {
             let (s, _) = t.insert(key(i as u16), (), FlowClass::HalfOpen);
             t.arm(s, TimerKind::Syn, 1_000_000 + u64::from(i));
         }
-        assert!(t.timers[0].len() <= 2 * 8 + 17);
+        assert!(t.timers.len() <= 2 * TimerKind::COUNT * 8 + 17);
         assert!(t.queues[1].len() <= 2 * 8 + 17);
         assert_eq!(t.stats().live, 8);
         assert_eq!(t.stats().evicted[1], 10_000 - 8);

@@ -257,6 +257,36 @@ impl Collector for Scrape {
         )?;
         family(
             &mut enc,
+            "synscope_syn_retransmissions",
+            "Of synscope_syns, retransmissions of a SYN already seen (same ISN): an early sign \
+             of SYNs dropped on the way",
+            Counter,
+            per_server(|c| c.syn_retransmits),
+        )?;
+        family(
+            &mut enc,
+            "synscope_syn_retrying",
+            "Connections whose client is retransmitting its SYN right now (no answer yet); a \
+             stream that is never answered becomes syn_unanswered when the client gives up",
+            Gauge,
+            per_server(|c| c.syn_retry_started.saturating_sub(c.syn_retry_ended)),
+        )?;
+        family(
+            &mut enc,
+            "synscope_tfo_syns",
+            "SYNs carrying a TCP Fast Open option (cookie or cookie request)",
+            Counter,
+            per_server(|c| c.tfo_syns),
+        )?;
+        family(
+            &mut enc,
+            "synscope_tfo_data_accepted",
+            "TCP Fast Open handshakes whose SYN data the server acknowledged in its SYN-ACK",
+            Counter,
+            per_server(|c| c.tfo_data_accepted),
+        )?;
+        family(
+            &mut enc,
             "synscope_connections_established",
             "Handshakes completed (the client's ACK of the SYN-ACK seen)",
             Counter,

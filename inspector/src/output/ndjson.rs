@@ -101,6 +101,9 @@ pub struct EventLine<'a> {
     pub server: Option<String>,
     pub ifindex: u32,
     pub reverse_seen: bool,
+    /// Present when the verdict needs a direction this vantage never captured (then `info`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub one_way: Option<&'static str>,
     pub evidence: &'a serde_json::Map<String, serde_json::Value>,
     pub hint: &'static str,
     /// With `--evidence`: the pcap holding the connection's captured packets.
@@ -135,11 +138,12 @@ impl<'a> From<&'a crate::detect::Event> for EventLine<'a> {
         Self {
             ts: rfc3339_micros(i128::from(e.ts_ns)),
             kind: e.kind.as_str(),
-            severity: e.kind.severity(),
+            severity: e.severity(),
             client: e.client.map(|c| c.to_string()),
             server: e.server.map(|c| c.to_string()),
             ifindex: e.ifindex,
             reverse_seen: e.reverse_seen,
+            one_way: e.one_way,
             evidence: &e.evidence,
             hint: e.kind.hint(),
             evidence_file: None,

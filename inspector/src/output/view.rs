@@ -66,7 +66,7 @@ impl View {
 
     /// Counts an event's client as an offender (warning and critical kinds).
     pub fn event(&mut self, e: &Event) {
-        if e.kind.severity() != "info"
+        if e.severity() != "info"
             && let Some(c) = e.client
         {
             *self.offenders.entry((e.kind, c.ip_addr())).or_default() += 1;
@@ -258,6 +258,7 @@ mod tests {
             server: Some(ep("10.0.0.2:80")),
             ifindex: 1,
             reverse_seen: false,
+            one_way: None,
             evidence: Default::default(),
         });
         let first = v.render(&m, 0);

@@ -1,0 +1,187 @@
+//! One connection's state, as the rules of the other files of `detect/` read and write it.
+
+use super::reset::{Effect, LastSeg, Phase, RstClass};
+use crate::flow::Side;
+
+/// Index of the client's / server's half in per-direction arrays.
+pub(super) const C: usize = 0;
+pub(super) const S: usize = 1;
+
+/// Where the handshake stands, as the capture shows it.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(super) enum State {
+    SynSent,
+    SynReceived,
+    Established,
+    Closed,
+    /// First seen at a FIN or RST: no handshake verdicts.
+    Midstream,
+}
+
+impl State {
+    pub(super) fn as_str(self) -> &'static str {
+        match self {
+            State::SynSent => "syn_sent",
+            State::SynReceived => "syn_received",
+            State::Established => "established",
+            State::Closed => "closed",
+            State::Midstream => "midstream",
+        }
+    }
+}
+
+/// What one side sent, as far as it was captured.
+#[derive(Clone, Copy, Debug, Default)]
+pub(super) struct Half {
+    /// A packet of this direction was captured.
+    pub seen: bool,
+    /// Next sequence number after what this side sent.
+    pub next_seq: Option<u32>,
+    /// Highest ack this side sent: its RCV.NXT as it told the peer.
+    pub acked: Option<u32>,
+    /// Last advertised window (raw) and the window scale this side offered in its SYN.
+    pub window: u16,
+    /// The last segment was a SYN or SYN-ACK, whose window is never scaled.
+    pub window_of_syn: bool,
+    pub wscale: Option<u8>,
+    pub last: Option<LastSeg>,
+    pub fin_ns: u64,
+    pub fin_end: u32,
+    pub fin_count: u16,
+    pub fin_acked: bool,
+    pub rst_seen: bool,
+    /// Fingerprint and capture time of the last segment (a copy of it is a duplicate).
+    pub fingerprint: u64,
+    pub fingerprint_ns: u64,
+}
+
+/// A client RST seen while the server was in SYN_RECV (a probe, if an ACK follows).
+#[derive(Clone, Copy, Debug)]
+pub(super) struct EarlyRst {
+    pub ns: u64,
+    pub tsval: Option<u32>,
+    /// The seq lies in the server's receive window (Linux `tcp_check_req` accepts it there).
+    pub seq_ok: bool,
+    /// The timestamp fails PAWS against the SYN's: the server drops the RST.
+    pub paws_fail: bool,
+}
+
+/// A RST that refused the SYN, held for the reorder window: a handshake that completes
+/// after it shows the client never took it.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct HeldRst {
+    pub ns: u64,
+    pub class: RstClass,
+    pub phase: Phase,
+    pub effect: Effect,
+    pub seq: u32,
+    pub ack: Option<u32>,
+    pub expected_seq: Option<u32>,
+}
+
+/// One connection.
+#[derive(Clone, Debug)]
+pub(super) struct Conn {
+    pub client: Side,
+    pub state: State,
+    pub ifindex: u32,
+    pub half: [Half; 2],
+    pub syn_first: u64,
+    pub syn_last: u64,
+    /// Gap between the last two SYNs (the client's current backoff), 0 with one SYN.
+    pub syn_gap: u64,
+    pub syn_count: u16,
+    /// The SYN was retransmitted and no answer came yet (the `syn_retrying` gauge).
+    pub retrying: bool,
+    /// First seen mid-stream: no handshake verdicts, RST phase `midstream`.
+    pub midstream: bool,
+    pub client_isn: u32,
+    pub syn_tsval: Option<u32>,
+    /// Payload carried by the SYN (TCP Fast Open), and its TFO option's cookie length.
+    pub syn_data: u32,
+    pub tfo: Option<u8>,
+    pub synack_first: u64,
+    pub synack_last: u64,
+    pub synack_gap: u64,
+    pub synack_count: u16,
+    pub server_isn: u32,
+    /// The ack number of the first SYN-ACK.
+    pub synack_ack: u32,
+    pub ack_ns: u64,
+    pub synack_after_ack: u16,
+    pub data_seen: bool,
+    pub early_rst: Option<EarlyRst>,
+    pub late_ack_ns: u64,
+    pub held_rst: Option<HeldRst>,
+    /// Kinds already reported on this connection (bits of `Kind::bit`).
+    pub reported: u16,
+    pub closed_ns: u64,
+    /// The newest TSval the client sent (remembered for the PAWS check when the server
+    /// closes first).
+    pub client_tsval: Option<u32>,
+    /// PAWS NAT collision pending its answer: (prev_tsval, prev_age_ns, tsval).
+    pub paws: Option<(u32, u64, u32)>,
+    /// The server answered the SYN with a bare ACK (no SYN): what Linux does when PAWS
+    /// rejects a SYN that hits a TIME_WAIT socket.
+    pub bare_ack: Option<(u32, u32)>,
+}
+
+impl Conn {
+    pub(super) fn new(client: Side, state: State, ifindex: u32) -> Self {
+        Self {
+            client,
+            state,
+            ifindex,
+            half: [Half::default(); 2],
+            syn_first: 0,
+            syn_last: 0,
+            syn_gap: 0,
+            syn_count: 0,
+            retrying: false,
+            midstream: state == State::Midstream,
+            client_isn: 0,
+            syn_tsval: None,
+            syn_data: 0,
+            tfo: None,
+            synack_first: 0,
+            synack_last: 0,
+            synack_gap: 0,
+            synack_count: 0,
+            server_isn: 0,
+            synack_ack: 0,
+            ack_ns: 0,
+            synack_after_ack: 0,
+            data_seen: false,
+            early_rst: None,
+            late_ack_ns: 0,
+            held_rst: None,
+            reported: 0,
+            closed_ns: 0,
+            client_tsval: None,
+            paws: None,
+            bare_ack: None,
+        }
+    }
+
+    /// Role (C or S) of the sender on `side`.
+    pub(super) fn role_of(&self, side: Side) -> usize {
+        if side == self.client { C } else { S }
+    }
+
+    /// The handshake is still open: a SYN or SYN-ACK waits for its answer.
+    pub(super) fn pending(&self) -> bool {
+        matches!(self.state, State::SynSent | State::SynReceived)
+            || (self.late_ack_ns != 0 && self.early_rst.is_some())
+    }
+
+    /// The receive window `role` advertised last, scaled when both SYNs offered scaling
+    /// (RFC 7323 §2.2; a SYN's own window is never scaled).
+    pub(super) fn window_of(&self, role: usize) -> u32 {
+        let h = &self.half[role];
+        let scale = match (self.half[C].wscale, self.half[S].wscale) {
+            (Some(_), Some(_)) if !h.window_of_syn => h.wscale.unwrap_or(0).min(14),
+            _ => 0,
+        };
+        u32::from(h.window) << scale
+    }
+}

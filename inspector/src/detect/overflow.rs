@@ -1,0 +1,77 @@
+//! `accept_queue_overflow`: a live listener that drops what completes or opens handshakes.
+//! (a) `ack_dropped`: the client's completing ACK was seen and the server still retransmits
+//! its SYN-ACK (Linux drops the ACK of a full accept queue with `tcp_abort_on_overflow=0`).
+//! (b) `syn_dropped`: a SYN stream to an endpoint that completed other handshakes less than
+//! `listener_alive` before ends unanswered: the listener is alive but drops SYNs.
+
+use serde_json::Value;
+
+use super::{
+    conn::{C, S},
+    engine::{Ended, Engine, MS},
+    event::{Event, Kind},
+};
+use crate::evidence;
+
+impl Engine {
+    /// A SYN-ACK retransmission after the client's completing ACK: case (a).
+    pub(super) fn check_ack_dropped(&mut self, slot: u32, now: u64, out: &mut Vec<Event>) {
+        let Some(conn) = self.table.get_mut(slot) else {
+            return;
+        };
+        if conn.ack_ns == 0 || conn.early_rst.is_some() {
+            return;
+        }
+        conn.synack_after_ack = conn.synack_after_ack.saturating_add(1);
+        let ev = evidence! {
+            "signature" => "ack_dropped",
+            "synack_after_ack" => conn.synack_after_ack,
+            "stall_us" => now.saturating_sub(conn.ack_ns) / 1000,
+            "last_handshake_age_ms" => Value::Null,
+        };
+        self.emit(out, slot, Kind::AcceptQueueOverflow, S, None, now, ev);
+    }
+
+    /// A SYN stream of `slot` ended unanswered at `at`: case (b) if the listener is alive
+    /// and PAWS does not explain the silence better, else `syn_unanswered`; then the PAWS
+    /// collision it may carry.
+    pub(super) fn unanswered_syn(
+        &mut self,
+        slot: u32,
+        at: u64,
+        ended: Ended,
+        out: &mut Vec<Event>,
+    ) {
+        let key = self.table.key(slot);
+        let Some(conn) = self.table.get_mut(slot) else {
+            return;
+        };
+        let server_ep = key.get(conn.client.peer());
+        let paws = conn.paws.take();
+        let bare_ack = conn.bare_ack;
+        let alive = self
+            .ctx
+            .shared
+            .last_handshake(&server_ep)
+            .filter(|&t| at.saturating_sub(t) < self.ctx.cfg.listener_alive)
+            .filter(|_| paws.is_none() && bare_ack.is_none());
+        if let Some(last) = alive {
+            let ev = evidence! {
+                "signature" => "syn_dropped",
+                "syn_count" => conn.syn_count,
+                "span_ms" => conn.syn_last.saturating_sub(conn.syn_first) / MS,
+                "ended" => ended.as_str(),
+                "synack_after_ack" => Value::Null,
+                "stall_us" => Value::Null,
+                "last_handshake_age_ms" => at.saturating_sub(last) / MS,
+            };
+            self.emit(out, slot, Kind::AcceptQueueOverflow, C, None, at, ev);
+        } else {
+            let ev = super::handshake::unanswered_syn_evidence(conn, ended);
+            self.emit(out, slot, Kind::SynUnanswered, C, None, at, ev);
+        }
+        if let Some((prev, age, ts)) = paws {
+            self.emit_paws(out, slot, at, prev, age, ts, false);
+        }
+    }
+}

@@ -1,0 +1,80 @@
+//! Health probes whose RST overtakes their ACK: `probe_rst_before_ack` and
+//! `probe_connection_leak`. The client resets while the server is in SYN_RECV; the server
+//! (Linux `tcp_check_req`) drops that RST if it fails PAWS against the SYN's timestamp or lies
+//! outside its receive window, and then the late ACK completes a connection nobody will
+//! close. The late ACK must follow the RST within `reorder_window`: later, it is no
+//! reordering.
+
+use serde_json::{Map, Value};
+
+use super::{
+    conn::{C, EarlyRst, State},
+    engine::Engine,
+    event::{Event, Kind},
+};
+use crate::{evidence, flow::TimerKind};
+
+/// Evidence shared by `probe_rst_before_ack` and `probe_connection_leak`.
+fn probe_evidence(early: &EarlyRst, syn_tsval: Option<u32>) -> Map<String, Value> {
+    evidence! {
+        "rst_tsval" => early.tsval,
+        "syn_tsval" => syn_tsval,
+        "paws_reject_expected" => early.paws_fail,
+        "rst_seq_ok" => early.seq_ok,
+    }
+}
+
+impl Engine {
+    /// The client's ACK of the SYN-ACK after its own RST.
+    pub(super) fn on_late_ack(&mut self, slot: u32, now: u64, out: &mut Vec<Event>) {
+        let reorder = self.ctx.cfg.reorder_window;
+        let Some(conn) = self.table.get_mut(slot) else {
+            return;
+        };
+        let Some(early) = conn.early_rst else {
+            return;
+        };
+        if conn.late_ack_ns != 0 {
+            return;
+        }
+        if now.saturating_sub(early.ns) > reorder {
+            // Too late to be the RST's reordered predecessor: an ACK of its own.
+            conn.early_rst = None;
+            conn.state = State::Established;
+            conn.ack_ns = now;
+            return;
+        }
+        conn.late_ack_ns = now;
+        conn.ack_ns = now;
+        conn.state = State::Established;
+        let leak_expected = early.paws_fail || !early.seq_ok;
+        let ev = probe_evidence(&early, conn.syn_tsval);
+        self.emit(out, slot, Kind::ProbeRstBeforeAck, C, None, now, ev);
+        if leak_expected {
+            self.table
+                .arm(slot, TimerKind::Leak, now + self.ctx.cfg.leak_confirm);
+        } else {
+            self.table
+                .arm(slot, TimerKind::Expire, now + self.ctx.cfg.closed_linger);
+        }
+    }
+
+    /// `leak_confirm` after the late ACK and the server never reset it: the leak.
+    pub(super) fn on_leak_timer(&mut self, slot: u32, deadline: u64, out: &mut Vec<Event>) {
+        let Some(conn) = self.table.get(slot) else {
+            return;
+        };
+        let Some(early) = conn.early_rst else { return };
+        let mut ev = probe_evidence(&early, conn.syn_tsval);
+        ev.insert(
+            "late_ack_delay_us".into(),
+            Value::from(conn.late_ack_ns.saturating_sub(conn.synack_last) / 1000),
+        );
+        self.emit(out, slot, Kind::ProbeConnectionLeak, C, None, deadline, ev);
+        self.table.arm(
+            slot,
+            TimerKind::Expire,
+            deadline + self.ctx.cfg.established_idle,
+        );
+    }
+}
