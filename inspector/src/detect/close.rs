@@ -44,6 +44,7 @@ impl Engine {
             h.fin_ns = now;
             h.fin_end = seg.seq.wrapping_add(seq_len(seg));
             h.fin_count = 1;
+            h.acked_at_fin = ack.then_some(seg.ack);
             if conn.half[peer].fin_ns == 0 {
                 self.table
                     .arm(slot, TimerKind::Fin, now + self.ctx.cfg.fin_timeout);
@@ -98,7 +99,9 @@ impl Engine {
         };
         for role in [C, S] {
             let (h, p) = (&conn.half[role], &conn.half[1 - role]);
-            if h.fin_ns != 0 && !h.fin_acked && p.fin_ns == 0 && !p.rst_seen {
+            let peer_spoke =
+                matches!((h.acked_at_fin, h.acked), (Some(a), Some(b)) if seq_lt(a, b));
+            if h.fin_ns != 0 && !h.fin_acked && p.fin_ns == 0 && !p.rst_seen && !peer_spoke {
                 let one_way = (!self.ctx.reverse_seen(&key, conn, role)).then_some(ONE_WAY_PEER);
                 let ev = evidence! {
                     "fin_count" => h.fin_count,

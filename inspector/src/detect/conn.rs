@@ -49,6 +49,9 @@ pub(super) struct Half {
     pub fin_end: u32,
     pub fin_count: u16,
     pub fin_acked: bool,
+    /// What this side had acked of its peer when it sent its FIN: an ack beyond it later
+    /// shows the peer sent more (data or its FIN) even where the capture did not show it.
+    pub acked_at_fin: Option<u32>,
     pub rst_seen: bool,
     /// Fingerprint and capture time of the last segment (a copy of it is a duplicate).
     pub fingerprint: u64,

@@ -3,8 +3,8 @@
 use super::*;
 use crate::detect::stats::Latency;
 use crate::evidence;
-use serde_json::Value;
 use crate::wire::{emit::SegmentBuilder, parse_ip_tcp};
+use serde_json::Value;
 
 const T0: u64 = 1_800_000_000 * SEC;
 const CLIENT: [u8; 4] = [192, 0, 2, 1];
@@ -69,6 +69,7 @@ const SA: TcpFlags = TcpFlags(0x12);
 const ACK: TcpFlags = TcpFlags::ACK;
 const RA: TcpFlags = TcpFlags(0x14);
 const FA: TcpFlags = TcpFlags(0x11);
+use crate::detect::RstClass;
 
 /// A complete handshake on client port `p` at `t` ms: ISNs 1000 (client) and 5000 (server).
 fn handshake(sim: &mut Sim, p: u16, t: u64) {
@@ -118,7 +119,12 @@ fn unanswered_syns_fire_once_when_the_client_gave_up_with_their_count() {
     assert_eq!(e.severity(), "warning");
     let st = sim.eng.endpoints().iter().next().unwrap().1;
     assert_eq!(
-        (st.syns, st.syn_retransmits, st.syn_retry_started, st.syn_retry_ended),
+        (
+            st.syns,
+            st.syn_retransmits,
+            st.syn_retry_started,
+            st.syn_retry_ended
+        ),
         (2, 1, 1, 1)
     );
 }
@@ -334,7 +340,11 @@ fn an_ack_long_after_the_rst_is_no_reordering() {
         .at(2, c(1, TcpFlags::RST, 1001, 0).timestamps(0, 9))
         .at(15_002, c(1, ACK, 1001, 5001).timestamps(1_015_000, 9))
         .until(30_000);
-    assert_eq!(sim.kinds(), ["reset"], "15 s later: not the RST's predecessor");
+    assert_eq!(
+        sim.kinds(),
+        ["reset"],
+        "15 s later: not the RST's predecessor"
+    );
 }
 
 #[test]
@@ -563,4 +573,213 @@ fn a_completing_ack_captured_before_its_synack_still_completes_the_handshake() {
     assert_eq!(sim.out[0].ev("phase"), "established");
     let st = sim.eng.endpoints().iter().next().unwrap().1;
     assert_eq!(st.established, 1);
+}
+
+#[test]
+fn fast_open_handshakes_complete_whether_the_data_was_accepted_or_not() {
+    for (synack_ack, accepted) in [(1011, 1), (1001, 0)] {
+        let mut sim = Sim::new();
+        sim.at(
+            0,
+            c(1, SYN, 1000, 0).fastopen(&[7; 8]).payload(b"0123456789"),
+        )
+        .at(1, s(1, SA, 5000, synack_ack))
+        .at(2, c(1, ACK, 1011, 5001))
+        .at(50, c(1, FA, 1011, 5001))
+        .at(51, s(1, FA, 5001, 1012))
+        .at(52, c(1, ACK, 1012, 5002))
+        .until(100_000);
+        assert_eq!(
+            sim.kinds(),
+            Vec::<&str>::new(),
+            "ack {synack_ack}: {:?}",
+            sim.out
+        );
+        let st = sim.eng.endpoints().iter().next().unwrap().1;
+        assert_eq!(
+            (
+                st.established,
+                st.closed_normally,
+                st.tfo_syns,
+                st.tfo_data_accepted
+            ),
+            (1, 1, 1, accepted)
+        );
+    }
+    // A cookie request (no data): an ordinary handshake.
+    let mut sim = Sim::new();
+    sim.at(0, c(1, SYN, 1000, 0).fastopen(&[]))
+        .at(1, s(1, SA, 5000, 1001).fastopen(&[1; 8]))
+        .at(2, c(1, ACK, 1001, 5001))
+        .until(100_000);
+    assert_eq!(sim.kinds(), Vec::<&str>::new());
+    // Acking more than the SYN carried is still wrong.
+    let mut sim = Sim::new();
+    sim.at(
+        0,
+        c(1, SYN, 1000, 0).fastopen(&[7; 8]).payload(b"0123456789"),
+    )
+    .at(1, s(1, SA, 5000, 1012));
+    assert_eq!(sim.kinds(), ["synack_wrong_ack"]);
+}
+
+#[test]
+fn a_blind_rst_in_syn_sent_has_no_effect_and_the_handshake_goes_on() {
+    for blind in [
+        s(1, TcpFlags::RST, 0, 0), // no ACK: dropped in SYN-SENT
+        s(1, RA, 0, 4242),         // an ACK that does not ack the SYN
+    ] {
+        let mut sim = Sim::new();
+        sim.at(0, c(1, SYN, 1000, 0))
+            .at(1, blind)
+            .at(20, s(1, SA, 5000, 1001))
+            .at(21, c(1, ACK, 1001, 5001))
+            .at(22, c(1, ACK, 1001, 5001).payload(b"data"))
+            .until(100_000);
+        assert_eq!(sim.kinds(), ["reset"]);
+        let r = &sim.out[0];
+        assert_eq!(
+            (r.ev("rst_class"), r.ev("effect"), r.ev("phase")),
+            (
+                &Value::from("out_of_window"),
+                &Value::from("none"),
+                &Value::from("handshake")
+            )
+        );
+        let st = sim.eng.endpoints().iter().next().unwrap().1;
+        assert_eq!(st.established, 1);
+    }
+}
+
+#[test]
+fn an_acceptable_looking_rst_overruled_by_a_completed_handshake_had_no_effect() {
+    let mut sim = Sim::new();
+    sim.at(0, c(1, SYN, 1000, 0))
+        .at(1, s(1, RA, 0, 1001)) // forged with the right ack, or lost before the client
+        .at(30, s(1, SA, 5000, 1001))
+        .at(31, c(1, ACK, 1001, 5001))
+        .until(100_000);
+    assert_eq!(sim.kinds(), ["reset"], "no syn_rejected");
+    assert_eq!(sim.out[0].ev("effect"), "none");
+    assert_eq!(sim.out[0].ts_ns, T0 + MS);
+    // After the reorder window the refusal stands.
+    let mut sim = Sim::new();
+    sim.at(0, c(1, SYN, 1000, 0))
+        .at(1, s(1, RA, 0, 1001))
+        .at(500, s(1, SA, 5000, 1001));
+    assert_eq!(sim.kinds(), ["reset", "syn_rejected"]);
+}
+
+#[test]
+fn every_rst_answering_a_retransmitted_syn_is_refused_and_rejected_once() {
+    let mut sim = Sim::new();
+    sim.at(0, c(1, SYN, 1000, 0))
+        .at(1, s(1, RA, 0, 1001))
+        .at(1000, c(1, SYN, 1000, 0)) // the client never got the first RST
+        .at(1001, s(1, RA, 0, 1001))
+        .until(10_000);
+    assert_eq!(sim.kinds(), ["reset", "syn_rejected", "reset"]);
+    assert_eq!(sim.out[2].ev("rst_class"), "refused");
+    let st = sim.eng.endpoints().iter().next().unwrap().1;
+    assert_eq!((st.syns, st.rsts_of(RstClass::Refused)), (2, 2));
+}
+
+#[test]
+fn a_server_only_capture_marks_client_dependent_verdicts_one_way() {
+    let mut sim = Sim::new();
+    sim.at(0, s(1, SA, 5000, 1001))
+        .at(1000, s(1, SA, 5000, 1001))
+        .at(3000, s(1, SA, 5000, 1001));
+    sim.eng.finish(T0 + 4000 * MS, &mut sim.out);
+    let e = sim.one(Kind::SynackUnacked);
+    assert!(!e.reverse_seen, "no packet from the client exists");
+    assert!(e.one_way.is_some());
+    assert_eq!(e.severity(), "info");
+    assert_eq!(e.ev("synack_count"), 3);
+    // A server FIN nobody answers, seen one way only.
+    let mut sim = Sim::new();
+    sim.at(0, s(1, SA, 5000, 1001))
+        .at(2, s(1, ACK, 5001, 1001).payload(b"hello"))
+        .at(3, s(1, FA, 5006, 1001))
+        .until(20_000);
+    let e = sim.one(Kind::FinUnanswered);
+    assert_eq!((e.reverse_seen, e.severity()), (false, "info"));
+    assert_eq!(
+        sim.kinds(),
+        ["fin_unanswered"],
+        "the data proved the handshake"
+    );
+}
+
+#[test]
+fn a_client_only_capture_of_a_clean_connection_raises_nothing() {
+    let mut sim = Sim::new();
+    sim.at(0, c(1, SYN, 1000, 0))
+        .at(2, c(1, ACK, 1001, 5001))
+        .at(3, c(1, ACK, 1001, 5001).payload(b"GET"))
+        .at(10, c(1, FA, 1004, 5100))
+        .at(12, c(1, ACK, 1005, 5101))
+        .until(100_000);
+    assert_eq!(sim.kinds(), Vec::<&str>::new());
+    let st = sim.eng.endpoints().iter().next().unwrap().1;
+    assert_eq!(st.established, 1);
+}
+
+#[test]
+fn a_segment_captured_twice_counts_once() {
+    let mut once = Sim::new();
+    let mut twice = Sim::new();
+    let pkts = [
+        (0, c(1, SYN, 1000, 0).ip_id(1)),
+        (1, s(2, RA, 0, 1001).ip_id(0)),
+        (1, s(1, RA, 0, 1001).ip_id(0)),
+    ];
+    once.at(0, c(2, SYN, 7, 0).ip_id(9));
+    twice.at(0, c(2, SYN, 7, 0).ip_id(9));
+    for (t, p) in &pkts {
+        once.at(*t, p.clone());
+        twice.at(*t, p.clone()).at(*t, p.clone());
+    }
+    once.until(10_000);
+    twice.until(10_000);
+    assert_eq!(once.kinds(), twice.kinds());
+    assert_eq!(twice.eng.counters().duplicates, 3);
+    // A retransmission (new IP ID, 1 s later) is no duplicate.
+    let mut sim = Sim::new();
+    sim.at(0, c(1, SYN, 1000, 0).ip_id(1))
+        .at(1000, c(1, SYN, 1000, 0).ip_id(2));
+    assert_eq!(sim.eng.counters().duplicates, 0);
+}
+
+#[test]
+fn a_flow_first_seen_mid_stream_says_so() {
+    let mut sim = Sim::new();
+    sim.at(0, c(40000, ACK, 7, 9).payload(b"x"))
+        .at(1, c(40000, RA, 8, 9))
+        .until(10_000);
+    assert_eq!(sim.kinds(), ["reset"]);
+    assert_eq!(sim.out[0].ev("phase"), "midstream");
+    // A new connection on the tuple later is not a reuse of a connection never seen.
+    sim.at(20_000, c(40000, SYN, 100, 0))
+        .at(20_001, s(40000, SA, 1, 101));
+    assert!(!sim.kinds().contains(&"syn_tuple_reuse"));
+}
+
+#[test]
+fn a_passive_rst_with_data_still_in_flight_is_accepted() {
+    let mut sim = Sim::new();
+    handshake(&mut sim, 1, 0);
+    sim.at(10, s(1, ACK, 5001, 1001).payload(&[0; 100])) // in flight, never acked
+        .at(20, c(1, ACK, 1001, 5001).payload(b"more")) // the client acks only 5001
+        .at(21, s(1, TcpFlags::RST, 5001, 0)) // server lost its socket: seq = the client's ack
+        .until(10_000);
+    let r = sim.one(Kind::Reset);
+    assert_eq!(
+        (r.ev("rst_class"), r.ev("effect"), r.ev("expected_seq")),
+        (
+            &Value::from("passive"),
+            &Value::from("reset"),
+            &Value::from(5001)
+        )
+    );
 }
