@@ -186,7 +186,7 @@ pub fn open_sink(sink: &JsonSink) -> anyhow::Result<Box<dyn Write + Send>> {
 /// Where a live run's output goes.
 #[derive(Default)]
 pub struct Sinks<'a> {
-    /// Anomaly events, NDJSON in the envelope of ANOMALIES.md.
+    /// Anomaly events, NDJSON in the envelope of docs/anomalies.md.
     pub events: Option<&'a mut dyn Write>,
     /// Every decoded record, NDJSON (debugging; what the kernel selected).
     pub records: Option<&'a mut dyn Write>,
@@ -504,10 +504,21 @@ impl WorkerCore {
 
     /// Time passes without packets too: fires what is due, sends events and tallies.
     pub fn tick(&mut self) {
+        self.tick_or_end(false);
+    }
+
+    /// `tick`, or at the end of the run (`end`): then the engine also settles what the end
+    /// of input decides (handshakes still waiting for an answer, RSTs held for reordering).
+    fn tick_or_end(&mut self, end: bool) {
         let now = self.clock.to_unix_ns(MonoToWall::monotonic_now_ns());
-        let now = u64::try_from(now).unwrap_or(0);
-        self.engine
-            .advance(now.saturating_sub(CLOCK_SLACK_NS), &mut self.out);
+        let now = u64::try_from(now)
+            .unwrap_or(0)
+            .saturating_sub(CLOCK_SLACK_NS);
+        if end {
+            self.engine.finish(now, &mut self.out);
+        } else {
+            self.engine.advance(now, &mut self.out);
+        }
         for e in self.out.drain(..) {
             let ev = self.recorder.as_ref().and_then(|r| r.for_event(&e));
             send(
@@ -526,7 +537,7 @@ impl WorkerCore {
                 watermark,
             });
         }
-        if self.want_snapshots && self.last_snapshot.elapsed() >= SNAPSHOT_EVERY {
+        if self.want_snapshots && (end || self.last_snapshot.elapsed() >= SNAPSHOT_EVERY) {
             self.last_snapshot = Instant::now();
             let snap = Box::new(WorkerSnapshot::of(&self.engine, &self.report));
             send(
@@ -540,7 +551,9 @@ impl WorkerCore {
         }
     }
 
-    pub fn finish(self) -> (Engine, WorkerReport) {
+    /// The end of the run: settles and sends what the end decides, hands the engine back.
+    pub fn finish(mut self) -> (Engine, WorkerReport) {
+        self.tick_or_end(true);
         (self.engine, self.report)
     }
 }

@@ -176,7 +176,7 @@ fn every_dashboard_query_runs_and_the_leak_alert_fires_on_a_real_prometheus() {
     let leak = prom.query(&exprs[3]);
     assert_eq!(leak.len(), 1, "{leak:?}");
     assert_eq!(leak[0].0["server"], "192.0.2.2:9007");
-    // The shipped alert rules, evaluated by this Prometheus on what it scraped: the seed-002
+    // The shipped alert rules, evaluated by this Prometheus on what it scraped: the probe-leak
     // leak fires, and nothing else.
     let mut firing = Vec::new();
     for _ in 0..50 {

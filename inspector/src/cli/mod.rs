@@ -210,19 +210,25 @@ impl ReportArgs {
     }
 }
 
-/// Detection settings shared by `live` and `pcap` (defaults from ANOMALIES.md).
+/// Detection settings shared by `live` and `pcap` (defaults from docs/anomalies.md).
 #[derive(Debug, Args)]
 pub struct EngineArgs {
     /// Flow table capacity per worker (connections tracked at once).
     #[arg(long, value_name = "N", default_value_t = 1 << 18,
           value_parser = clap::value_parser!(u64).range(16..=(1 << 26)))]
     pub max_flows: u64,
-    /// Seconds a SYN may wait for an answer before `syn_unanswered`.
+    /// Least seconds a SYN stream waits for an answer; after a retransmission the wait
+    /// follows the client's backoff (2 x the last gap), so `syn_unanswered` comes when the
+    /// client gave up (docs/anomalies.md, Timing).
     #[arg(long, value_name = "SECS", default_value = "3", value_parser = parse_secs)]
     pub syn_timeout: Duration,
-    /// Seconds a SYN-ACK may wait for the client's ACK before `synack_unacked`.
+    /// The same for the server's SYN-ACK stream before `synack_unacked`.
     #[arg(long, value_name = "SECS", default_value = "3", value_parser = parse_secs)]
     pub synack_timeout: Duration,
+    /// Seconds a reordered packet may still correct a verdict: a probe's late ACK after its
+    /// RST, a handshake completing after a RST refused its SYN.
+    #[arg(long, value_name = "SECS", default_value = "0.2", value_parser = parse_secs)]
+    pub reorder_window: Duration,
     /// Seconds a FIN may wait for an answer before `fin_unanswered`.
     #[arg(long, value_name = "SECS", default_value = "5", value_parser = parse_secs)]
     pub fin_timeout: Duration,
@@ -243,6 +249,7 @@ impl EngineArgs {
             max_flows: self.max_flows as usize,
             syn_timeout: self.syn_timeout.as_nanos() as u64,
             synack_timeout: self.synack_timeout.as_nanos() as u64,
+            reorder_window: self.reorder_window.as_nanos() as u64,
             fin_timeout: self.fin_timeout.as_nanos() as u64,
             flood_rate: self.flood_rate,
             rst_rate: self.rst_rate,

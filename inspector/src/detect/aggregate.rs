@@ -1,4 +1,4 @@
-//! Aggregate anomalies of ANOMALIES.md: `syn_flood` (new half-open connections to one server
+//! Aggregate anomalies of docs/anomalies.md: `syn_flood` (new half-open connections to one server
 //! endpoint above `flood_rate`/s for ≥ 1 s) and `reset_storm` (RSTs from one host above
 //! `rst_rate`/s for ≥ 1 s), one event at the start and one at the end of each episode.
 //!

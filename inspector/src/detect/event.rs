@@ -1,4 +1,4 @@
-//! Anomaly events: the stable kinds of ANOMALIES.md, their severity and operator hints.
+//! Anomaly events: the stable kinds of docs/anomalies.md, their severity and operator hints.
 
 use serde_json::{Map, Value};
 
@@ -75,7 +75,7 @@ impl Kind {
         }
     }
 
-    /// What to check, per ANOMALIES.md.
+    /// What to check, per docs/anomalies.md.
     pub fn hint(self) -> &'static str {
         match self {
             Kind::SynUnanswered => {

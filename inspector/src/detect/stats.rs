@@ -7,7 +7,7 @@ use hdrhistogram::Histogram;
 use super::{Kind, Phase, RstClass};
 use crate::flow::Endpoint;
 
-/// Latency measures of ANOMALIES.md.
+/// Latency measures of docs/anomalies.md.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Latency {
     /// Last SYN → SYN-ACK: the server's response time, network included.

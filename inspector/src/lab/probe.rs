@@ -1,4 +1,4 @@
-//! A health-probe client built from raw packets (seed 002): SYN, then — after the server's
+//! A health-probe client built from raw packets (the LVS probe leak): SYN, then — after the server's
 //! SYN-ACK — a RST that overtakes the handshake-completing ACK, as LVS/keepalived probes do when
 //! the network reorders them. With TSval 0 in the RST (kernels 3.18–4.10) the server's PAWS
 //! check drops the RST, the late ACK completes the handshake, and the server keeps an
@@ -31,7 +31,7 @@ const PROBE_MARK: u32 = 0x5c;
 /// What the probe's RST carries in its timestamp option.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RstStamp {
-    /// TSval 0: fails the server's PAWS check (the seed 002 kernel bug).
+    /// TSval 0: fails the server's PAWS check (the kernel bug of 3.18-4.10 linger-close RSTs).
     Zero,
     /// A valid TSval (the SYN's + 1): the server accepts the RST.
     Valid,
@@ -192,7 +192,7 @@ fn exchange(
 
 /// Sends one SYN from `client_port` of the lab's client to `port` with timestamp `tsval` (raw
 /// socket, from the client namespace) and does not wait for an answer: a second host behind
-/// the client's address, as seen through a NAT (seed 003).
+/// the client's address, as seen through a NAT (PAWS behind NAT).
 pub fn send_syn(lab: &Lab, client_port: u16, port: u16, tsval: u32) -> anyhow::Result<()> {
     let (src, dst) = (lab.client_v4, lab.server_v4);
     super::in_netns(&lab.client_ns, move || -> anyhow::Result<()> {

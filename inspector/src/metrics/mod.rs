@@ -314,7 +314,7 @@ impl Collector for Scrape {
         family(
             &mut enc,
             "synscope_anomalies",
-            "Anomaly verdicts by server endpoint and kind (ANOMALIES.md; folded ones included; \
+            "Anomaly verdicts by server endpoint and kind (docs/anomalies.md; folded ones included; \
              reset_storm is labelled with the sending host)",
             Counter,
             anomalies,
@@ -400,6 +400,13 @@ impl Collector for Scrape {
             "Non-control packets of flows not in the table (pre-existing or expired connections)",
             Counter,
             w(|s| s.counters.unmatched),
+        )?;
+        family(
+            &mut enc,
+            "synscope_packets_duplicate",
+            "Segments captured twice (mirror ports, -i any): the copy was skipped",
+            Counter,
+            w(|s| s.counters.duplicates),
         )?;
         family(
             &mut enc,

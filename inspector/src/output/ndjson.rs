@@ -90,7 +90,7 @@ mod tests {
     }
 }
 
-/// One anomaly event in the envelope of ANOMALIES.md.
+/// One anomaly event in the envelope of docs/anomalies.md.
 #[derive(Debug, Serialize)]
 pub struct EventLine<'a> {
     pub ts: String,

@@ -9,12 +9,32 @@ use crate::detect::{
 };
 use crate::flow::table::EvictReason;
 
+fn plural(n: u64) -> &'static str {
+    if n == 1 { "" } else { "s" }
+}
+
 fn endpoint_block(s: &mut String, name: &str, st: &EndpointStats) {
     let _ = writeln!(
         s,
-        "server {name}: {} SYNs, {} established, {} closed normally",
-        st.syns, st.established, st.closed_normally
+        "server {name}: {} SYN{} ({} connection attempt{}, {} retransmission{}), {} established, {} closed normally",
+        st.syns,
+        plural(st.syns),
+        st.syns - st.syn_retransmits,
+        plural(st.syns - st.syn_retransmits),
+        st.syn_retransmits,
+        plural(st.syn_retransmits),
+        st.established,
+        st.closed_normally
     );
+    if st.tfo_syns > 0 {
+        let _ = writeln!(
+            s,
+            "  TCP Fast Open: {} SYN{} with the option, {} with data accepted",
+            st.tfo_syns,
+            plural(st.tfo_syns),
+            st.tfo_data_accepted
+        );
+    }
     let anomalies: Vec<String> = Kind::ALL
         .iter()
         .filter(|k| **k != Kind::Reset && st.anomalies[**k as usize] > 0)
@@ -71,11 +91,13 @@ pub fn render(t: &Totals, frames: u64, parse_errors: &BTreeMap<&'static str, u64
     let t = &t.table;
     let _ = writeln!(
         s,
-        "engine: {frames} frames, {} TCP packets, {} unmatched, {} events, {} folded into floods/storms; flows {} live, {} created, evicted {}",
+        "engine: {frames} frames, {} TCP packets, {} unmatched, {} duplicates, {} events, {} folded into floods/storms, {} handshakes undecided at the end; flows {} live, {} created, evicted {}",
         c.packets,
         c.unmatched,
+        c.duplicates,
         c.events,
         c.folded,
+        c.undecided,
         t.live,
         t.created,
         EvictReason::NAMES
