@@ -178,13 +178,18 @@ fn seed_scenarios_reach_prometheus_and_evidence_pcaps() {
         ],
     );
     let prom = Prometheus::start(Some(&lab.server_ns), 9090, addr);
-    let (text, events, _) = detect_seed_scenarios_then(&lab, live, 9300, |_| {
+    let ((text, before_end), events, _) = detect_seed_scenarios_then(&lab, live, 9300, |_| {
         // One snapshot period and one scrape after the last verdict.
         thread::sleep(Duration::from_millis(2500));
-        scrape(Some(&lab.server_ns), addr).expect("scrape synscope")
+        let text = scrape(Some(&lab.server_ns), addr).expect("scrape synscope");
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs_f64();
+        (text, now)
     });
     promtool_check_metrics(&text);
-    assert_prometheus_matches_events(&prom, &events, true);
+    assert_prometheus_matches_events(&prom, &events, Some(before_end));
     // Inline mode exports the kernel's counters and both workers' engines.
     let selected = prom.query("synscope_kernel_packets_total{counter=\"selected\"}");
     assert!(selected[0].1 > 0.0, "{selected:?}");

@@ -440,9 +440,18 @@ impl Prometheus {
 
     /// An instant PromQL query: the result vector as (labels, value) pairs.
     pub fn query(&self, promql: &str) -> Vec<(serde_json::Value, f64)> {
-        let out = curl(self.ns.as_deref())
-            .args(["-sf", "-G", "--data-urlencode"])
-            .arg(format!("query={promql}"))
+        self.query_at(promql, None)
+    }
+
+    /// [`Prometheus::query`] evaluated at Unix time `at` (seconds) instead of now.
+    pub fn query_at(&self, promql: &str, at: Option<f64>) -> Vec<(serde_json::Value, f64)> {
+        let mut cmd = curl(self.ns.as_deref());
+        cmd.args(["-sf", "-G", "--data-urlencode"])
+            .arg(format!("query={promql}"));
+        if let Some(t) = at {
+            cmd.args(["--data-urlencode", &format!("time={t:.3}")]);
+        }
+        let out = cmd
             .arg(format!("http://127.0.0.1:{}/api/v1/query", self.port))
             .output()
             .expect("curl");
@@ -572,14 +581,16 @@ pub fn promtool_check_metrics(text: &str) {
 
 /// Asserts that Prometheus holds exactly the anomaly and RST counts the NDJSON `events` imply:
 /// `synscope_anomalies_total` by (server, kind) and `synscope_resets_total` by (server, class).
-/// Live (`scraped_before_end`), verdicts that only the end of the run settles
-/// (`"ended":"capture_end"`, e.g. a half-open connection whose server still retransmits its
-/// SYN-ACK) come after the last scrape; `synscope pcap` serves after the end.
+/// Live, the comparison is made `before_end` (Unix seconds, a time before synscope stopped):
+/// verdicts that only the end of the run settles (`"ended":"capture_end"`, e.g. a half-open
+/// connection whose server still retransmits its SYN-ACK) come after it. `synscope pcap`
+/// serves after the end (None).
 pub fn assert_prometheus_matches_events(
     prom: &Prometheus,
     events: &[serde_json::Value],
-    scraped_before_end: bool,
+    before_end: Option<f64>,
 ) {
+    let scraped_before_end = before_end.is_some();
     use std::collections::BTreeMap;
     type Counts = BTreeMap<(String, String), f64>;
     let mut anomalies = Counts::new();
@@ -599,7 +610,7 @@ pub fn assert_prometheus_matches_events(
         }
     }
     let got = |q: &str, label: &str| -> Counts {
-        prom.query(q)
+        prom.query_at(q, before_end)
             .into_iter()
             .map(|(m, v)| {
                 let s = m["server"].as_str().unwrap().to_owned();
