@@ -103,18 +103,18 @@ fn unanswered_syns_fire_once_when_the_client_gave_up_with_their_count() {
     let mut sim = Sim::new();
     sim.at(0, c(40000, SYN, 1000, 0).timestamps(77, 0))
         .at(1000, c(40000, SYN, 1000, 0));
-    // After a 1 s gap the next SYN is due 2 s later: the stream is given up at
-    // 1 s + max(3 s, 2 s) + 0.75 s.
-    sim.until(4749);
+    // After a 1 s gap the next SYN is due 1 s (linear) or 2 s (doubling) later: the stream
+    // is given up at 1 s + 2 s + 0.5 s.
+    sim.until(3499);
     assert!(sim.out.is_empty(), "not before the client gave up");
-    sim.until(4750).until(10_000);
+    sim.until(3500).until(10_000);
     let e = sim.one(Kind::SynUnanswered);
     assert_eq!(
         e.evidence,
         evidence! { "syn_count" => 2, "isn" => 1000, "tsval" => 77, "span_ms" => 1000,
         "ended" => "gave_up", "server_answer" => Value::Null }
     );
-    assert_eq!(e.ts_ns, T0 + 4750 * MS);
+    assert_eq!(e.ts_ns, T0 + 3500 * MS);
     assert!(!e.reverse_seen, "the server never sent anything");
     assert_eq!(e.severity(), "warning");
     let st = sim.eng.endpoints().iter().next().unwrap().1;
@@ -188,8 +188,8 @@ fn a_linux_client_that_never_gets_an_answer_is_reported_once_when_it_gives_up() 
 fn the_end_of_the_capture_settles_old_enough_syn_streams_and_counts_young_ones() {
     let mut sim = Sim::new();
     sim.at(0, c(1, SYN, 1000, 0)).at(1000, c(1, SYN, 1000, 0));
-    sim.at(3500, c(2, SYN, 2000, 0));
-    sim.eng.finish(T0 + 4000 * MS, &mut sim.out);
+    sim.at(2700, c(2, SYN, 2000, 0));
+    sim.eng.finish(T0 + 3200 * MS, &mut sim.out);
     let e = sim.one(Kind::SynUnanswered);
     assert_eq!(e.client.unwrap().port, 1);
     assert_eq!(e.ev("ended"), "capture_end");

@@ -3,10 +3,11 @@
 //! `syn_retransmitted`, `synack_unacked`, `synack_wrong_ack` and `syn_tuple_reuse`.
 //!
 //! Timing (`docs/anomalies.md`, "Timing"): a SYN stream is unanswered only once its client
-//! stopped retransmitting. After each SYN the next one is due one backoff later (Linux: 1 s,
-//! then doubling; Windows: 3 s, then doubling), so the stream is given up when nothing came
-//! within `max(syn_timeout, 2 × the last gap)` plus a quarter of that (at most 1 s) for
-//! jitter. The same rule, with `synack_timeout`, settles the server's SYN-ACK stream.
+//! stopped retransmitting. After each SYN the next one is due one backoff later (Linux 6.18:
+//! 1 s, four times, then doubling; classic Linux: 1 s, then doubling; Windows: 3 s, then
+//! doubling), so the stream is given up when nothing came within `syn_timeout` (+ a quarter,
+//! ≤ 1 s) of a single SYN, or within twice the last gap (+ half of it, ≤ 1 s) of a
+//! retransmission. The same rule, with `synack_timeout`, settles the server's SYN-ACK stream.
 
 use serde_json::{Map, Value};
 
@@ -23,10 +24,16 @@ use crate::{
 };
 
 /// When a stream whose last transmission was at `last`, `gap` after the one before (0 for
-/// the first), counts as given up.
+/// the first), counts as given up: after the first, `base` plus a quarter (at most 1 s); after
+/// a retransmission, twice the gap (the next backoff; at least 1 s, the kernels' initial RTO)
+/// plus half the gap (at most 1 s) for jitter.
 pub(super) fn quiet_deadline(last: u64, gap: u64, base: u64) -> u64 {
-    let wait = base.max(gap.saturating_mul(2));
-    last.saturating_add(wait + (wait / 4).min(SEC))
+    let (wait, slack) = if gap == 0 {
+        (base, (base / 4).min(SEC))
+    } else {
+        (gap.saturating_mul(2).max(SEC), (gap / 2).min(SEC))
+    };
+    last.saturating_add(wait + slack)
 }
 
 const ONE_WAY_CLIENT: &str =

@@ -298,7 +298,7 @@ pub fn assert_seed_events(
     let e = at(scenarios::FIREWALL_DROP);
     assert_eq!(kinds(&e), ["syn_unanswered"]);
     // connect() gives up after 2.5 s: SYNs at 0, 1 and 2 s (6.18 retransmits linearly
-    // first), settled 3.75 s after the last one.
+    // first), settled 2.5 s after the last one.
     assert_eq!(e[0]["evidence"]["syn_count"], 3);
     assert_eq!(e[0]["evidence"]["ended"], "gave_up");
     // The server answered this client host in the other scenarios: reverse_seen is about the

@@ -1,0 +1,371 @@
+//! The handshake model (docs/anomalies.md v2) against REAL kernel TCP: each class of
+//! real-world traffic that the first model got wrong, generated in a network-namespace lab,
+//! captured by tcpdump on the server's veth, read back by `synscope pcap`, with exact
+//! expectations (and tshark's view of the same packets where it has one). Needs root; the lab
+//! is torn down even when an assertion fails.
+
+mod support;
+
+use std::{
+    net::{SocketAddr, TcpStream},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    thread,
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+use support::require_root;
+use synscope::lab::{Lab, spawn_in_netns};
+
+const BIN: &str = env!("CARGO_BIN_EXE_synscope");
+
+/// tcpdump on the server's veth, writing `file` until dropped.
+struct Capture {
+    child: Child,
+    file: PathBuf,
+}
+
+impl Capture {
+    fn start(lab: &Lab, name: &str, filter: &str) -> Capture {
+        let file =
+            std::env::temp_dir().join(format!("synscope-model-{}-{name}.pcap", std::process::id()));
+        let mut child = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &lab.server_ns,
+                "tcpdump",
+                "--immediate-mode",
+                "-U",
+            ])
+            .args(["-i", &lab.server_if, "-s", "256", "-w"])
+            .arg(&file)
+            .arg(filter)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("tcpdump");
+        // tcpdump says "listening on ..." once its socket is open.
+        let mut err = std::io::BufReader::new(child.stderr.take().expect("stderr"));
+        let mut line = String::new();
+        std::io::BufRead::read_line(&mut err, &mut line).expect("tcpdump stderr");
+        assert!(line.contains("listening"), "tcpdump: {line}");
+        Capture { child, file }
+    }
+
+    /// Stops tcpdump (SIGINT: it flushes) and returns the file.
+    fn stop(mut self) -> PathBuf {
+        thread::sleep(Duration::from_millis(300));
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.child.id() as i32),
+            nix::sys::signal::Signal::SIGINT,
+        );
+        let _ = self.child.wait();
+        std::mem::take(&mut self.file)
+    }
+}
+
+impl Drop for Capture {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `synscope pcap FILE --json -`: the events and the summary.
+fn synscope_pcap(file: &Path, extra: &[&str]) -> (Vec<Value>, String) {
+    let out = Command::new(BIN)
+        .arg("pcap")
+        .arg(file)
+        .args(["--json", "-"])
+        .args(extra)
+        .output()
+        .expect("run synscope");
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    let events = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("NDJSON"))
+        .collect();
+    (events, stderr)
+}
+
+fn kinds(ev: &[Value]) -> Vec<&str> {
+    ev.iter().map(|e| e["kind"].as_str().unwrap()).collect()
+}
+
+/// tshark's view: one line of `fields` per packet matching `filter`.
+fn tshark(file: &Path, filter: &str, fields: &[&str]) -> Vec<String> {
+    let mut cmd = Command::new("tshark");
+    cmd.arg("-r").arg(file).args(["-Y", filter, "-T", "fields"]);
+    for f in fields {
+        cmd.args(["-e", f]);
+    }
+    let out = cmd.output().expect("tshark");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+fn sysctl(lab: &Lab, ns: &str, kv: &str) {
+    lab.exec(ns, &["sysctl", "-qw", kv]).expect("sysctl");
+}
+
+fn iptables(lab: &Lab, ns: &str, rule: &str) {
+    let args: Vec<&str> = rule.split_whitespace().collect();
+    lab.exec(ns, &[&["iptables"], &args[..]].concat())
+        .expect("iptables");
+}
+
+/// A listener in the server namespace that accepts and reads until EOF (a thread that ends
+/// with the lab's namespace).
+fn listen(lab: &Lab, port: u16) {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let _ = spawn_in_netns(&lab.server_ns, move || {
+        let l = std::net::TcpListener::bind(("0.0.0.0", port)).expect("bind");
+        tx.send(()).unwrap();
+        for s in l.incoming().flatten() {
+            thread::spawn(move || {
+                let _ = std::io::copy(&mut &s, &mut std::io::sink());
+            });
+        }
+    });
+    rx.recv_timeout(Duration::from_secs(5)).expect("listening");
+}
+
+fn connect(lab: &Lab, port: u16, timeout: Duration) -> thread::JoinHandle<std::io::Result<()>> {
+    let to = SocketAddr::new(lab.server_v4.into(), port);
+    let h = spawn_in_netns(&lab.client_ns, move || {
+        let mut s = TcpStream::connect_timeout(&to, timeout)?;
+        std::io::Write::write_all(&mut s, b"hello")?;
+        s.shutdown(std::net::Shutdown::Write)?;
+        thread::sleep(Duration::from_millis(50));
+        Ok(())
+    });
+    thread::spawn(move || h.join().expect("join").expect("netns"))
+}
+
+#[test]
+fn a_syn_answered_after_the_old_deadline_is_never_unanswered() {
+    if !require_root() {
+        return;
+    }
+    let lab = Lab::create().expect("lab");
+    let port = 9501;
+    listen(&lab, port);
+    iptables(
+        &lab,
+        &lab.server_ns,
+        &format!("-A INPUT -p tcp --dport {port} --syn -j DROP"),
+    );
+    let cap = Capture::start(&lab, "retrans", &format!("tcp port {port}"));
+    let client = connect(&lab, port, Duration::from_secs(20));
+    // The client's SYNs at 0, 1, 2, 3 s are dropped; the one at ~4 s gets through: answered
+    // 4 s after the first SYN, beyond the 3 s v1 deadline.
+    thread::sleep(Duration::from_millis(3500));
+    iptables(
+        &lab,
+        &lab.server_ns,
+        &format!("-D INPUT -p tcp --dport {port} --syn -j DROP"),
+    );
+    client.join().unwrap().expect("the connection succeeds");
+    let file = cap.stop();
+    let syns = tshark(
+        &file,
+        "tcp.flags.syn == 1 && tcp.flags.ack == 0",
+        &["frame.time_relative"],
+    );
+    assert!(syns.len() >= 5, "SYNs as tshark sees them: {syns:?}");
+    let (ev, summary) = synscope_pcap(&file, &[]);
+    assert_eq!(kinds(&ev), ["syn_retransmitted"], "{summary}");
+    assert_eq!(ev[0]["evidence"]["syn_count"], syns.len());
+    let delay = ev[0]["evidence"]["extra_delay_us"].as_u64().unwrap();
+    assert!((3_500_000..5_000_000).contains(&delay), "{delay}");
+    assert!(
+        summary.contains(&format!(
+            "{} SYNs (1 connection attempt, {} retransmissions), 1 established",
+            syns.len(),
+            syns.len() - 1
+        )),
+        "{summary}"
+    );
+    let _ = std::fs::remove_file(file);
+}
+
+#[test]
+fn a_syn_stream_never_answered_is_reported_once_after_the_client_gave_up() {
+    if !require_root() {
+        return;
+    }
+    let lab = Lab::create().expect("lab");
+    let port = 9502;
+    sysctl(&lab, &lab.client_ns, "net.ipv4.tcp_syn_retries=2");
+    iptables(
+        &lab,
+        &lab.server_ns,
+        &format!("-A INPUT -p tcp --dport {port} -j DROP"),
+    );
+    let cap = Capture::start(&lab, "giveup", &format!("tcp port {port} or udp port 9"));
+    let t0 = Instant::now();
+    let r = connect(&lab, port, Duration::from_secs(60)).join().unwrap();
+    let gave_up = t0.elapsed();
+    assert!(r.is_err(), "the kernel gives up after 2 retransmissions");
+    // Let the capture's clock pass the deadline: a datagram 4 s after connect() failed.
+    thread::sleep(Duration::from_secs(4));
+    let to = SocketAddr::new(lab.server_v4.into(), 9);
+    let _ = spawn_in_netns(&lab.client_ns, move || {
+        std::net::UdpSocket::bind("0.0.0.0:0").and_then(|u| u.send_to(b"tick", to))
+    })
+    .join();
+    let file = cap.stop();
+    let syns: Vec<f64> = tshark(&file, "tcp.flags.syn == 1", &["frame.time_epoch"])
+        .iter()
+        .map(|t| t.parse().unwrap())
+        .collect();
+    assert!(syns.len() >= 3, "{syns:?}");
+    let (ev, _) = synscope_pcap(&file, &[]);
+    assert_eq!(kinds(&ev), ["syn_unanswered"]);
+    let e = &ev[0];
+    assert_eq!(
+        e["evidence"]["syn_count"],
+        syns.len(),
+        "every SYN tshark sees"
+    );
+    assert_eq!(e["evidence"]["ended"], "gave_up");
+    let span = e["evidence"]["span_ms"].as_u64().unwrap() as f64 / 1000.0;
+    let (first, last) = (syns[0], syns[syns.len() - 1]);
+    assert!(
+        (span - (last - first)).abs() < 0.01,
+        "{span} vs {}",
+        last - first
+    );
+    // Reported after the client's last SYN and no later than 1.5 s after connect() failed.
+    // `ts` is RFC 3339 UTC: compare its time of day with the SYNs' (mod one day).
+    let tod = &e["ts"].as_str().unwrap()[11..26];
+    let hms: Vec<f64> = tod.split(':').map(|x| x.parse().unwrap()).collect();
+    let day = 86_400.0;
+    let at_tod = hms[0] * 3600.0 + hms[1] * 60.0 + hms[2];
+    let since_first = (at_tod - first.rem_euclid(day)).rem_euclid(day);
+    assert!(
+        since_first > last - first,
+        "{since_first} after the first SYN"
+    );
+    assert!(
+        since_first <= gave_up.as_secs_f64() + 1.5,
+        "reported {:.2} s after the first SYN; connect() failed after {:.2} s",
+        since_first,
+        gave_up.as_secs_f64()
+    );
+    let _ = std::fs::remove_file(file);
+}
+
+/// A TCP Fast Open exchange in Python (the standard library has MSG_FASTOPEN and
+/// TCP_FASTOPEN): `server` listens on the ports given, with TCP_FASTOPEN on those marked.
+const TFO_SERVER: &str = r#"
+import socket, sys, threading, time
+def serve(p, tfo):
+    l = socket.socket()
+    l.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if tfo:
+        l.setsockopt(socket.IPPROTO_TCP, socket.TCP_FASTOPEN, 16)
+    l.bind(("0.0.0.0", p))
+    l.listen(16)
+    while True:
+        c, _ = l.accept()
+        c.recv(100)
+        c.sendall(b"ok")
+        c.close()
+for a in sys.argv[1:]:
+    p, t = a.split(":")
+    threading.Thread(target=serve, args=(int(p), t == "tfo"), daemon=True).start()
+time.sleep(0.2)
+print("ready", flush=True)
+time.sleep(30)
+"#;
+const TFO_CLIENT: &str = r#"
+import socket, sys
+s = socket.socket()
+s.sendto(b"hello over tfo", socket.MSG_FASTOPEN, (sys.argv[1], int(sys.argv[2])))
+print(s.recv(10))
+s.close()
+"#;
+
+#[test]
+fn tcp_fast_open_handshakes_are_normal_handshakes() {
+    if !require_root() {
+        return;
+    }
+    let lab = Lab::create().expect("lab");
+    let (tfo_port, plain_port) = (9503, 9504);
+    sysctl(&lab, &lab.client_ns, "net.ipv4.tcp_fastopen=1");
+    sysctl(&lab, &lab.server_ns, "net.ipv4.tcp_fastopen=3");
+    let mut server = Command::new("ip")
+        .args(["netns", "exec", &lab.server_ns, "python3", "-c", TFO_SERVER])
+        .args([format!("{tfo_port}:tfo"), format!("{plain_port}:plain")])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("python server");
+    let mut line = [0u8; 6];
+    std::io::Read::read_exact(server.stdout.as_mut().unwrap(), &mut line).expect("ready");
+    let cap = Capture::start(
+        &lab,
+        "tfo",
+        &format!("tcp port {tfo_port} or tcp port {plain_port}"),
+    );
+    let server_ip = lab.server_v4.to_string();
+    // 1: cookie request; 2: cookie + data, accepted; 3: the cached cookie + data to a
+    // listener without TCP_FASTOPEN: the data is not accepted (SYN-ACK acks ISN+1 only).
+    for port in [tfo_port, tfo_port, plain_port] {
+        let out = lab
+            .exec(
+                &lab.client_ns,
+                &["python3", "-c", TFO_CLIENT, &server_ip, &port.to_string()],
+            )
+            .expect("tfo client");
+        assert!(String::from_utf8_lossy(&out.stdout).contains("ok"));
+    }
+    let file = cap.stop();
+    let _ = server.kill();
+    let _ = server.wait();
+    // tshark: three SYNs with the TFO option, two of them carrying the request's 14 bytes.
+    let syns = tshark(
+        &file,
+        "tcp.flags.syn == 1 && tcp.flags.ack == 0",
+        &["tcp.option_kind", "tcp.len"],
+    );
+    assert_eq!(syns.len(), 3, "{syns:?}");
+    assert!(
+        syns.iter().all(|l| l.contains("34")),
+        "TFO option in every SYN: {syns:?}"
+    );
+    let data: Vec<&str> = syns
+        .iter()
+        .map(|l| l.rsplit('\t').next().unwrap())
+        .collect();
+    assert_eq!(data, ["0", "14", "14"]);
+    let (ev, summary) = synscope_pcap(&file, &[]);
+    assert_eq!(kinds(&ev), Vec::<&str>::new(), "{summary}");
+    assert!(
+        summary.contains(&format!("server {server_ip}:{tfo_port}: 2 SYNs"))
+            && summary.contains("TCP Fast Open: 2 SYNs with the option, 1 with data accepted"),
+        "{summary}"
+    );
+    assert!(
+        summary.contains("TCP Fast Open: 1 SYN with the option, 0 with data accepted"),
+        "{summary}"
+    );
+    assert_eq!(
+        summary.matches(", 1 closed normally").count()
+            + summary.matches(", 2 closed normally").count(),
+        2,
+        "{summary}"
+    );
+    let _ = std::fs::remove_file(file);
+}
