@@ -369,3 +369,98 @@ fn tcp_fast_open_handshakes_are_normal_handshakes() {
     );
     let _ = std::fs::remove_file(file);
 }
+
+fn scenario_pcaps() -> Vec<PathBuf> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/pcaps");
+    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
+        .expect("pcaps")
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "pcap"))
+        .collect();
+    v.sort();
+    assert!(v.len() >= 10, "{v:?}");
+    v
+}
+
+fn tmp(name: &str) -> PathBuf {
+    std::env::temp_dir().join(format!("synscope-model-{}-{name}", std::process::id()))
+}
+
+#[test]
+fn each_one_way_half_of_real_captures_claims_no_reverse_traffic_and_no_one_way_warning() {
+    for pcap in scenario_pcaps() {
+        let stem = pcap.file_stem().unwrap().to_string_lossy().into_owned();
+        for (half, filter) in [
+            ("server", "ip.src == 192.0.2.2 || udp"),
+            ("client", "ip.src == 192.0.2.1 && !udp || udp"),
+        ] {
+            let out = tmp(&format!("{stem}-{half}.pcap"));
+            let st = Command::new("tshark")
+                .arg("-r")
+                .arg(&pcap)
+                .args(["-Y", filter, "-F", "pcap", "-w"])
+                .arg(&out)
+                .status()
+                .expect("tshark");
+            assert!(st.success());
+            let (ev, summary) = synscope_pcap(&out, &[]);
+            let _ = std::fs::remove_file(&out);
+            for e in &ev {
+                assert_eq!(
+                    e["reverse_seen"], false,
+                    "{stem} {half} half: nothing of the other host exists: {e}"
+                );
+                if matches!(
+                    e["kind"].as_str(),
+                    Some("synack_unacked" | "fin_unanswered")
+                ) {
+                    assert_eq!(e["severity"], "info", "{stem} {half}: {e}");
+                    assert!(e["one_way"].is_string(), "{stem} {half}: {e}");
+                }
+            }
+            if stem == "clean_connection" {
+                assert_eq!(kinds(&ev), Vec::<&str>::new(), "{half}: {summary}");
+            }
+            if stem == "half_open" && half == "server" {
+                assert_eq!(kinds(&ev), ["synack_unacked"], "{summary}");
+            }
+        }
+    }
+}
+
+#[test]
+fn every_packet_captured_twice_changes_no_verdict() {
+    for pcap in scenario_pcaps() {
+        let stem = pcap.file_stem().unwrap().to_string_lossy().into_owned();
+        let twice = tmp(&format!("{stem}-twice.pcap"));
+        // mergecap interleaves by time: each frame right after its copy, as a mirror port
+        // that sees both switch ports of a path delivers it.
+        let st = Command::new("mergecap")
+            .args(["-F", "pcap", "-w"])
+            .arg(&twice)
+            .arg(&pcap)
+            .arg(&pcap)
+            .status()
+            .expect("mergecap");
+        assert!(st.success());
+        let (once, s1) = synscope_pcap(&pcap, &[]);
+        let (dup, s2) = synscope_pcap(&twice, &[]);
+        let _ = std::fs::remove_file(&twice);
+        let strip = |v: &[Value]| -> Vec<(String, Value)> {
+            v.iter()
+                .map(|e| {
+                    (
+                        e["kind"].as_str().unwrap().to_owned(),
+                        e["evidence"].clone(),
+                    )
+                })
+                .collect()
+        };
+        assert_eq!(strip(&once), strip(&dup), "{stem}: {s1}\n{s2}");
+        let tcp = tshark(&pcap, "tcp", &["frame.number"]).len();
+        assert!(
+            s2.contains(&format!("{tcp} duplicates")),
+            "{stem}: every one of the {tcp} TCP packets once more: {s2}"
+        );
+    }
+}
