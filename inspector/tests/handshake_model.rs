@@ -464,3 +464,225 @@ fn every_packet_captured_twice_changes_no_verdict() {
         );
     }
 }
+
+/// A client in the client namespace that binds `port` first (so a test knows its 4-tuple),
+/// connects, sends `hello` (then, with a 4th argument `half`, its FIN), reads to EOF, prints
+/// the bytes it read and closes.
+const BOUND_CLIENT: &str = r#"
+import socket, sys
+s = socket.socket()
+s.bind(("0.0.0.0", int(sys.argv[3])))
+s.settimeout(10)
+s.connect((sys.argv[1], int(sys.argv[2])))
+s.sendall(b"hello")
+if sys.argv[4:] == ["half"]:
+    s.shutdown(socket.SHUT_WR)
+n = 0
+while True:
+    d = s.recv(100)
+    if not d:
+        break
+    n += len(d)
+print(n)
+s.close()
+"#;
+
+/// The datagram that moves a capture's clock past the deadlines (nobody listens on 9).
+fn tick(lab: &Lab) {
+    let to = SocketAddr::new(lab.server_v4.into(), 9);
+    let _ = spawn_in_netns(&lab.client_ns, move || {
+        std::net::UdpSocket::bind("0.0.0.0:0").and_then(|u| u.send_to(b"tick", to))
+    })
+    .join();
+}
+
+/// A frame from the lab's server MAC to its client MAC.
+fn to_client(b: &synscope::wire::emit::SegmentBuilder) -> Vec<u8> {
+    let mut f = synscope::wire::emit::ethernet(b, &[]);
+    let (dst, src) = f.split_at_mut(6);
+    dst.swap_with_slice(&mut src[..6]);
+    f
+}
+
+#[test]
+fn blind_rsts_during_a_real_handshake_are_ignored_and_the_connection_lives() {
+    use synscope::wire::{TcpFlags, emit::SegmentBuilder};
+    if !require_root() {
+        return;
+    }
+    let lab = Lab::create().expect("lab");
+    let (port, cport) = (9505, 40105);
+    listen(&lab, port);
+    // The client misses the first SYN-ACK, so the handshake stays open ~1 s (until the
+    // server retransmits it): time for the blind RSTs.
+    iptables(
+        &lab,
+        &lab.client_ns,
+        &format!("-A INPUT -p tcp --sport {port} --tcp-flags SYN,ACK SYN,ACK -j DROP"),
+    );
+    let cap = Capture::start(&lab, "blind", &format!("tcp port {port} or udp port 9"));
+    let server_ip = lab.server_v4.to_string();
+    let (ns, ip) = (lab.client_ns.clone(), server_ip.clone());
+    let client = thread::spawn(move || {
+        Command::new("ip")
+            .args(["netns", "exec", &ns, "python3", "-c", BOUND_CLIENT, &ip])
+            .args([port.to_string(), cport.to_string(), "half".to_owned()])
+            .output()
+            .expect("client")
+    });
+    thread::sleep(Duration::from_millis(300));
+    let rst = |flags: TcpFlags, seq: u32, ack: u32| {
+        to_client(
+            &SegmentBuilder::v4(lab.server_v4.octets(), port, lab.client_v4.octets(), cport)
+                .flags(flags)
+                .seq(seq)
+                .ack(ack),
+        )
+    };
+    // Without ACK, and with an ACK that does not acknowledge the SYN: RFC 9293 §3.10.7.3
+    // says drop both in SYN-SENT.
+    lab.inject(
+        &lab.server_ns,
+        &lab.server_if,
+        &[
+            rst(TcpFlags::RST, 0x1234_5678, 0),
+            rst(TcpFlags(0x14), 0, 0x0042_4242),
+        ],
+    )
+    .expect("inject");
+    thread::sleep(Duration::from_millis(200));
+    iptables(
+        &lab,
+        &lab.client_ns,
+        &format!("-D INPUT -p tcp --sport {port} --tcp-flags SYN,ACK SYN,ACK -j DROP"),
+    );
+    let out = client.join().unwrap();
+    // connect(), send and the orderly close all worked: the client's kernel ignored both.
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "0",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    tick(&lab);
+    let file = cap.stop();
+    let rsts = tshark(&file, "tcp.flags.reset == 1", &["tcp.seq_raw"]);
+    assert_eq!(rsts.len(), 2, "both blind RSTs on the wire: {rsts:?}");
+    let data = tshark(&file, "tcp.len > 0 && tcp.dstport == 9505", &["tcp.len"]);
+    assert_eq!(data, ["5"], "the client's data after the handshake");
+    let (ev, summary) = synscope_pcap(&file, &[]);
+    assert_eq!(kinds(&ev), ["reset", "reset"], "{summary}");
+    for e in &ev {
+        assert_eq!(
+            (
+                &e["evidence"]["rst_class"],
+                &e["evidence"]["effect"],
+                &e["evidence"]["phase"]
+            ),
+            (
+                &Value::from("out_of_window"),
+                &Value::from("none"),
+                &Value::from("handshake")
+            ),
+            "{e}"
+        );
+    }
+    assert!(summary.contains("1 established"), "{summary}");
+    let _ = std::fs::remove_file(file);
+}
+
+#[test]
+fn a_syn_meeting_time_wait_behind_a_nat_is_answered_by_the_old_connections_ack() {
+    if !require_root() {
+        return;
+    }
+    let lab = Lab::create().expect("lab");
+    let (port, cport) = (9506, 40106);
+    // The server closes first: it keeps TIME_WAIT on the 4-tuple, with host A's TSval.
+    let (tx, rx) = std::sync::mpsc::channel();
+    let _server = spawn_in_netns(&lab.server_ns, move || {
+        let l = std::net::TcpListener::bind(("0.0.0.0", port)).expect("bind");
+        tx.send(()).unwrap();
+        let (mut s, _) = l.accept().expect("accept");
+        // Read the request first: closing with unread data would send a RST, not a FIN.
+        let mut req = [0u8; 5];
+        let _ = std::io::Read::read_exact(&mut s, &mut req);
+        let _ = std::io::Write::write_all(&mut s, b"bye");
+    });
+    rx.recv_timeout(Duration::from_secs(5)).expect("listening");
+    // Host A's TSval is its millisecond clock (no per-connection offset), so host B's
+    // TSval 1 is older in the PAWS sense; host A's kernel must not reset the server's
+    // ACK to B (that would end TIME_WAIT).
+    sysctl(&lab, &lab.client_ns, "net.ipv4.tcp_timestamps=2");
+    synscope::lab::probe::drop_client_kernel_resets(&lab, port).expect("rule");
+    let nstat = |lab: &Lab| -> u64 {
+        let out = lab
+            .exec(&lab.server_ns, &["nstat", "-az", "TcpExtPAWSTimewait"])
+            .expect("nstat");
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .find_map(|l| l.strip_prefix("TcpExtPAWSTimewait"))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .unwrap_or(0)
+    };
+    let paws_before = nstat(&lab);
+    let cap = Capture::start(&lab, "timewait", &format!("tcp port {port} or udp port 9"));
+    let out = lab
+        .exec(
+            &lab.client_ns,
+            &[
+                "python3",
+                "-c",
+                BOUND_CLIENT,
+                &lab.server_v4.to_string(),
+                &port.to_string(),
+                &cport.to_string(),
+            ],
+        )
+        .expect("host A");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "3");
+    thread::sleep(Duration::from_millis(200));
+    let tw = lab
+        .exec(&lab.server_ns, &["ss", "-Htan", "state", "time-wait"])
+        .expect("ss");
+    assert!(
+        String::from_utf8_lossy(&tw.stdout).contains(&format!(":{cport}")),
+        "the server holds TIME_WAIT: {}",
+        String::from_utf8_lossy(&tw.stdout)
+    );
+    // Host B behind the same address and port: its SYN and the retransmission 1 s later.
+    synscope::lab::probe::send_syn(&lab, cport, port, 1).expect("B's SYN");
+    thread::sleep(Duration::from_secs(1));
+    synscope::lab::probe::send_syn(&lab, cport, port, 1001).expect("B's retransmission");
+    thread::sleep(Duration::from_secs(4));
+    tick(&lab);
+    let file = cap.stop();
+    assert!(
+        nstat(&lab) > paws_before,
+        "the kernel counted a PAWS reject in TIME_WAIT"
+    );
+    // tshark: B's SYNs are answered by bare ACKs, never a SYN-ACK.
+    let answers = tshark(
+        &file,
+        &format!("tcp.srcport == {port} && tcp.dstport == {cport} && frame.time_relative > 0.5"),
+        &["tcp.flags.syn", "tcp.flags.ack", "tcp.len"],
+    );
+    assert!(!answers.is_empty(), "the server answered B");
+    assert!(
+        answers.iter().all(|l| l.starts_with("0\t1\t0")),
+        "bare ACKs: {answers:?}"
+    );
+    let (ev, summary) = synscope_pcap(&file, &[]);
+    assert_eq!(
+        kinds(&ev),
+        ["syn_tuple_reuse", "syn_unanswered", "paws_nat_collision"],
+        "{summary}"
+    );
+    assert_eq!(ev[1]["evidence"]["server_answer"], "bare_ack");
+    assert_eq!(ev[1]["evidence"]["syn_count"], 2);
+    let p = &ev[2]["evidence"];
+    assert_eq!(p["server_answer"], "bare_ack");
+    assert_eq!(p["tsval"], 1);
+    assert_eq!(p["answered"], false);
+    let _ = std::fs::remove_file(file);
+}

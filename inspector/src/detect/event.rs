@@ -103,7 +103,7 @@ impl Kind {
                 "the server now holds an ESTABLISHED socket nobody will close (fills the accept queue, leaks memory). Kernels 3.18-4.10 send TSval 0 in linger-close RSTs (7faee5c0d514, fixed by 675ee231d960). Check netstat -s 'packets rejected in established connections because of timestamp' (TcpExtPAWSEstab); fix the prober or the reordering"
             }
             Kind::PawsNatCollision => {
-                "several hosts behind one NAT address: servers with tcp_tw_recycle=1 (kernels < 4.12) drop such SYNs (PAWSPassive); set it to 0"
+                "several hosts behind one NAT address and port: the server still holds TIME_WAIT for the previous connection on this tuple and PAWS rejects the SYN's older timestamp. Kernels >= 4.12 answer with the old connection's bare ACK (server_answer: bare_ack; nstat TcpExtPAWSTimewait) until the client's RST ends TIME_WAIT; servers with tcp_tw_recycle=1 (< 4.12) drop such SYNs from any port (PAWSPassive; set it to 0). Fix: a NAT that keeps timestamps consistent per address, or more source ports"
             }
             Kind::SynTupleReuse => {
                 "port reuse collision: client port exhaustion, tcp_tw_reuse, or NAT/DNAT mapping two flows onto one tuple"
