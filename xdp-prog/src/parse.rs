@@ -1,5 +1,5 @@
-//! Bounds-checked header walking: Ethernet, up to two VLAN tags, IPv4 (options), IPv6 (common
-//! extension headers), TCP. Every byte is copied out by the hook's load helper ([`Packet`]).
+//! Bounds-checked header walking: Ethernet, up to two VLAN tags, MPLS, IPv4 (options), IPv6
+//! (common extension headers), one tunnel (IP-in-IP, GRE, VXLAN, Geneve), TCP. Every byte is copied out by the hook's load helper ([`Packet`]).
 
 use core::mem::MaybeUninit;
 
@@ -16,6 +16,18 @@ const ETH_P_IPV6: u16 = 0x86dd;
 const ETH_P_8021Q: u16 = 0x8100;
 const ETH_P_8021AD: u16 = 0x88a8;
 const IPPROTO_TCP: u8 = 6;
+const IPPROTO_IPIP: u8 = 4;
+const IPPROTO_IPV6: u8 = 41;
+const IPPROTO_GRE: u8 = 47;
+const IPPROTO_UDP: u8 = 17;
+const ETH_P_MPLS_UC: u16 = 0x8847;
+const ETH_P_MPLS_MC: u16 = 0x8848;
+/// Transparent Ethernet bridging: an Ethernet frame inside GRE or Geneve.
+const ETH_P_TEB: u16 = 0x6558;
+const VXLAN_PORT: u16 = 4789;
+const GENEVE_PORT: u16 = 6081;
+/// MPLS labels followed before giving up.
+const MAX_MPLS_LABELS: usize = 4;
 /// IPv6 extension headers the walker follows before giving up (counted).
 const MAX_EXT_HEADERS: usize = 4;
 
@@ -92,8 +104,130 @@ fn be32(b: &[u8], i: usize) -> u32 {
     u32::from_be_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]])
 }
 
-/// Walks the headers of an Ethernet frame. `Err` carries the stats index of the reason the
-/// frame is not a parsable TCP packet.
+/// An IP header walked: the protocol after it (extension headers skipped) and where it starts.
+struct L3 {
+    next: u8,
+    l4_off: usize,
+    family: u8,
+    src: u32,
+    dst: u32,
+}
+
+/// Walks the IPv4 or IPv6 header (by `ethertype`) at `off`, following at most `EXT` IPv6
+/// extension headers (the verifier explores every path: a tunnel's inner header gets none).
+#[inline(always)]
+fn parse_l3<const EXT: usize, P: Packet>(ctx: &P, off: usize, ethertype: u16) -> Result<L3, u32> {
+    match ethertype {
+        ETH_P_IP => {
+            let ip = load::<20, P>(ctx, off)?;
+            let ihl = ((ip[0] & 0x0f) as usize) * 4;
+            if ip[0] >> 4 != 4 || ihl < 20 {
+                return Err(stats::UNPARSABLE_BAD_HEADER);
+            }
+            if be16(&ip, 6) & 0x1fff != 0 {
+                return Err(stats::UNPARSABLE_FRAGMENT);
+            }
+            Ok(L3 {
+                next: ip[9],
+                l4_off: off + ihl,
+                family: 4,
+                src: be32(&ip, 12),
+                dst: be32(&ip, 16),
+            })
+        }
+        ETH_P_IPV6 => {
+            let ip = load::<40, P>(ctx, off)?;
+            let mut next = ip[6];
+            let s = fold_addr(&[be32(&ip, 8), be32(&ip, 12), be32(&ip, 16), be32(&ip, 20)]);
+            let d = fold_addr(&[be32(&ip, 24), be32(&ip, 28), be32(&ip, 32), be32(&ip, 36)]);
+            let mut l4 = off + 40;
+            let mut i = 0;
+            while matches!(next, 0 | 43 | 44 | 51 | 60) {
+                if i == EXT {
+                    return Err(stats::UNPARSABLE_EXT_CHAIN);
+                }
+                i += 1;
+                let ext = load::<8, P>(ctx, l4)?;
+                let len = match next {
+                    // Fragment header: only the first fragment carries the TCP header.
+                    44 => {
+                        if be16(&ext, 2) & 0xfff8 != 0 {
+                            return Err(stats::UNPARSABLE_FRAGMENT);
+                        }
+                        8
+                    }
+                    // Authentication header: length in 4-octet units, minus 2.
+                    51 => (ext[1] as usize + 2) * 4,
+                    // Hop-by-hop, routing, destination options: length in 8-octet units.
+                    _ => (ext[1] as usize + 1) * 8,
+                };
+                next = ext[0];
+                l4 += len;
+            }
+            Ok(L3 {
+                next,
+                l4_off: l4,
+                family: 6,
+                src: s,
+                dst: d,
+            })
+        }
+        _ => Err(stats::NOT_TCP),
+    }
+}
+
+/// The ethertype after an inner Ethernet header at `off` (VXLAN, GRE/Geneve bridging).
+#[inline(always)]
+fn inner_ethernet<P: Packet>(ctx: &P, off: usize) -> Result<(usize, u16), u32> {
+    let eth = load::<ETH_HLEN, P>(ctx, off)?;
+    Ok((off + ETH_HLEN, be16(&eth, 12)))
+}
+
+/// Where the packet carried by a tunnel header at `off` (after an IP header whose protocol is
+/// `proto`) starts, and its ethertype: IP-in-IP (LVS TUN, Katran), GRE (RFC 2784/2890),
+/// VXLAN (UDP 4789), Geneve (UDP 6081).
+#[inline(always)]
+fn tunnel<P: Packet>(ctx: &P, proto: u8, off: usize) -> Result<(usize, u16), u32> {
+    match proto {
+        IPPROTO_IPIP => Ok((off, ETH_P_IP)),
+        IPPROTO_IPV6 => Ok((off, ETH_P_IPV6)),
+        IPPROTO_GRE => {
+            let gre = load::<4, P>(ctx, off)?;
+            if gre[1] & 0x07 != 0 {
+                return Err(stats::NOT_TCP); // GRE version 1 (PPTP) carries no IP here
+            }
+            // Checksum (C), key (K) and sequence (S) fields: 4 bytes each when present.
+            let f = gre[0] as usize;
+            let hl = 4 + 4 * ((f >> 7) & 1) + 4 * ((f >> 5) & 1) + 4 * ((f >> 4) & 1);
+            match be16(&gre, 2) {
+                ETH_P_TEB => inner_ethernet(ctx, off + hl),
+                t => Ok((off + hl, t)),
+            }
+        }
+        IPPROTO_UDP => {
+            let udp = load::<8, P>(ctx, off)?;
+            match be16(&udp, 2) {
+                VXLAN_PORT => inner_ethernet(ctx, off + 16),
+                GENEVE_PORT => {
+                    let g = load::<8, P>(ctx, off + 8)?;
+                    let opts = ((g[0] & 0x3f) as usize) * 4;
+                    match be16(&g, 2) {
+                        ETH_P_TEB => inner_ethernet(ctx, off + 16 + opts),
+                        t => Ok((off + 16 + opts, t)),
+                    }
+                }
+                _ => Err(stats::NOT_TCP),
+            }
+        }
+        _ => Err(stats::NOT_TCP),
+    }
+}
+
+/// Walks the headers of an Ethernet frame, through one tunnel (IP-in-IP, GRE, VXLAN, Geneve;
+/// MPLS labels in front of IP): the TCP packet found is the inner one, hashed on its own
+/// addresses, and recorded from the outer IP header on (userspace decapsulates it the same
+/// way and keeps the outer addresses for the evidence). `Err` carries the stats index of the
+/// reason the frame is not a parsable TCP packet.
 #[inline(always)]
 pub fn parse_tcp<P: Packet>(ctx: &P) -> Result<Tcp, u32> {
     let eth = load::<ETH_HLEN, P>(ctx, 0)?;
@@ -113,66 +247,47 @@ pub fn parse_tcp<P: Packet>(ctx: &P) -> Result<Tcp, u32> {
             vlan_depth += 1;
         }
     }
-    let l3_off = off;
-    let (l4_off, family, src, dst) = match proto {
-        ETH_P_IP => {
-            let ip = load::<20, P>(ctx, off)?;
-            let ihl = ((ip[0] & 0x0f) as usize) * 4;
-            if ip[0] >> 4 != 4 || ihl < 20 {
-                return Err(stats::UNPARSABLE_BAD_HEADER);
-            }
-            if ip[9] != IPPROTO_TCP {
+    // MPLS: labels up to the bottom of the stack, then IPv4 or IPv6 by the version nibble.
+    if proto == ETH_P_MPLS_UC || proto == ETH_P_MPLS_MC {
+        let mut i = 0;
+        loop {
+            if i == MAX_MPLS_LABELS {
                 return Err(stats::NOT_TCP);
             }
-            if be16(&ip, 6) & 0x1fff != 0 {
-                return Err(stats::UNPARSABLE_FRAGMENT);
+            i += 1;
+            let label = load::<4, P>(ctx, off)?;
+            off += 4;
+            if label[2] & 0x01 != 0 {
+                break;
             }
-            (off + ihl, 4u8, be32(&ip, 12), be32(&ip, 16))
         }
-        ETH_P_IPV6 => {
-            let ip = load::<40, P>(ctx, off)?;
-            let mut next = ip[6];
-            let s = fold_addr(&[be32(&ip, 8), be32(&ip, 12), be32(&ip, 16), be32(&ip, 20)]);
-            let d = fold_addr(&[be32(&ip, 24), be32(&ip, 28), be32(&ip, 32), be32(&ip, 36)]);
-            let mut l4 = off + 40;
-            let mut i = 0;
-            while next != IPPROTO_TCP {
-                if i == MAX_EXT_HEADERS {
-                    return Err(stats::UNPARSABLE_EXT_CHAIN);
-                }
-                i += 1;
-                let ext = load::<8, P>(ctx, l4)?;
-                let len = match next {
-                    // Hop-by-hop, routing, destination options: length in 8-octet units.
-                    0 | 43 | 60 => (ext[1] as usize + 1) * 8,
-                    // Fragment header: only the first fragment carries the TCP header.
-                    44 => {
-                        if be16(&ext, 2) & 0xfff8 != 0 {
-                            return Err(stats::UNPARSABLE_FRAGMENT);
-                        }
-                        8
-                    }
-                    // Authentication header: length in 4-octet units, minus 2.
-                    51 => (ext[1] as usize + 2) * 4,
-                    _ => return Err(stats::NOT_TCP),
-                };
-                next = ext[0];
-                l4 += len;
-            }
-            (l4, 6u8, s, d)
+        let v = load::<1, P>(ctx, off)?;
+        proto = match v[0] >> 4 {
+            4 => ETH_P_IP,
+            6 => ETH_P_IPV6,
+            _ => return Err(stats::NOT_TCP),
+        };
+    }
+    let l3_off = off;
+    let mut l3 = parse_l3::<MAX_EXT_HEADERS, P>(ctx, off, proto)?;
+    if l3.next != IPPROTO_TCP {
+        let (inner, ethertype) = tunnel(ctx, l3.next, l3.l4_off)?;
+        l3 = parse_l3::<0, P>(ctx, inner, ethertype)?;
+        if l3.next != IPPROTO_TCP {
+            return Err(stats::NOT_TCP);
         }
-        _ => return Err(stats::NOT_TCP),
-    };
+    }
+    let l4_off = l3.l4_off;
     let tcp = load::<20, P>(ctx, l4_off)?;
     let doff = ((tcp[12] >> 4) as usize) * 4;
     if doff < 20 {
         return Err(stats::UNPARSABLE_BAD_HEADER);
     }
-    let flow_hash = symmetric_flow_hash(src, be16(&tcp, 0), dst, be16(&tcp, 2));
+    let flow_hash = symmetric_flow_hash(l3.src, be16(&tcp, 0), l3.dst, be16(&tcp, 2));
     Ok(Tcp {
         l3_off,
         hdr_len: l4_off - l3_off + doff,
-        family,
+        family: l3.family,
         vlan_depth,
         flags: tcp[13],
         flow_hash,
