@@ -17,7 +17,8 @@ use pcap_file::{
 use crate::wire::{
     Segment, WireError,
     link::{LinkType, ip_offset},
-    parse_ip_tcp,
+    parse_ip_tcp_in,
+    tunnel::{Tunnel, TunnelKind},
 };
 
 /// A file that could not be read to its end; says which packet broke.
@@ -177,10 +178,16 @@ pub fn read_from(
 
 /// Parses a frame down to its TCP segment; returns the VLAN depth and the packet's bytes from
 /// its IP header on (for evidence) too.
+/// The innermost segment of a tunnelled frame; the IP bytes are the outer packet's.
 pub fn parse_frame<'a>(frame: &Frame<'a>) -> Result<(Segment, u8, &'a [u8]), WireError> {
-    let (off, tags) = ip_offset(frame.link, frame.data)?;
-    let ip = frame.data.get(off..).ok_or(WireError::Truncated)?;
-    Ok((parse_ip_tcp(ip)?, tags, ip))
+    let l2 = ip_offset(frame.link, frame.data)?;
+    let ip = frame.data.get(l2.ip..).ok_or(WireError::Truncated)?;
+    let tunnel = (l2.mpls_labels > 0).then_some(Tunnel {
+        kind: TunnelKind::Mpls,
+        outer: None,
+        depth: 1,
+    });
+    Ok((parse_ip_tcp_in(ip, false, tunnel)?, l2.vlan_tags, ip))
 }
 
 #[cfg(test)]
