@@ -397,13 +397,11 @@ mod tests {
         emit::{SegmentBuilder, ethernet},
     };
 
-    /// Every record of `bytes`: (ts, orig_len, captured length) or the skip reason.
-    fn records(
-        bytes: &[u8],
-    ) -> (
-        Vec<Result<(u64, u32, usize), &'static str>>,
-        Result<u64, String>,
-    ) {
+    /// A record as the tests see it: (ts, orig_len, captured length) or the skip reason.
+    type Seen = Result<(u64, u32, usize), &'static str>;
+
+    /// Every record of `bytes`, and how reading ended.
+    fn records(bytes: &[u8]) -> (Vec<Seen>, Result<u64, String>) {
         let mut v = Vec::new();
         let r = read_from(bytes, Path::new("t.pcap"), |r| {
             v.push(match r {

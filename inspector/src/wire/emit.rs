@@ -379,7 +379,7 @@ pub fn geneve(
     inner: &[u8],
 ) -> Vec<u8> {
     assert!(
-        options.len() % 4 == 0 && options.len() <= 252,
+        options.len().is_multiple_of(4) && options.len() <= 252,
         "Geneve options"
     );
     let mut g = vec![(options.len() / 4) as u8, 0];
