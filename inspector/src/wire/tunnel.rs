@@ -117,9 +117,10 @@ fn inner_ethernet(frame: &[u8]) -> Result<Inner, WireError> {
 pub(crate) fn gre(buf: &[u8]) -> Result<(usize, Inner), WireError> {
     let h = buf.get(..4).ok_or(WireError::Truncated)?;
     let flags = u16::from_be_bytes([h[0], h[1]]);
-    // Version 0 only (1 is PPTP's enhanced GRE); routing (R) and strict source route and
-    // recursion control (RFC 1701) are obsolete and must be 0.
-    if flags & 0x0007 != 0 || flags & 0x4f00 != 0 {
+    // Version 0 only (1 is PPTP's enhanced GRE). RFC 2784: bits 1-5 (routing, strict source
+    // route, the first recursion bit of RFC 1701; key and sequence are RFC 2890's) must be 0
+    // or the packet is discarded; bits 6-12 are ignored on receipt.
+    if flags & 0x0007 != 0 || flags & 0x4c00 != 0 {
         return Err(WireError::BadGre);
     }
     let proto = u16::from_be_bytes([h[2], h[3]]);
@@ -190,6 +191,12 @@ mod tests {
             gre(&[0x40, 0, 0x08, 0, 0, 0, 0, 0]).err(),
             Some(WireError::BadGre)
         );
+        assert_eq!(
+            gre(&[0x08, 0, 0x08, 0, 0, 0, 0, 0]).err(),
+            Some(WireError::BadGre)
+        );
+        // Reserved bits 6-12 are ignored on receipt.
+        assert_eq!(gre(&[0x03, 0xf8, 0x08, 0, 0x45]).map(|(l, _)| l), Ok(4));
         assert_eq!(
             gre(&[0, 0, 0x08, 0x06, 0]).err(),
             Some(WireError::NotIp(0x0806))
