@@ -22,7 +22,7 @@ fuzz_target!(|data: &[u8]| {
         ..Config::default()
     };
     let mut r = Replayer::new(cfg, Some(&mut json));
-    let err = read_from(data, Path::new("fuzz.pcap"), |frame| r.frame(&frame)).err();
+    let err = read_from(data, Path::new("fuzz.pcap"), |rec| r.record(rec)).err();
     let _ = r.finish(err);
     // The same bytes as ring-buffer records (the kernel's side of the contract).
     for chunk in data.chunks(PacketRecord::SIZE) {

@@ -3,7 +3,7 @@
 use std::{collections::BTreeMap, io::Write, path::PathBuf};
 
 use crate::{
-    capture::pcap::{Frame, PcapError, parse_frame, read_file},
+    capture::pcap::{Frame, PcapError, Record, parse_frame, read_file},
     detect::{
         Config, Engine, Event,
         aggregate::{Aggregator, Rates},
@@ -63,6 +63,17 @@ impl<'a> Replayer<'a> {
     pub fn with_evidence(mut self, writer: Writer, ring: usize) -> Self {
         self.evidence = Some((Recorder::new(ring), writer));
         self
+    }
+
+    /// One record of the capture: a frame, or one the reader skipped (counted by reason).
+    pub fn record(&mut self, rec: Record<'_>) {
+        match rec {
+            Record::Frame(f) => self.frame(&f),
+            Record::Skipped(why) => {
+                self.frames += 1;
+                *self.parse_errors.entry(why).or_default() += 1;
+            }
+        }
     }
 
     /// One frame of the capture.
@@ -158,7 +169,7 @@ pub fn run(
     }
     let mut error = None;
     for file in files {
-        if let Err(e) = read_file(file, |frame| r.frame(&frame)) {
+        if let Err(e) = read_file(file, |rec| r.record(rec)) {
             error = Some(e);
             break;
         }

@@ -370,6 +370,7 @@ fn decode(
         ts_ns: 0,
         ifindex: u32_at(12),
         link: LinkType::Ethernet,
+        orig_len: u32::try_from(data.len()).unwrap_or(u32::MAX),
         data,
     };
     let (segment, vlan_depth, ip) = parse_frame(&frame).ok()?;

@@ -1,23 +1,25 @@
-//! Offline input: pcap and pcapng files (Ethernet, raw IP, Linux SLL and SLL2; µs and ns
-//! timestamps, pcapng `if_tsresol` honoured).
+//! Offline input: pcap and pcapng files, read by `pcap-parser`'s streaming readers (a circular
+//! buffer: no allocation per packet). Link types: see [`LinkType::SUPPORTED`]. µs and ns
+//! timestamps, pcapng `if_tsresol` and `if_tsoffset` honoured. Records cut by a snap length
+//! (caplen < orig_len) are read; a record longer than its file's or interface's snap length
+//! is counted and skipped.
 
 use std::{
     fs::File,
-    io::{BufRead, BufReader},
+    io::Read,
     path::{Path, PathBuf},
-    time::Duration,
 };
 
-use pcap_file::{
-    DataLink,
-    pcap::PcapReader,
-    pcapng::{Block, PcapNgReader, blocks::interface_description::InterfaceDescriptionOption},
+use pcap_parser::{
+    Block, LegacyPcapReader, PcapBlockOwned, PcapError as ParseError, PcapNGReader,
+    traits::{PcapNGPacketBlock, PcapReaderIterator},
 };
 
 use crate::wire::{
     Segment, WireError,
     link::{LinkType, ip_offset},
-    parse_ip_tcp,
+    parse_ip_tcp_in,
+    tunnel::{Tunnel, TunnelKind},
 };
 
 /// A file that could not be read to its end; says which packet broke.
@@ -32,9 +34,10 @@ pub enum PcapError {
     #[error("{file}: not a pcap or pcapng file ({detail})")]
     Format { file: PathBuf, detail: String },
     #[error(
-        "{file}: unsupported link type {link:?}: synscope reads Ethernet, raw IP, Linux SLL/SLL2"
+        "{file}: unsupported link type {link}: synscope reads {}",
+        LinkType::SUPPORTED
     )]
-    LinkType { file: PathBuf, link: DataLink },
+    LinkType { file: PathBuf, link: i32 },
     #[error(
         "{file}: packet {packet} is truncated or corrupt ({detail}); {processed} packets before it were processed"
     )]
@@ -51,35 +54,40 @@ pub struct Frame<'a> {
     pub ts_ns: u64,
     pub ifindex: u32,
     pub link: LinkType,
+    /// The frame's length on the wire; more than `data` holds when a snap length cut it.
+    pub orig_len: u32,
     pub data: &'a [u8],
 }
 
-fn link_type(file: &Path, dl: DataLink) -> Result<LinkType, PcapError> {
-    Ok(match dl {
-        DataLink::ETHERNET => LinkType::Ethernet,
-        DataLink::RAW | DataLink::IPV4 | DataLink::IPV6 => LinkType::RawIp,
-        DataLink::LINUX_SLL => LinkType::LinuxSll,
-        DataLink::LINUX_SLL2 => LinkType::LinuxSll2,
-        other => {
-            return Err(PcapError::LinkType {
-                file: file.to_owned(),
-                link: other,
-            });
-        }
-    })
-}
-
-/// Nanoseconds per pcapng timestamp tick for an `if_tsresol` value (default: µs).
-fn tick_ns(tsresol: Option<u8>) -> f64 {
-    match tsresol {
-        None => 1000.0,
-        Some(r) if r & 0x80 != 0 => 1e9 / 2f64.powi(i32::from(r & 0x7f)),
-        Some(r) => 1e9 / 10f64.powi(i32::from(r)),
+impl Frame<'_> {
+    /// Whether the whole frame was captured (no snap length cut it).
+    pub fn whole(&self) -> bool {
+        self.data.len() as u64 >= u64::from(self.orig_len)
     }
 }
 
-/// Reads every frame of `file` in order and hands it to `f`. Returns the number of frames.
-pub fn read_file(file: &Path, f: impl FnMut(Frame<'_>)) -> Result<u64, PcapError> {
+/// A capture record, in file order: a frame, or a record that was counted and skipped.
+pub enum Record<'a> {
+    Frame(Frame<'a>),
+    /// The record's stable skip reason ([`SKIP_CAPLEN`], [`SKIP_NO_INTERFACE`]).
+    Skipped(&'static str),
+}
+
+/// A record holding more bytes than its file's (or pcapng interface's) snap length.
+pub const SKIP_CAPLEN: &str = "caplen_over_snaplen";
+/// A pcapng simple packet block before any interface description.
+pub const SKIP_NO_INTERFACE: &str = "no_interface";
+
+/// The reader's buffer: it must hold one whole record, and grows by doubling up to
+/// [`MAX_BUFFER`] for a longer one.
+const BUFFER: usize = 1 << 20;
+const MAX_BUFFER: usize = 64 << 20;
+/// Bytes read before choosing a reader (the readers parse the file header from their first
+/// read, which must hold it whole).
+const HEAD: u64 = 64 << 10;
+
+/// Reads every record of `file` in order and hands it to `f`. Returns the number of records.
+pub fn read_file(file: &Path, f: impl FnMut(Record<'_>)) -> Result<u64, PcapError> {
     let fh = File::open(file).map_err(|source| PcapError::Open {
         file: file.to_owned(),
         source,
@@ -87,111 +95,479 @@ pub fn read_file(file: &Path, f: impl FnMut(Frame<'_>)) -> Result<u64, PcapError
     read_from(fh, file, f)
 }
 
+/// A pcapng interface.
+struct Iface {
+    link: LinkType,
+    snaplen: u32,
+    /// Timestamp units per second (`if_tsresol`).
+    units: u64,
+    /// Seconds added to every timestamp (`if_tsoffset`).
+    offset: i64,
+}
+
+/// The reading state shared by both formats.
+struct State<'p, F> {
+    file: &'p Path,
+    f: F,
+    /// Records handed out (frames and skipped ones).
+    n: u64,
+    /// Legacy pcap: link type, nanosecond timestamps, snap length.
+    legacy: Option<(LinkType, bool, u32)>,
+    /// pcapng: the current section's interfaces.
+    ifaces: Vec<Iface>,
+}
+
+impl<F: FnMut(Record<'_>)> State<'_, F> {
+    fn corrupt(&self, detail: impl Into<String>) -> PcapError {
+        PcapError::Corrupt {
+            file: self.file.to_owned(),
+            packet: self.n + 1,
+            processed: self.n,
+            detail: detail.into(),
+        }
+    }
+
+    fn link(&self, n: i32) -> Result<LinkType, PcapError> {
+        LinkType::from_linktype(n).ok_or_else(|| PcapError::LinkType {
+            file: self.file.to_owned(),
+            link: n,
+        })
+    }
+
+    fn emit(&mut self, r: Record<'_>) {
+        (self.f)(r);
+        self.n += 1;
+    }
+
+    fn block(&mut self, block: PcapBlockOwned<'_>) -> Result<(), PcapError> {
+        match block {
+            PcapBlockOwned::LegacyHeader(h) => {
+                let link = self.link(h.network.0)?;
+                self.legacy = Some((link, h.is_nanosecond_precision(), h.snaplen));
+            }
+            PcapBlockOwned::Legacy(b) => {
+                let Some((link, nanos, snaplen)) = self.legacy else {
+                    return Err(self.corrupt("packet before the file header"));
+                };
+                if snaplen != 0 && b.caplen > snaplen {
+                    self.emit(Record::Skipped(SKIP_CAPLEN));
+                    return Ok(());
+                }
+                let frac = u64::from(b.ts_usec) * if nanos { 1 } else { 1000 };
+                self.emit(Record::Frame(Frame {
+                    ts_ns: u64::from(b.ts_sec) * 1_000_000_000 + frac,
+                    ifindex: 0,
+                    link,
+                    orig_len: b.origlen,
+                    data: b.data,
+                }));
+            }
+            PcapBlockOwned::NG(Block::SectionHeader(_)) => self.ifaces.clear(),
+            PcapBlockOwned::NG(Block::InterfaceDescription(idb)) => {
+                let link = self.link(idb.linktype.0)?;
+                let Some(units) = idb.ts_resolution() else {
+                    return Err(self.corrupt(format!(
+                        "interface with an impossible if_tsresol {}",
+                        idb.if_tsresol
+                    )));
+                };
+                self.ifaces.push(Iface {
+                    link,
+                    snaplen: idb.snaplen,
+                    units,
+                    offset: idb.if_tsoffset,
+                });
+            }
+            PcapBlockOwned::NG(Block::EnhancedPacket(epb)) => {
+                let Some(i) = self.ifaces.get(epb.if_id as usize) else {
+                    return Err(self.corrupt(format!("unknown interface id {}", epb.if_id)));
+                };
+                if i.snaplen != 0 && epb.caplen > i.snaplen {
+                    self.emit(Record::Skipped(SKIP_CAPLEN));
+                    return Ok(());
+                }
+                let ticks = u128::from(epb.ts_high) << 32 | u128::from(epb.ts_low);
+                let ns = (ticks * 1_000_000_000 / u128::from(i.units)) as i128
+                    + i128::from(i.offset) * 1_000_000_000;
+                let frame = Frame {
+                    ts_ns: ns.clamp(0, i128::from(u64::MAX)) as u64,
+                    ifindex: epb.if_id,
+                    link: i.link,
+                    orig_len: epb.origlen,
+                    data: epb.packet_data(),
+                };
+                self.emit(Record::Frame(frame));
+            }
+            PcapBlockOwned::NG(Block::SimplePacket(spb)) => {
+                let Some(i) = self.ifaces.first() else {
+                    self.emit(Record::Skipped(SKIP_NO_INTERFACE));
+                    return Ok(());
+                };
+                let frame = Frame {
+                    ts_ns: 0,
+                    ifindex: 0,
+                    link: i.link,
+                    orig_len: spb.origlen,
+                    data: spb.packet_data(),
+                };
+                self.emit(Record::Frame(frame));
+            }
+            PcapBlockOwned::NG(_) => {}
+        }
+        Ok(())
+    }
+
+    /// Drives a reader to the end of its input.
+    fn run(&mut self, r: &mut impl PcapReaderIterator) -> Result<(), PcapError> {
+        let mut cap = BUFFER;
+        loop {
+            match r.next() {
+                Ok((offset, block)) => {
+                    self.block(block)?;
+                    r.consume(offset);
+                }
+                Err(ParseError::Eof) => return Ok(()),
+                Err(ParseError::Incomplete(_)) => {
+                    if r.refill().is_err() {
+                        return Err(self.corrupt("read error"));
+                    }
+                }
+                Err(ParseError::BufferTooSmall) if cap < MAX_BUFFER => {
+                    cap *= 2;
+                    r.grow(cap);
+                }
+                Err(e) => {
+                    let detail = describe(&e);
+                    return Err(self.corrupt(detail));
+                }
+            }
+        }
+    }
+}
+
+fn describe<I>(e: &ParseError<I>) -> String {
+    match e {
+        ParseError::UnexpectedEof | ParseError::Incomplete(_) | ParseError::Eof => {
+            "the file ends inside it".to_owned()
+        }
+        ParseError::BufferTooSmall => format!("a record longer than {} MiB", MAX_BUFFER >> 20),
+        ParseError::ReadError => "read error".to_owned(),
+        ParseError::HeaderNotRecognized => "header not recognized".to_owned(),
+        ParseError::NomError(_, k) | ParseError::OwnedNomError(_, k) => {
+            format!("malformed block: {}", k.description())
+        }
+    }
+}
+
 /// As [`read_file`], from any reader; `file` only names the source in errors.
 pub fn read_from(
-    source: impl std::io::Read,
+    mut source: impl Read,
     file: &Path,
-    mut f: impl FnMut(Frame<'_>),
+    f: impl FnMut(Record<'_>),
 ) -> Result<u64, PcapError> {
-    let mut rd = BufReader::new(source);
-    let magic = rd
-        .fill_buf()
+    let mut head = Vec::new();
+    (&mut source)
+        .take(HEAD)
+        .read_to_end(&mut head)
         .map_err(|source| PcapError::Open {
             file: file.to_owned(),
             source,
-        })?
-        .get(..4)
-        .map(|m| [m[0], m[1], m[2], m[3]]);
+        })?;
     let fmt_err = |detail: String| PcapError::Format {
         file: file.to_owned(),
         detail,
     };
-    let mut n = 0u64;
-    let corrupt = |n: u64, e: pcap_file::PcapError| PcapError::Corrupt {
-        file: file.to_owned(),
-        packet: n + 1,
-        processed: n,
-        detail: e.to_string(),
+    let mut st = State {
+        file,
+        f,
+        n: 0,
+        legacy: None,
+        ifaces: Vec::new(),
     };
-    if magic == Some([0x0a, 0x0d, 0x0d, 0x0a]) {
-        let mut r = PcapNgReader::new(rd).map_err(|e| fmt_err(e.to_string()))?;
-        let mut links: Vec<(LinkType, f64)> = Vec::new();
-        while let Some(block) = r.next_block() {
-            match block.map_err(|e| corrupt(n, e))? {
-                Block::InterfaceDescription(idb) => {
-                    let res = idb.options.iter().find_map(|o| match o {
-                        InterfaceDescriptionOption::IfTsResol(r) => Some(*r),
-                        _ => None,
-                    });
-                    links.push((link_type(file, idb.linktype)?, tick_ns(res)));
-                }
-                Block::EnhancedPacket(epb) => {
-                    let Some(&(link, tick)) = links.get(epb.interface_id as usize) else {
-                        return Err(corrupt(
-                            n,
-                            pcap_file::PcapError::InvalidField("unknown interface id"),
-                        ));
-                    };
-                    // pcap-file hands the raw tick count over as nanoseconds; scale it.
-                    let ts_ns = (epb.timestamp.as_nanos() as f64 * tick) as u64;
-                    f(Frame {
-                        ts_ns,
-                        ifindex: epb.interface_id,
-                        link,
-                        data: &epb.data,
-                    });
-                    n += 1;
-                }
-                Block::SimplePacket(spb) => {
-                    let Some(&(link, _)) = links.first() else {
-                        continue;
-                    };
-                    f(Frame {
-                        ts_ns: 0,
-                        ifindex: 0,
-                        link,
-                        data: &spb.data,
-                    });
-                    n += 1;
-                }
-                _ => {}
-            }
-        }
+    let input = std::io::Cursor::new(head.as_slice()).chain(source);
+    if head.starts_with(&[0x0a, 0x0d, 0x0d, 0x0a]) {
+        let mut r = PcapNGReader::new(BUFFER, input).map_err(|e| fmt_err(describe(&e)))?;
+        st.run(&mut r)?;
     } else {
-        let mut r = PcapReader::new(rd).map_err(|e| fmt_err(e.to_string()))?;
-        let link = link_type(file, r.header().datalink)?;
-        while let Some(pkt) = r.next_packet() {
-            let pkt = pkt.map_err(|e| corrupt(n, e))?;
-            let ts: Duration = pkt.timestamp;
-            f(Frame {
-                ts_ns: ts.as_nanos() as u64,
-                ifindex: 0,
-                link,
-                data: &pkt.data,
-            });
-            n += 1;
-        }
+        let mut r = LegacyPcapReader::new(BUFFER, input).map_err(|e| {
+            fmt_err(match e {
+                ParseError::Incomplete(_) => "shorter than a file header".to_owned(),
+                ParseError::HeaderNotRecognized
+                | ParseError::NomError(..)
+                | ParseError::OwnedNomError(..) => "unknown magic number".to_owned(),
+                e => describe(&e),
+            })
+        })?;
+        st.run(&mut r)?;
     }
-    Ok(n)
+    Ok(st.n)
 }
 
 /// Parses a frame down to its TCP segment; returns the VLAN depth and the packet's bytes from
 /// its IP header on (for evidence) too.
+/// The innermost segment of a tunnelled frame; the IP bytes are the outer packet's.
 pub fn parse_frame<'a>(frame: &Frame<'a>) -> Result<(Segment, u8, &'a [u8]), WireError> {
-    let (off, tags) = ip_offset(frame.link, frame.data)?;
-    let ip = frame.data.get(off..).ok_or(WireError::Truncated)?;
-    Ok((parse_ip_tcp(ip)?, tags, ip))
+    let l2 = ip_offset(frame.link, frame.data)?;
+    let ip = frame.data.get(l2.ip..).ok_or(WireError::Truncated)?;
+    let tunnel = (l2.mpls_labels > 0).then_some(Tunnel {
+        kind: TunnelKind::Mpls,
+        outer: None,
+        depth: 1,
+    });
+    Ok((
+        parse_ip_tcp_in(ip, frame.whole(), tunnel)?,
+        l2.vlan_tags,
+        ip,
+    ))
+}
+
+/// Capture files built in memory, for tests and tools: pcap (nanosecond timestamps) and
+/// pcapng (one section, one interface), little-endian.
+pub mod write {
+    /// A record: timestamp (ns), length on the wire, captured bytes.
+    pub type Rec<'a> = (u64, u32, &'a [u8]);
+
+    /// A pcap file with link type `link` and snap length `snaplen`.
+    pub fn pcap(link: u32, snaplen: u32, recs: &[Rec<'_>]) -> Vec<u8> {
+        let mut f = Vec::new();
+        f.extend_from_slice(&0xa1b2_3c4du32.to_le_bytes());
+        f.extend_from_slice(&2u16.to_le_bytes());
+        f.extend_from_slice(&4u16.to_le_bytes());
+        f.extend_from_slice(&[0; 8]);
+        f.extend_from_slice(&snaplen.to_le_bytes());
+        f.extend_from_slice(&link.to_le_bytes());
+        for (ts, orig, data) in recs {
+            f.extend_from_slice(&((ts / 1_000_000_000) as u32).to_le_bytes());
+            f.extend_from_slice(&((ts % 1_000_000_000) as u32).to_le_bytes());
+            f.extend_from_slice(&(data.len() as u32).to_le_bytes());
+            f.extend_from_slice(&orig.to_le_bytes());
+            f.extend_from_slice(data);
+        }
+        f
+    }
+
+    fn block(f: &mut Vec<u8>, ty: u32, body: &[u8]) {
+        let pad = (4 - body.len() % 4) % 4;
+        let len = (12 + body.len() + pad) as u32;
+        f.extend_from_slice(&ty.to_le_bytes());
+        f.extend_from_slice(&len.to_le_bytes());
+        f.extend_from_slice(body);
+        f.extend_from_slice(&[0; 3][..pad]);
+        f.extend_from_slice(&len.to_le_bytes());
+    }
+
+    /// A pcapng file: one interface (`link`, `snaplen`, `if_tsresol` = `tsresol`, decimal
+    /// exponents only) and enhanced packet blocks.
+    pub fn pcapng(link: u16, snaplen: u32, tsresol: u8, recs: &[Rec<'_>]) -> Vec<u8> {
+        assert!(
+            tsresol & 0x80 == 0 && tsresol <= 9,
+            "decimal tsresol up to ns"
+        );
+        let mut f = Vec::new();
+        let mut shb = 0x1a2b_3c4du32.to_le_bytes().to_vec();
+        shb.extend_from_slice(&1u16.to_le_bytes());
+        shb.extend_from_slice(&0u16.to_le_bytes());
+        shb.extend_from_slice(&(-1i64).to_le_bytes());
+        block(&mut f, 0x0a0d_0d0a, &shb);
+        let mut idb = link.to_le_bytes().to_vec();
+        idb.extend_from_slice(&[0, 0]);
+        idb.extend_from_slice(&snaplen.to_le_bytes());
+        idb.extend_from_slice(&[9, 0, 1, 0, tsresol, 0, 0, 0, 0, 0, 0, 0]);
+        block(&mut f, 1, &idb);
+        let per_tick = 10u64.pow(9 - u32::from(tsresol));
+        for (ts, orig, data) in recs {
+            let ticks = ts / per_tick;
+            let mut epb = 0u32.to_le_bytes().to_vec();
+            epb.extend_from_slice(&((ticks >> 32) as u32).to_le_bytes());
+            epb.extend_from_slice(&(ticks as u32).to_le_bytes());
+            epb.extend_from_slice(&(data.len() as u32).to_le_bytes());
+            epb.extend_from_slice(&orig.to_le_bytes());
+            epb.extend_from_slice(data);
+            block(&mut f, 6, &epb);
+        }
+        f
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::wire::{
+        TcpFlags,
+        emit::{SegmentBuilder, ethernet},
+    };
+
+    /// A record as the tests see it: (ts, orig_len, captured length) or the skip reason.
+    type Seen = Result<(u64, u32, usize), &'static str>;
+
+    /// Every record of `bytes`, and how reading ended.
+    fn records(bytes: &[u8]) -> (Vec<Seen>, Result<u64, String>) {
+        let mut v = Vec::new();
+        let r = read_from(bytes, Path::new("t.pcap"), |r| {
+            v.push(match r {
+                Record::Frame(f) => Ok((f.ts_ns, f.orig_len, f.data.len())),
+                Record::Skipped(why) => Err(why),
+            })
+        });
+        (v, r.map_err(|e| e.to_string()))
+    }
+
+    fn frame(payload: usize) -> Vec<u8> {
+        ethernet(
+            &SegmentBuilder::v4([192, 0, 2, 1], 1, [192, 0, 2, 2], 2)
+                .flags(TcpFlags::ACK)
+                .payload(&vec![0; payload]),
+            &[],
+        )
+    }
 
     #[test]
-    fn pcapng_resolutions() {
-        assert_eq!(tick_ns(None), 1000.0);
-        assert_eq!(tick_ns(Some(9)), 1.0);
-        assert_eq!(tick_ns(Some(6)), 1000.0);
-        assert_eq!(tick_ns(Some(0x80 | 10)), 1e9 / 1024.0);
+    fn snapped_records_are_read_and_oversized_ones_skipped() {
+        let big = frame(1400);
+        let f = write::pcap(
+            1,
+            96,
+            &[
+                (1_000_000_001, big.len() as u32, &big[..96]),
+                (2_000_000_000, big.len() as u32, &big[..]),
+                (3_000_000_000, 60, &big[..60]),
+            ],
+        );
+        let (v, r) = records(&f);
+        assert_eq!(
+            v,
+            [
+                Ok((1_000_000_001, 1454, 96)),
+                Err(SKIP_CAPLEN),
+                Ok((3_000_000_000, 60, 60))
+            ]
+        );
+        assert_eq!(r, Ok(3));
+    }
+
+    #[test]
+    fn pcapng_resolution_offset_and_snap_length() {
+        let big = frame(200);
+        let recs: [write::Rec<'_>; 2] = [
+            (1_700_000_000_123_456_000, 254, &big[..96]),
+            (1_700_000_001_000_000_000, 254, &big[..]),
+        ];
+        let (v, r) = records(&write::pcapng(1, 96, 6, &recs));
+        assert_eq!(
+            v,
+            [Ok((1_700_000_000_123_456_000, 254, 96)), Err(SKIP_CAPLEN)]
+        );
+        assert_eq!(r, Ok(2));
+        let (v, _) = records(&write::pcapng(1, 0, 9, &recs));
+        assert_eq!(
+            v,
+            [
+                Ok((1_700_000_000_123_456_000, 254, 96)),
+                Ok((1_700_000_001_000_000_000, 254, 254))
+            ]
+        );
+    }
+
+    #[test]
+    fn a_cut_file_yields_the_packets_before_the_cut_then_names_the_broken_one() {
+        let a = frame(10);
+        let f = write::pcap(1, 65535, &[(1, 64, &a), (2, 64, &a), (3, 64, &a)]);
+        let (v, r) = records(&f[..f.len() - 5]);
+        assert_eq!(v.len(), 2);
+        assert_eq!(
+            r,
+            Err("t.pcap: packet 3 is truncated or corrupt (the file ends inside it); 2 packets before it were processed".to_owned())
+        );
+        let ng = write::pcapng(1, 0, 6, &[(1000, 64, &a), (2000, 64, &a)]);
+        let (v, r) = records(&ng[..ng.len() - 1]);
+        assert_eq!(v.len(), 1);
+        assert!(r.unwrap_err().contains("packet 2 is truncated or corrupt"));
+    }
+
+    #[test]
+    fn unknown_link_types_and_non_captures_are_clear_errors() {
+        let (_, r) = records(&write::pcap(147, 65535, &[]));
+        let e = r.unwrap_err();
+        assert!(
+            e.starts_with("t.pcap: unsupported link type 147: synscope reads Ethernet (1)"),
+            "{e}"
+        );
+        assert!(e.contains("NFLOG (239)"), "{e}");
+        let (_, r) = records(b"hello, this is not a capture file at all");
+        assert_eq!(
+            r,
+            Err("t.pcap: not a pcap or pcapng file (unknown magic number)".to_owned())
+        );
+        let (_, r) = records(&[0xd4, 0xc3]);
+        assert_eq!(
+            r,
+            Err("t.pcap: not a pcap or pcapng file (shorter than a file header)".to_owned())
+        );
+    }
+
+    #[test]
+    fn a_record_longer_than_the_buffer_grows_it() {
+        let big = vec![0u8; 3 << 20];
+        let f = write::pcap(1, 0, &[(1, big.len() as u32, &big), (2, 4, &[1, 2, 3, 4])]);
+        let (v, r) = records(&f);
+        assert_eq!(v, [Ok((1, 3 << 20, 3 << 20)), Ok((2, 4, 4))]);
+        assert_eq!(r, Ok(2));
+    }
+
+    #[test]
+    fn parse_frame_decodes_the_inner_segment_and_keeps_the_outer_ip_bytes() {
+        use crate::wire::emit::{eth_frame, ip_tcp, ipip, mpls};
+        let inner = ip_tcp(
+            &SegmentBuilder::v4([10, 0, 0, 1], 40000, [10, 0, 0, 2], 80).flags(TcpFlags::SYN),
+        );
+        let outer = ipip(
+            "192.0.2.10".parse().unwrap(),
+            "192.0.2.20".parse().unwrap(),
+            &inner,
+        );
+        let f = eth_frame(0x0800, &outer);
+        let frame = Frame {
+            ts_ns: 0,
+            ifindex: 0,
+            link: LinkType::Ethernet,
+            orig_len: f.len() as u32,
+            data: &f,
+        };
+        let (seg, tags, ip) = parse_frame(&frame).unwrap();
+        assert_eq!(seg.src, "10.0.0.1:40000".parse().unwrap());
+        assert_eq!(seg.tunnel.unwrap().kind, TunnelKind::IpIp);
+        assert_eq!(tags, 0);
+        assert_eq!(ip, &outer[..]);
+        // MPLS on the link: the tunnel has no outer IP header; evidence starts at the IP one.
+        let m = eth_frame(0x8847, &mpls(&[100, 200], &inner));
+        let frame = Frame {
+            data: &m,
+            orig_len: m.len() as u32,
+            ..frame
+        };
+        let (seg, _, ip) = parse_frame(&frame).unwrap();
+        assert_eq!(
+            seg.tunnel,
+            Some(Tunnel {
+                kind: TunnelKind::Mpls,
+                outer: None,
+                depth: 1
+            })
+        );
+        assert_eq!(ip, &inner[..]);
+    }
+
+    #[test]
+    fn a_whole_frame_is_one_no_snap_length_cut() {
+        let a = frame(10);
+        let mk = |orig| Frame {
+            ts_ns: 0,
+            ifindex: 0,
+            link: LinkType::Ethernet,
+            orig_len: orig,
+            data: &a,
+        };
+        assert!(mk(a.len() as u32).whole());
+        assert!(!mk(a.len() as u32 + 1).whole());
     }
 }

@@ -77,6 +77,7 @@ pub fn decode_record(
     if cap > SNAP_LEN {
         return Err(RecordError::BadCapLen(rec.cap_len));
     }
+    // Tunnelled packets (recorded from the outer IP header on) decode to the inner segment.
     let segment = parse_ip_tcp(&rec.data[..cap])?;
     Ok(CapturedPacket {
         ts_unix_ns: to_unix_ns(rec.ts_ns),
@@ -148,6 +149,29 @@ mod tests {
         assert_eq!(p.segment.flags, TcpFlags::SYN);
         assert_eq!(p.segment.seq, 42);
         assert_eq!(p.segment.options.timestamps, Some((100, 0)));
+    }
+
+    #[test]
+    fn a_record_of_a_tunnelled_packet_decodes_to_the_inner_segment() {
+        let outer = crate::wire::emit::gre(
+            "192.0.2.10".parse().unwrap(),
+            "192.0.2.20".parse().unwrap(),
+            crate::wire::emit::GreFields {
+                key: Some(1),
+                ..Default::default()
+            },
+            0x0800,
+            &syn(),
+        );
+        let p = decode_record(&encode_record(&record_of(&outer)), |n| n.into()).unwrap();
+        assert_eq!(p.segment.dst, "192.0.2.2:8080".parse().unwrap());
+        assert_eq!(p.segment.seq, 42);
+        let t = p.segment.tunnel.unwrap();
+        assert_eq!(t.kind.name(), "gre");
+        assert_eq!(
+            t.outer,
+            Some(("192.0.2.10".parse().unwrap(), "192.0.2.20".parse().unwrap()))
+        );
     }
 
     #[test]

@@ -242,6 +242,213 @@ pub fn ethernet(b: &SegmentBuilder, tags: &[(u16, u16)]) -> Vec<u8> {
     f
 }
 
+/// An Ethernet II frame (02:00:00:00:00:01 → 02:00:00:00:00:02) carrying `payload` as
+/// `ethertype`.
+pub fn eth_frame(ethertype: u16, payload: &[u8]) -> Vec<u8> {
+    let mut f = vec![0x02, 0, 0, 0, 0, 2, 0x02, 0, 0, 0, 0, 1];
+    f.extend_from_slice(&ethertype.to_be_bytes());
+    f.extend_from_slice(payload);
+    f
+}
+
+/// An IPv4 or IPv6 header (by the addresses' family; checksummed, TTL 64, DF) around
+/// `payload`, protocol/next header `proto`.
+pub fn ip_wrap(src: IpAddr, dst: IpAddr, proto: u8, payload: &[u8]) -> Vec<u8> {
+    let mut p = Vec::with_capacity(40 + payload.len());
+    match (src, dst) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => {
+            let total = (20 + payload.len()) as u16;
+            p.extend_from_slice(&[0x45, 0]);
+            p.extend_from_slice(&total.to_be_bytes());
+            p.extend_from_slice(&[0, 0, 0x40, 0, 64, proto, 0, 0]);
+            p.extend_from_slice(&s.octets());
+            p.extend_from_slice(&d.octets());
+            let c = checksum(&[&p]);
+            p[10..12].copy_from_slice(&c.to_be_bytes());
+        }
+        (s, d) => {
+            p.extend_from_slice(&[0x60, 0, 0, 0]);
+            p.extend_from_slice(&(payload.len() as u16).to_be_bytes());
+            p.extend_from_slice(&[proto, 64]);
+            p.extend_from_slice(&v6_octets(s));
+            p.extend_from_slice(&v6_octets(d));
+        }
+    }
+    p.extend_from_slice(payload);
+    p
+}
+
+/// IP-in-IP (LVS TUN mode, Katran): `inner` (an IP packet) behind an outer IP header,
+/// protocol 4 for an inner IPv4 packet, 41 for IPv6.
+pub fn ipip(outer_src: IpAddr, outer_dst: IpAddr, inner: &[u8]) -> Vec<u8> {
+    let proto = if inner.first().is_some_and(|b| b >> 4 == 6) {
+        41
+    } else {
+        4
+    };
+    ip_wrap(outer_src, outer_dst, proto, inner)
+}
+
+/// The optional GRE fields (RFC 2890).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct GreFields {
+    pub checksum: bool,
+    pub key: Option<u32>,
+    pub seq: Option<u32>,
+}
+
+/// GRE (version 0) inside IP, carrying `inner` as `proto` (an ethertype: 0x0800, 0x86dd,
+/// 0x6558 for an Ethernet frame, 0x8847 for MPLS).
+pub fn gre(
+    outer_src: IpAddr,
+    outer_dst: IpAddr,
+    f: GreFields,
+    proto: u16,
+    inner: &[u8],
+) -> Vec<u8> {
+    let mut flags = 0u16;
+    if f.checksum {
+        flags |= 0x8000;
+    }
+    if f.key.is_some() {
+        flags |= 0x2000;
+    }
+    if f.seq.is_some() {
+        flags |= 0x1000;
+    }
+    let mut g = Vec::with_capacity(16 + inner.len());
+    g.extend_from_slice(&flags.to_be_bytes());
+    g.extend_from_slice(&proto.to_be_bytes());
+    if f.checksum {
+        g.extend_from_slice(&[0; 4]);
+    }
+    if let Some(k) = f.key {
+        g.extend_from_slice(&k.to_be_bytes());
+    }
+    if let Some(s) = f.seq {
+        g.extend_from_slice(&s.to_be_bytes());
+    }
+    g.extend_from_slice(inner);
+    if f.checksum {
+        let c = checksum(&[&g]);
+        g[4..6].copy_from_slice(&c.to_be_bytes());
+    }
+    ip_wrap(outer_src, outer_dst, 47, &g)
+}
+
+/// A UDP datagram inside IP (checksum 0 over IPv4, computed over IPv6 where it is mandatory).
+pub fn udp(src: IpAddr, sport: u16, dst: IpAddr, dport: u16, payload: &[u8]) -> Vec<u8> {
+    let len = (8 + payload.len()) as u16;
+    let mut u = Vec::with_capacity(usize::from(len));
+    u.extend_from_slice(&sport.to_be_bytes());
+    u.extend_from_slice(&dport.to_be_bytes());
+    u.extend_from_slice(&len.to_be_bytes());
+    u.extend_from_slice(&[0, 0]);
+    u.extend_from_slice(payload);
+    if src.is_ipv6() {
+        let mut pseudo = Vec::with_capacity(40);
+        pseudo.extend_from_slice(&v6_octets(src));
+        pseudo.extend_from_slice(&v6_octets(dst));
+        pseudo.extend_from_slice(&u32::from(len).to_be_bytes());
+        pseudo.extend_from_slice(&[0, 0, 0, 17]);
+        let c = match checksum(&[&pseudo, &u]) {
+            0 => 0xffff,
+            c => c,
+        };
+        u[6..8].copy_from_slice(&c.to_be_bytes());
+    }
+    ip_wrap(src, dst, 17, &u)
+}
+
+/// VXLAN (UDP 4789, I flag, `vni`) carrying the Ethernet frame `inner`.
+pub fn vxlan(outer_src: IpAddr, outer_dst: IpAddr, vni: u32, inner: &[u8]) -> Vec<u8> {
+    let mut v = vec![0x08, 0, 0, 0];
+    v.extend_from_slice(&(vni << 8).to_be_bytes());
+    v.extend_from_slice(inner);
+    udp(outer_src, 49152, outer_dst, 4789, &v)
+}
+
+/// Geneve (UDP 6081, `vni`) with `options` (a multiple of 4 bytes) carrying `inner` as `proto`
+/// (an ethertype; 0x6558 for an Ethernet frame).
+pub fn geneve(
+    outer_src: IpAddr,
+    outer_dst: IpAddr,
+    vni: u32,
+    options: &[u8],
+    proto: u16,
+    inner: &[u8],
+) -> Vec<u8> {
+    assert!(
+        options.len().is_multiple_of(4) && options.len() <= 252,
+        "Geneve options"
+    );
+    let mut g = vec![(options.len() / 4) as u8, 0];
+    g.extend_from_slice(&proto.to_be_bytes());
+    g.extend_from_slice(&(vni << 8).to_be_bytes());
+    g.extend_from_slice(options);
+    g.extend_from_slice(inner);
+    udp(outer_src, 49152, outer_dst, 6081, &g)
+}
+
+/// An MPLS label stack (outermost first, bottom of stack on the last, TTL 64) before `inner`.
+pub fn mpls(labels: &[u32], inner: &[u8]) -> Vec<u8> {
+    let mut m = Vec::with_capacity(labels.len() * 4 + inner.len());
+    for (i, l) in labels.iter().enumerate() {
+        let bos = u32::from(i + 1 == labels.len());
+        m.extend_from_slice(&((l & 0xfffff) << 12 | bos << 8 | 64).to_be_bytes());
+    }
+    m.extend_from_slice(inner);
+    m
+}
+
+/// A BSD loopback frame (link types NULL and LOOP): the address family `af` as 4 bytes, in
+/// little-endian (`le`) or network order, then `ip`.
+pub fn null(af: u32, le: bool, ip: &[u8]) -> Vec<u8> {
+    let mut f = if le {
+        af.to_le_bytes().to_vec()
+    } else {
+        af.to_be_bytes().to_vec()
+    };
+    f.extend_from_slice(ip);
+    f
+}
+
+/// A PPP frame, with the HDLC address and control bytes 0xff 0x03 when `hdlc`.
+pub fn ppp(hdlc: bool, proto: u16, payload: &[u8]) -> Vec<u8> {
+    let mut f = if hdlc { vec![0xff, 0x03] } else { Vec::new() };
+    f.extend_from_slice(&proto.to_be_bytes());
+    f.extend_from_slice(payload);
+    f
+}
+
+/// A Linux NFLOG record for `ip` (`family` 2 or 10): a packet-header TLV, a prefix TLV
+/// ("syn\0\0", padded) and the payload TLV, lengths and types in little-endian (`le`) or
+/// big-endian host order.
+pub fn nflog(family: u8, le: bool, ip: &[u8]) -> Vec<u8> {
+    let mut f = vec![family, 0, 0, 1];
+    let mut tlv = |ty: u16, v: &[u8]| {
+        let len = (4 + v.len()) as u16;
+        let (l, t) = if le {
+            (len.to_le_bytes(), ty.to_le_bytes())
+        } else {
+            (len.to_be_bytes(), ty.to_be_bytes())
+        };
+        f.extend_from_slice(&l);
+        f.extend_from_slice(&t);
+        f.extend_from_slice(v);
+        while f.len() % 4 != 0 {
+            f.push(0);
+        }
+    };
+    let hw: u16 = if family == 10 { 0x86dd } else { 0x0800 };
+    let mut hdr = hw.to_be_bytes().to_vec();
+    hdr.extend_from_slice(&[1, 0]);
+    tlv(1, &hdr);
+    tlv(10, b"syn\0\0");
+    tlv(9, ip);
+    f
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -6,23 +6,40 @@ use super::WireError;
 
 /// IP protocol number of TCP.
 pub const PROTO_TCP: u8 = 6;
+/// IP protocol number of UDP (VXLAN, Geneve).
+pub const PROTO_UDP: u8 = 17;
+/// IP protocol number of IPv4 inside IP (IP-in-IP, RFC 2003).
+pub const PROTO_IPIP: u8 = 4;
+/// IP protocol number of IPv6 inside IP (RFC 4213).
+pub const PROTO_IPV6: u8 = 41;
+/// IP protocol number of GRE (RFC 2784).
+pub const PROTO_GRE: u8 = 47;
 
 /// A checked view of an IPv4 header (options included) at the start of a buffer.
 #[derive(Debug, Clone, Copy)]
 pub struct Ipv4Packet<'a> {
     buf: &'a [u8],
+    /// The packet's length: the total length field, or the buffer's for a whole TSO packet.
+    len: usize,
 }
 
 impl<'a> Ipv4Packet<'a> {
     /// Checks version, header length (≥ 20, present in `buf`, ≤ total length).
     pub fn new_checked(buf: &'a [u8]) -> Result<Self, WireError> {
+        Self::checked(buf, false)
+    }
+
+    /// As [`Self::new_checked`]; `whole` says `buf` holds the entire packet (no snap length
+    /// cut it). Then a total length of 0, which captures of TSO/GRO and BIG TCP super-packets
+    /// show, means the captured length.
+    pub fn checked(buf: &'a [u8], whole: bool) -> Result<Self, WireError> {
         if buf.len() < 20 {
             return Err(WireError::Truncated);
         }
         if buf[0] >> 4 != 4 {
             return Err(WireError::BadVersion(buf[0] >> 4));
         }
-        let p = Self { buf };
+        let mut p = Self { buf, len: 0 };
         let hl = p.header_len();
         if hl < 20 {
             return Err(WireError::BadIpHeaderLen);
@@ -30,10 +47,20 @@ impl<'a> Ipv4Packet<'a> {
         if buf.len() < hl {
             return Err(WireError::Truncated);
         }
-        if usize::from(p.total_len()) < hl {
+        p.len = match p.total_len() {
+            0 if whole => buf.len(),
+            t => usize::from(t),
+        };
+        if p.len < hl {
             return Err(WireError::BadIpTotalLen);
         }
         Ok(p)
+    }
+
+    /// The packet's length in bytes (header and payload): the total length field, or the
+    /// captured length for a whole packet whose field is 0.
+    pub fn packet_len(&self) -> usize {
+        self.len
     }
 
     /// Header length in bytes (IHL × 4).
@@ -115,6 +142,25 @@ mod tests {
             Ipv4Packet::new_checked(&h).unwrap_err(),
             WireError::BadIpTotalLen
         );
+    }
+
+    #[test]
+    fn zero_total_length_is_the_captured_length_only_for_a_whole_packet() {
+        let mut h = header().to_vec();
+        h[3] = 0;
+        h.extend_from_slice(&[0u8; 100]);
+        assert_eq!(
+            Ipv4Packet::new_checked(&h).unwrap_err(),
+            WireError::BadIpTotalLen
+        );
+        assert_eq!(
+            Ipv4Packet::checked(&h, false).unwrap_err(),
+            WireError::BadIpTotalLen
+        );
+        assert_eq!(Ipv4Packet::checked(&h, true).unwrap().packet_len(), 120);
+        // A stated length is kept even when more bytes follow (Ethernet padding).
+        h[3] = 40;
+        assert_eq!(Ipv4Packet::checked(&h, true).unwrap().packet_len(), 40);
     }
 
     #[test]

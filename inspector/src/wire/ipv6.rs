@@ -11,23 +11,76 @@ pub const MAX_EXT_HEADERS: usize = 8;
 #[derive(Debug, Clone, Copy)]
 pub struct Ipv6Packet<'a> {
     buf: &'a [u8],
+    /// Payload length: the field, a jumbo payload option's, or the captured bytes' (whole
+    /// BIG TCP packets).
+    len: usize,
 }
+
+/// Hop-by-hop option type of a jumbo payload (RFC 2675).
+const OPT_JUMBO: u8 = 0xc2;
 
 impl<'a> Ipv6Packet<'a> {
     /// Checks the version and that the 40-byte fixed header is present.
     pub fn new_checked(buf: &'a [u8]) -> Result<Self, WireError> {
+        Self::checked(buf, false)
+    }
+
+    /// As [`Self::new_checked`]; `whole` says `buf` holds the entire packet. A payload length
+    /// of 0 is a jumbogram's (RFC 2675: the hop-by-hop jumbo option holds the length) or, in
+    /// a whole packet without that option, a BIG TCP/GSO super-packet's: the captured bytes.
+    pub fn checked(buf: &'a [u8], whole: bool) -> Result<Self, WireError> {
         if buf.len() < 40 {
             return Err(WireError::Truncated);
         }
         if buf[0] >> 4 != 6 {
             return Err(WireError::BadVersion(buf[0] >> 4));
         }
-        Ok(Self { buf })
+        let mut p = Self { buf, len: 0 };
+        p.len = match p.payload_len() {
+            0 => match p.jumbo_len() {
+                Some(j) => j,
+                None if whole => buf.len() - 40,
+                None => 0,
+            },
+            n => usize::from(n),
+        };
+        Ok(p)
+    }
+
+    /// The jumbo payload length, when a hop-by-hop header carries the option.
+    fn jumbo_len(&self) -> Option<usize> {
+        if self.next_header() != 0 {
+            return None;
+        }
+        let h = self.buf.get(40..42)?;
+        let end = 40 + (usize::from(h[1]) + 1) * 8;
+        let opts = self.buf.get(42..end)?;
+        let mut i = 0;
+        while i < opts.len() {
+            match opts[i] {
+                0 => i += 1,
+                t => {
+                    let l = usize::from(*opts.get(i + 1)?);
+                    if t == OPT_JUMBO && l == 4 {
+                        let v = opts.get(i + 2..i + 6)?;
+                        return Some(u32::from_be_bytes([v[0], v[1], v[2], v[3]]) as usize);
+                    }
+                    i += 2 + l;
+                }
+            }
+        }
+        None
     }
 
     /// Payload length field (extension headers included), in bytes.
     pub fn payload_len(&self) -> u16 {
         u16::from_be_bytes([self.buf[4], self.buf[5]])
+    }
+
+    /// The payload's length in bytes (extension headers included): the field, or what
+    /// [`Self::checked`] derived for a length of 0.
+    pub fn payload_size(&self) -> usize {
+        self.len
     }
     /// Next header of the fixed header.
     pub fn next_header(&self) -> u8 {
@@ -73,7 +126,7 @@ impl<'a> Ipv6Packet<'a> {
             };
             next = self.buf[off];
             off += len;
-            if off > 40 + usize::from(self.payload_len()) {
+            if off > 40 + self.len {
                 return Err(WireError::BadIpTotalLen);
             }
         }
@@ -125,6 +178,19 @@ mod tests {
             Ipv6Packet::new_checked(&b).unwrap().upper_layer(),
             Err(WireError::ExtChain)
         );
+    }
+
+    #[test]
+    fn zero_payload_length_is_a_jumbogram_or_the_whole_capture() {
+        let mut b = with_ext(&[0u8; 60], 6, 0);
+        assert_eq!(Ipv6Packet::checked(&b, false).unwrap().payload_size(), 0);
+        assert_eq!(Ipv6Packet::checked(&b, true).unwrap().payload_size(), 60);
+        // Hop-by-hop with a jumbo payload option of 100000 bytes: the option wins.
+        b[6] = 0;
+        b[40..48].copy_from_slice(&[6, 0, OPT_JUMBO, 4, 0, 1, 0x86, 0xa0]);
+        let p = Ipv6Packet::checked(&b, true).unwrap();
+        assert_eq!(p.payload_size(), 100_000);
+        assert_eq!(p.upper_layer(), Ok((6, 48)));
     }
 
     #[test]
