@@ -652,3 +652,31 @@ fn a_syn_flood_is_one_episode_and_its_connections_fold_into_it() {
         "every SYN got its verdict"
     );
 }
+
+#[test]
+fn tunnelled_handshakes_are_followed_to_the_inner_tcp_by_tc_and_by_xdp() {
+    if !require_root() {
+        return;
+    }
+    for mode in ["tc", "native"] {
+        let lab = Lab::create().expect("lab");
+        let live = Live::events(
+            &lab.server_ns,
+            &lab.server_if,
+            &["--workers", "2", "--xdp-mode", mode],
+        );
+        let (frames, kinds) = tunnel_frames(&lab);
+        lab.inject(&lab.client_ns, &lab.client_if, &frames)
+            .expect("inject");
+        // The refusals are held for the reorder window (0.2 s).
+        thread::sleep(Duration::from_millis(800));
+        let (events, code, stderr) = live.stop();
+        assert_eq!(code, 0, "{mode}: {stderr}");
+        assert_tunnel_events(&events, &kinds);
+        assert_eq!(
+            counter(&stderr, "selected"),
+            frames.len() as u64,
+            "{mode}: {stderr}"
+        );
+    }
+}

@@ -104,6 +104,23 @@ fn every_seed_scenario_is_detected_through_af_xdp_on_a_mirror_port() {
 }
 
 #[test]
+fn tunnelled_handshakes_on_a_mirror_port_are_followed_to_the_inner_tcp() {
+    if !require_root() {
+        return;
+    }
+    let lab = Lab::create().expect("lab");
+    let cap = mirror_port(&lab);
+    let live = Live::events(&lab.server_ns, cap, &["--mode", "tap"]);
+    let (frames, kinds) = tunnel_frames(&lab);
+    lab.inject(&lab.client_ns, &lab.client_if, &frames)
+        .expect("inject");
+    std::thread::sleep(std::time::Duration::from_millis(800));
+    let (events, code, stderr) = live.stop();
+    assert_eq!(code, 0, "{stderr}");
+    assert_tunnel_events(&events, &kinds);
+}
+
+#[test]
 fn tap_mode_refuses_an_interface_with_addresses() {
     if !require_root() {
         return;

@@ -107,6 +107,8 @@ fn be32(b: &[u8], i: usize) -> u32 {
 /// An IP header walked: the protocol after it (extension headers skipped) and where it starts.
 struct L3 {
     next: u8,
+    /// IPv6 extension headers walked.
+    ext: usize,
     l4_off: usize,
     family: u8,
     src: u32,
@@ -129,6 +131,7 @@ fn parse_l3<const EXT: usize, P: Packet>(ctx: &P, off: usize, ethertype: u16) ->
             }
             Ok(L3 {
                 next: ip[9],
+                ext: 0,
                 l4_off: off + ihl,
                 family: 4,
                 src: be32(&ip, 12),
@@ -166,6 +169,7 @@ fn parse_l3<const EXT: usize, P: Packet>(ctx: &P, off: usize, ethertype: u16) ->
             }
             Ok(L3 {
                 next,
+                ext: i,
                 l4_off: l4,
                 family: 6,
                 src: s,
@@ -271,6 +275,11 @@ pub fn parse_tcp<P: Packet>(ctx: &P) -> Result<Tcp, u32> {
     let l3_off = off;
     let mut l3 = parse_l3::<MAX_EXT_HEADERS, P>(ctx, off, proto)?;
     if l3.next != IPPROTO_TCP {
+        // Tunnels only right after the outer header: an extension chain before them would
+        // multiply the paths the verifier walks past its limit.
+        if l3.ext != 0 {
+            return Err(stats::NOT_TCP);
+        }
         let (inner, ethertype) = tunnel(ctx, l3.next, l3.l4_off)?;
         l3 = parse_l3::<0, P>(ctx, inner, ethertype)?;
         if l3.next != IPPROTO_TCP {

@@ -720,3 +720,102 @@ pub fn assert_evidence_files(events: &[serde_json::Value]) -> Vec<(usize, Vec<St
     }
     files
 }
+
+/// One refused handshake (SYN, then RST+ACK acking it) inside each tunnel an LB node carries,
+/// as Ethernet frames from the lab's client to its server: IP-in-IP (LVS TUN, Katran), IPv6
+/// in IPv4, GRE (IP and bridged Ethernet), VXLAN, Geneve, MPLS. Returns the frames and, per
+/// tunnel, its name and the inner client port.
+pub fn tunnel_frames(lab: &Lab) -> (Vec<Vec<u8>>, Vec<(&'static str, u16)>) {
+    use std::net::IpAddr;
+    use synscope::wire::{
+        TcpFlags,
+        emit::{
+            GreFields, SegmentBuilder, eth_frame, ethernet, geneve, gre, ip_tcp, ipip, mpls, vxlan,
+        },
+    };
+    let (o_src, o_dst) = (IpAddr::V4(lab.client_v4), IpAddr::V4(lab.server_v4));
+    let v6 = |a: &str| a.parse::<std::net::Ipv6Addr>().unwrap();
+    let pair = |port: u16, six: bool| -> [SegmentBuilder; 2] {
+        let (c, s): (IpAddr, IpAddr) = if six {
+            (
+                IpAddr::V6(v6("2001:db8:1::1")),
+                IpAddr::V6(v6("2001:db8:2::2")),
+            )
+        } else {
+            ([10, 1, 0, 1].into(), [10, 2, 0, 2].into())
+        };
+        [
+            SegmentBuilder::new(c, port, s, 80)
+                .flags(TcpFlags::SYN)
+                .seq(1000),
+            SegmentBuilder::new(s, 80, c, port)
+                .flags(TcpFlags(0x14))
+                .ack(1001),
+        ]
+    };
+    let kinds: [(&str, u16); 7] = [
+        ("ipip", 41001),
+        ("ip6_in_ip4", 41002),
+        ("gre", 41003),
+        ("gre_ethernet", 41004),
+        ("vxlan", 41005),
+        ("geneve", 41006),
+        ("mpls", 41007),
+    ];
+    let mut frames = Vec::new();
+    for (name, port) in kinds {
+        for b in pair(port, name == "ip6_in_ip4") {
+            let ip = ip_tcp(&b);
+            let f = match name {
+                "ipip" | "ip6_in_ip4" => eth_frame(0x0800, &ipip(o_src, o_dst, &ip)),
+                "gre" => eth_frame(
+                    0x0800,
+                    &gre(
+                        o_src,
+                        o_dst,
+                        GreFields {
+                            key: Some(7),
+                            ..Default::default()
+                        },
+                        0x0800,
+                        &ip,
+                    ),
+                ),
+                "gre_ethernet" => eth_frame(
+                    0x0800,
+                    &gre(
+                        o_src,
+                        o_dst,
+                        GreFields::default(),
+                        0x6558,
+                        &ethernet(&b, &[]),
+                    ),
+                ),
+                "vxlan" => eth_frame(0x0800, &vxlan(o_src, o_dst, 42, &ethernet(&b, &[]))),
+                "geneve" => eth_frame(0x0800, &geneve(o_src, o_dst, 42, &[0; 8], 0x0800, &ip)),
+                _ => eth_frame(0x8847, &mpls(&[100, 200], &ip)),
+            };
+            frames.push(f);
+        }
+    }
+    (frames, kinds.to_vec())
+}
+
+/// Asserts that `events` are exactly a refused handshake per tunnel of [`tunnel_frames`], on
+/// the inner addresses.
+pub fn assert_tunnel_events(events: &[serde_json::Value], kinds: &[(&str, u16)]) {
+    for (name, port) in kinds {
+        let client = if *name == "ip6_in_ip4" {
+            format!("[2001:db8:1::1]:{port}")
+        } else {
+            format!("10.1.0.1:{port}")
+        };
+        let got: Vec<&str> = events
+            .iter()
+            .filter(|e| e["client"] == client.as_str())
+            .map(|e| e["kind"].as_str().unwrap())
+            .collect();
+        assert_eq!(got, ["reset", "syn_rejected"], "{name}: {events:?}");
+    }
+    assert_eq!(events.len(), 2 * kinds.len(), "{events:?}");
+}
