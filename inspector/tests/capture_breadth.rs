@@ -172,6 +172,21 @@ fn assert_refused_everywhere(name: &str, file: &[u8], inner: &Inner) {
     assert_eq!(ev[1]["evidence"]["rst_ack"], u64::from(ISN) + 1, "{name}");
     assert!(!summary.contains("skipped frames"), "{name}: {summary}");
     assert_eq!(lines, inner.tshark_lines(), "{name}: tshark");
+    // Events name the outermost encapsulation; link layers are none.
+    let tunnel = match name {
+        "ipip" | "6in4" | "4in6" | "vxlan_in_ipip" => Some("ipip"),
+        n if n.starts_with("gre") => Some("gre"),
+        n if n.starts_with("mpls") => Some("mpls"),
+        "vxlan" | "geneve" => Some(name),
+        _ => None,
+    };
+    for e in &ev {
+        assert_eq!(
+            e["evidence"]["tunnel"]["kind"].as_str(),
+            tunnel,
+            "{name}: {e}"
+        );
+    }
 }
 
 fn addr(s: &str) -> IpAddr {

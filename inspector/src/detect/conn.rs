@@ -127,6 +127,8 @@ pub(super) struct Conn {
     /// The server answered the SYN with a bare ACK (no SYN): what Linux does when PAWS
     /// rejects a SYN that hits a TIME_WAIT socket.
     pub bare_ack: Option<(u32, u32)>,
+    /// The encapsulation the connection was seen in (its outer addresses for the events).
+    pub tunnel: Option<crate::wire::Tunnel>,
 }
 
 impl Conn {
@@ -163,6 +165,7 @@ impl Conn {
             client_tsval: None,
             paws: None,
             bare_ack: None,
+            tunnel: None,
         }
     }
 

@@ -217,8 +217,17 @@ impl Ctx {
         subject: usize,
         one_way: Option<&'static str>,
         ts: u64,
-        evidence: serde_json::Map<String, Value>,
+        mut evidence: serde_json::Map<String, Value>,
     ) {
+        if let Some(t) = conn.tunnel {
+            let (src, dst) = t.outer.map_or((None, None), |(s, d)| {
+                (Some(s.to_string()), Some(d.to_string()))
+            });
+            evidence.insert(
+                "tunnel".into(),
+                serde_json::json!({ "kind": t.kind.name(), "outer_src": src, "outer_dst": dst }),
+            );
+        }
         if kind != Kind::Reset {
             if conn.reported & kind.bit() != 0 {
                 return;
@@ -511,6 +520,9 @@ impl Engine {
             h.seen = true;
             // Once per flow and direction: the host pair has traffic this way.
             self.ctx.shared.saw_pair(&src.ip, &dst.ip);
+        }
+        if conn.tunnel.is_none() {
+            conn.tunnel = seg.tunnel;
         }
         if role == C
             && let Some((ts, _)) = seg.options.timestamps

@@ -816,6 +816,29 @@ pub fn assert_tunnel_events(events: &[serde_json::Value], kinds: &[(&str, u16)])
             .map(|e| e["kind"].as_str().unwrap())
             .collect();
         assert_eq!(got, ["reset", "syn_rejected"], "{name}: {events:?}");
+        let e = events
+            .iter()
+            .find(|e| e["client"] == client.as_str())
+            .unwrap();
+        let t = &e["evidence"]["tunnel"];
+        let kind = match *name {
+            "ip6_in_ip4" => "ipip",
+            "gre_ethernet" => "gre",
+            n => n,
+        };
+        if kind == "mpls" {
+            assert_eq!(
+                t["outer_src"],
+                serde_json::Value::Null,
+                "no IP around MPLS: {e}"
+            );
+        } else {
+            assert_eq!(
+                (t["outer_src"].as_str(), t["outer_dst"].as_str()),
+                (Some("192.0.2.1"), Some("192.0.2.2")),
+                "{name}: {e}"
+            );
+        }
     }
     assert_eq!(events.len(), 2 * kinds.len(), "{events:?}");
 }
