@@ -8,7 +8,7 @@ use std::path::Path;
 use libfuzzer_sys::fuzz_target;
 use synscope_common::PacketRecord;
 use synscope::{
-    capture::{decode_record, pcap::read_from},
+    capture::{decode_record, pcap::read_sized},
     detect::Config,
     replay::Replayer,
 };
@@ -22,7 +22,10 @@ fuzz_target!(|data: &[u8]| {
         ..Config::default()
     };
     let mut r = Replayer::new(cfg, Some(&mut json));
-    let err = read_from(data, Path::new("fuzz.pcap"), |rec| r.record(rec)).err();
+    let err = read_sized(data, Some(data.len() as u64), Path::new("fuzz.pcap"), |rec| {
+        r.record(rec)
+    })
+    .err();
     let _ = r.finish(err);
     // The same bytes as ring-buffer records (the kernel's side of the contract).
     for chunk in data.chunks(PacketRecord::SIZE) {

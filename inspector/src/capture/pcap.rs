@@ -92,7 +92,8 @@ pub fn read_file(file: &Path, f: impl FnMut(Record<'_>)) -> Result<u64, PcapErro
         file: file.to_owned(),
         source,
     })?;
-    read_from(fh, file, f)
+    let len = fh.metadata().ok().map(|m| m.len());
+    read_sized(fh, len, file, f)
 }
 
 /// A pcapng interface.
@@ -109,6 +110,9 @@ struct Iface {
 struct State<'p, F> {
     file: &'p Path,
     f: F,
+    /// The reader's buffer size at the start, and how far it may grow.
+    start: usize,
+    limit: usize,
     /// Records handed out (frames and skipped ones).
     n: u64,
     /// Legacy pcap: link type, nanosecond timestamps, snap length.
@@ -219,7 +223,7 @@ impl<F: FnMut(Record<'_>)> State<'_, F> {
 
     /// Drives a reader to the end of its input.
     fn run(&mut self, r: &mut impl PcapReaderIterator) -> Result<(), PcapError> {
-        let mut cap = BUFFER;
+        let mut cap = self.start;
         loop {
             match r.next() {
                 Ok((offset, block)) => {
@@ -232,7 +236,7 @@ impl<F: FnMut(Record<'_>)> State<'_, F> {
                         return Err(self.corrupt("read error"));
                     }
                 }
-                Err(ParseError::BufferTooSmall) if cap < MAX_BUFFER => {
+                Err(ParseError::BufferTooSmall) if cap < self.limit => {
                     cap *= 2;
                     r.grow(cap);
                 }
@@ -261,10 +265,32 @@ fn describe<I>(e: &ParseError<I>) -> String {
 
 /// As [`read_file`], from any reader; `file` only names the source in errors.
 pub fn read_from(
-    mut source: impl Read,
+    source: impl Read,
     file: &Path,
     f: impl FnMut(Record<'_>),
 ) -> Result<u64, PcapError> {
+    read_sized(source, None, file, f)
+}
+
+/// As [`read_from`], knowing the input is at most `len` bytes: the reader's buffer then never
+/// grows beyond what the input can hold (a record claiming 60 MiB in a 1 KiB input is
+/// corrupt, not a reason to allocate 64 MiB).
+pub fn read_sized(
+    mut source: impl Read,
+    len: Option<u64>,
+    file: &Path,
+    f: impl FnMut(Record<'_>),
+) -> Result<u64, PcapError> {
+    let fits = len.map_or(MAX_BUFFER, |l| {
+        usize::try_from(l)
+            .unwrap_or(MAX_BUFFER)
+            .saturating_add(1)
+            .next_power_of_two()
+    });
+    let (start, limit) = (
+        fits.clamp(64 << 10, BUFFER),
+        fits.clamp(64 << 10, MAX_BUFFER),
+    );
     let mut head = Vec::new();
     (&mut source)
         .take(HEAD)
@@ -280,16 +306,18 @@ pub fn read_from(
     let mut st = State {
         file,
         f,
+        start,
+        limit,
         n: 0,
         legacy: None,
         ifaces: Vec::new(),
     };
     let input = std::io::Cursor::new(head.as_slice()).chain(source);
     if head.starts_with(&[0x0a, 0x0d, 0x0d, 0x0a]) {
-        let mut r = PcapNGReader::new(BUFFER, input).map_err(|e| fmt_err(describe(&e)))?;
+        let mut r = PcapNGReader::new(start, input).map_err(|e| fmt_err(describe(&e)))?;
         st.run(&mut r)?;
     } else {
-        let mut r = LegacyPcapReader::new(BUFFER, input).map_err(|e| {
+        let mut r = LegacyPcapReader::new(start, input).map_err(|e| {
             fmt_err(match e {
                 ParseError::Incomplete(_) => "shorter than a file header".to_owned(),
                 ParseError::HeaderNotRecognized

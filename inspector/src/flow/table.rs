@@ -325,13 +325,22 @@ impl<V> FlowTable<V> {
         None
     }
 
-    /// Slots whose timer `kind` is armed (end of input: what is still pending).
+    /// Slots whose timer `kind` is armed (end of input: what is still pending), from the
+    /// heap's live entries: proportional to the timers, not to the table's capacity.
     pub fn armed_slots(&self, kind: TimerKind) -> Vec<u32> {
-        (0..self.max as u32)
-            .filter(|&s| {
-                self.vals[s as usize].is_some() && self.armed[s as usize][kind as usize] != 0
+        let mut v: Vec<u32> = self
+            .timers
+            .iter()
+            .filter(|Reverse(t)| {
+                t.kind == kind as u8
+                    && self.vals[t.slot as usize].is_some()
+                    && Self::live(&self.gens, &self.armed, t)
             })
-            .collect()
+            .map(|Reverse(t)| t.slot)
+            .collect();
+        v.sort_unstable();
+        v.dedup();
+        v
     }
 
     /// Bytes this table allocated (index, arena, timer and eviction queues).
@@ -416,6 +425,20 @@ mod tests {
         assert_eq!(t.pop_expired(150), None);
         assert_eq!(t.pop_expired(250), Some((TimerKind::Syn, a, 200)));
         assert_eq!(t.pop_expired(1000), None);
+    }
+
+    #[test]
+    fn deadlines_of_one_kind_fire_in_order_whatever_order_they_were_armed_in() {
+        let mut t = FlowTable::new(4);
+        let (a, _) = t.insert(key(1), (), FlowClass::Open);
+        let (b, _) = t.insert(key(2), (), FlowClass::Open);
+        t.arm(a, TimerKind::Syn, 128_000); // a retransmitting client's late deadline
+        t.arm(b, TimerKind::Syn, 3_750); // a fresh SYN's
+        assert_eq!(t.armed_slots(TimerKind::Syn), vec![a, b]);
+        assert_eq!(t.pop_expired(4_000), Some((TimerKind::Syn, b, 3_750)));
+        assert_eq!(t.pop_expired(4_000), None);
+        assert_eq!(t.pop_expired(200_000), Some((TimerKind::Syn, a, 128_000)));
+        assert!(t.armed_slots(TimerKind::Syn).is_empty());
     }
 
     #[test]

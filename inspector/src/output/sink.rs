@@ -1,0 +1,237 @@
+//! NDJSON destinations (`--json`, `--records`): whole lines only, on their way within
+//! [`FLUSH_EVERY`] of being written, and a write error that never stops detection.
+//!
+//! - Lines collect in a buffer that goes out when the output thread is idle or
+//!   [`FLUSH_EVERY`] after the oldest buffered line, whichever comes first: a reader (`tail -f |
+//!   jq`, Vector, Filebeat) sees an event within 100 ms, and `kill -9` loses at most that much.
+//! - A buffer goes out as one `write_all` of whole lines. If a file write fails midway (a full
+//!   disk), the file is cut back to the end of the last whole line: no reader ever meets half a
+//!   line. The first error is logged at once, later ones once a minute; each is counted
+//!   (`errors`, `lines_lost`) and the run goes on.
+//! - `reopen` (SIGHUP, logrotate's `postrotate`) creates the file anew at its path.
+
+use std::{
+    fs::{File, OpenOptions},
+    io::{self, Seek, Write},
+    path::PathBuf,
+    time::{Duration, Instant},
+};
+
+use serde::Serialize;
+
+/// The longest a written line waits in the buffer.
+pub const FLUSH_EVERY: Duration = Duration::from_millis(100);
+/// A buffer this full goes out at once.
+const FLUSH_BYTES: usize = 256 * 1024;
+const ERROR_LOG_EVERY: Duration = Duration::from_secs(60);
+
+/// Where NDJSON goes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum JsonSink {
+    Stdout,
+    File(PathBuf),
+}
+
+impl JsonSink {
+    /// `-` is stdout, anything else a file path.
+    pub fn parse(s: &str) -> Self {
+        if s == "-" {
+            Self::Stdout
+        } else {
+            Self::File(PathBuf::from(s))
+        }
+    }
+
+    fn name(&self) -> String {
+        match self {
+            Self::Stdout => "stdout".to_owned(),
+            Self::File(p) => p.display().to_string(),
+        }
+    }
+}
+
+enum Out {
+    Stdout(io::Stdout),
+    File(File),
+}
+
+/// A line-oriented NDJSON writer (module docs).
+pub struct LineSink {
+    target: JsonSink,
+    out: Out,
+    buf: Vec<u8>,
+    /// Lines in `buf`.
+    pending: u64,
+    /// When the oldest line in `buf` was written.
+    oldest: Option<Instant>,
+    /// File offset after the last whole line that reached the file.
+    committed: u64,
+    /// Failed writes, and the lines they lost.
+    pub errors: u64,
+    pub lines_lost: u64,
+    /// The reader of stdout went away (`| head`): nothing more can be written.
+    pub closed: bool,
+    last_error_log: Option<Instant>,
+}
+
+fn open_file(p: &PathBuf, truncate: bool) -> io::Result<File> {
+    let mut o = OpenOptions::new();
+    o.create(true).write(true);
+    if truncate {
+        o.truncate(true);
+    } else {
+        o.append(true);
+    }
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut o, 0o640);
+    o.open(p)
+}
+
+impl LineSink {
+    /// Opens `target` (a file is created anew, mode 0640).
+    pub fn open(target: &JsonSink) -> anyhow::Result<Self> {
+        let out = match target {
+            JsonSink::Stdout => Out::Stdout(io::stdout()),
+            JsonSink::File(p) => Out::File(open_file(p, true).map_err(|e| {
+                anyhow::anyhow!("cannot create output file {}: {e}", p.display())
+            })?),
+        };
+        Ok(Self {
+            target: target.clone(),
+            out,
+            buf: Vec::with_capacity(64 * 1024),
+            pending: 0,
+            oldest: None,
+            committed: 0,
+            errors: 0,
+            lines_lost: 0,
+            closed: false,
+            last_error_log: None,
+        })
+    }
+
+    /// Buffers `value` as one line; sends the buffer when it is large.
+    pub fn line(&mut self, value: &impl Serialize) {
+        if self.closed {
+            return;
+        }
+        let start = self.buf.len();
+        if serde_json::to_writer(&mut self.buf, value).is_err() {
+            self.buf.truncate(start);
+            return;
+        }
+        self.buf.push(b'\n');
+        self.pending += 1;
+        self.oldest.get_or_insert_with(Instant::now);
+        if self.buf.len() >= FLUSH_BYTES {
+            self.flush();
+        }
+    }
+
+    /// Sends the buffer if its oldest line has waited [`FLUSH_EVERY`].
+    pub fn flush_if_due(&mut self) {
+        if self.oldest.is_some_and(|t| t.elapsed() >= FLUSH_EVERY) {
+            self.flush();
+        }
+    }
+
+    /// Sends every buffered line now.
+    pub fn flush(&mut self) {
+        if self.buf.is_empty() {
+            return;
+        }
+        let r = match &mut self.out {
+            Out::Stdout(s) => {
+                let mut l = s.lock();
+                l.write_all(&self.buf).and_then(|()| l.flush())
+            }
+            Out::File(f) => f.write_all(&self.buf),
+        };
+        match r {
+            Ok(()) => self.committed += self.buf.len() as u64,
+            Err(e) => self.failed(e),
+        }
+        self.buf.clear();
+        self.pending = 0;
+        self.oldest = None;
+    }
+
+    fn failed(&mut self, e: io::Error) {
+        if e.kind() == io::ErrorKind::BrokenPipe {
+            self.closed = true;
+            return;
+        }
+        self.errors += 1;
+        self.lines_lost += self.pending;
+        if let Out::File(f) = &mut self.out {
+            // Cut a partly written buffer back to the last whole line.
+            let _ = f.set_len(self.committed);
+            let _ = f.seek(io::SeekFrom::Start(self.committed));
+        }
+        if self
+            .last_error_log
+            .is_none_or(|t| t.elapsed() >= ERROR_LOG_EVERY)
+        {
+            self.last_error_log = Some(Instant::now());
+            tracing::error!(
+                output = %self.target.name(),
+                error = %e,
+                errors = self.errors,
+                lines_lost = self.lines_lost,
+                "cannot write NDJSON output; detection goes on, these lines are lost"
+            );
+        }
+    }
+
+    /// Creates the file anew at its path (after logrotate moved it away); stdout stays.
+    pub fn reopen(&mut self) {
+        self.flush();
+        if let JsonSink::File(p) = &self.target {
+            match open_file(p, false) {
+                Ok(f) => {
+                    self.committed = f.metadata().map(|m| m.len()).unwrap_or(0);
+                    self.out = Out::File(f);
+                    tracing::info!(output = %p.display(), "reopened");
+                }
+                Err(e) => self.failed(e),
+            }
+        }
+    }
+}
+
+impl Drop for LineSink {
+    fn drop(&mut self) {
+        self.flush();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lines_wait_at_most_the_flush_period_and_go_out_whole() {
+        let dir = std::env::temp_dir().join(format!("synscope-sink-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = dir.join("a.ndjson");
+        let mut s = LineSink::open(&JsonSink::File(p.clone())).unwrap();
+        s.line(&serde_json::json!({"n": 1}));
+        s.flush_if_due();
+        assert_eq!(std::fs::read_to_string(&p).unwrap(), "", "buffered");
+        std::thread::sleep(FLUSH_EVERY);
+        s.flush_if_due();
+        assert_eq!(std::fs::read_to_string(&p).unwrap(), "{\"n\":1}\n");
+        // Rotation: the file moves away, reopen creates it anew.
+        std::fs::rename(&p, dir.join("a.ndjson.1")).unwrap();
+        s.line(&serde_json::json!({"n": 2}));
+        s.reopen();
+        s.line(&serde_json::json!({"n": 3}));
+        s.flush();
+        assert_eq!(
+            std::fs::read_to_string(dir.join("a.ndjson.1")).unwrap(),
+            "{\"n\":1}\n{\"n\":2}\n"
+        );
+        assert_eq!(std::fs::read_to_string(&p).unwrap(), "{\"n\":3}\n");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
