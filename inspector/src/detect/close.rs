@@ -46,8 +46,11 @@ impl Engine {
             h.fin_count = 1;
             h.acked_at_fin = ack.then_some(seg.ack);
             if conn.half[peer].fin_ns == 0 {
-                self.table
-                    .arm(slot, TimerKind::Fin, now + self.ctx.cfg.fin_timeout);
+                self.table.arm(
+                    slot,
+                    TimerKind::Fin,
+                    now.saturating_add(self.ctx.cfg.fin_timeout),
+                );
             }
         } else {
             h.fin_count = h.fin_count.saturating_add(1);
@@ -86,8 +89,11 @@ impl Engine {
         self.table.set_class(slot, FlowClass::Closed);
         self.table.disarm(slot, TimerKind::Syn);
         self.table.disarm(slot, TimerKind::SynAck);
-        self.table
-            .arm(slot, TimerKind::Expire, now + self.ctx.cfg.closed_linger);
+        self.table.arm(
+            slot,
+            TimerKind::Expire,
+            now.saturating_add(self.ctx.cfg.closed_linger),
+        );
     }
 
     /// `fin_timeout` after the first FIN: unanswered if neither acked nor answered by a FIN

@@ -119,6 +119,8 @@ pub(super) struct Conn {
     /// Kinds already reported on this connection (bits of `Kind::bit`).
     pub reported: u16,
     pub closed_ns: u64,
+    /// An accepted RST ended the connection: nobody holds TIME_WAIT.
+    pub closed_by_rst: bool,
     /// The newest TSval the client sent (remembered for the PAWS check when the server
     /// closes first).
     pub client_tsval: Option<u32>,
@@ -162,6 +164,7 @@ impl Conn {
             held_rst: None,
             reported: 0,
             closed_ns: 0,
+            closed_by_rst: false,
             client_tsval: None,
             paws: None,
             bare_ack: None,

@@ -494,8 +494,11 @@ impl Engine {
                     .get(slot)
                     .is_some_and(|c| c.state == State::Midstream)
                 {
-                    self.table
-                        .arm(slot, TimerKind::Expire, now + self.ctx.cfg.established_idle);
+                    self.table.arm(
+                        slot,
+                        TimerKind::Expire,
+                        now.saturating_add(self.ctx.cfg.established_idle),
+                    );
                 }
                 slot
             }
@@ -566,6 +569,18 @@ impl Engine {
                 has_ack: ack,
                 seq_len: seq_len(seg),
             });
+            let busy = matches!(conn.state, State::Established | State::Midstream)
+                && conn.late_ack_ns == 0;
+            // `established_idle` counts from the last packet: re-armed at most once a second.
+            let idle = now.saturating_add(self.ctx.cfg.established_idle);
+            if busy
+                && self
+                    .table
+                    .deadline(slot, TimerKind::Expire)
+                    .is_some_and(|d| d.saturating_add(SEC) < idle)
+            {
+                self.table.arm(slot, TimerKind::Expire, idle);
+            }
         }
     }
 

@@ -246,14 +246,38 @@ fn synack_acking_the_wrong_isn_is_flagged() {
 }
 
 #[test]
-fn synack_retransmitted_after_the_final_ack_is_accept_queue_overflow() {
+fn synack_retransmitted_while_the_clients_data_goes_unacked_is_accept_queue_overflow() {
     let mut sim = Sim::new();
     handshake(&mut sim, 1, 0);
-    sim.at(1003, s(1, SA, 5000, 1001));
+    sim.at(3, c(1, ACK, 1001, 5001).payload(b"GET / HTTP/1.1\r\n\r\n"))
+        .at(1003, s(1, SA, 5000, 1001));
     let e = sim.one(Kind::AcceptQueueOverflow);
     assert_eq!(e.ev("signature"), "ack_dropped");
     assert_eq!(e.ev("synack_after_ack"), 1);
     assert_eq!(e.ev("stall_us"), 1_001_000);
+}
+
+#[test]
+fn synack_retransmitted_after_a_bare_ack_or_a_retransmitted_syn_is_no_overflow() {
+    // TCP_DEFER_ACCEPT drops the bare ACK and resends its SYN-ACK; the data is then taken.
+    let mut sim = Sim::new();
+    handshake(&mut sim, 1, 0);
+    sim.at(1010, s(1, SA, 5000, 1001))
+        .at(1011, c(1, ACK, 1001, 5001))
+        .at(2500, c(1, ACK, 1001, 5001).payload(b"GET"))
+        .at(2501, s(1, ACK, 5001, 1004))
+        .until(10_000);
+    assert_eq!(sim.kinds(), Vec::<&str>::new());
+    // High RTT: the second SYN-ACK answers the retransmitted SYN.
+    let mut sim = Sim::new();
+    sim.at(0, c(1, SYN, 1000, 0))
+        .at(1000, c(1, SYN, 1000, 0))
+        .at(1200, s(1, SA, 5000, 1001))
+        .at(1201, c(1, ACK, 1001, 5001))
+        .at(1210, c(1, ACK, 1001, 5001).payload(b"GET"))
+        .at(1250, s(1, SA, 5000, 1001))
+        .until(10_000);
+    assert_eq!(sim.kinds(), ["syn_retransmitted"]);
 }
 
 #[test]
@@ -422,19 +446,47 @@ fn older_tsval_after_a_server_closed_connection_is_a_nat_collision() {
 }
 
 #[test]
-fn new_isn_on_a_recently_closed_tuple_is_reuse() {
+fn a_new_isn_the_servers_time_wait_rejects_is_reuse_and_harmless_reuse_is_not() {
+    // The server closed first (it holds TIME_WAIT); the new SYN's ISN lies behind the old
+    // connection's sequence space and carries no timestamp: rejected (RFC 6191).
+    let server_closes_first = |sim: &mut Sim| {
+        handshake(sim, 1, 0);
+        sim.at(10, s(1, FA, 5001, 1001))
+            .at(11, c(1, FA, 1001, 5002))
+            .at(12, s(1, ACK, 5002, 1002));
+    };
+    let mut sim = Sim::new();
+    server_closes_first(&mut sim);
+    sim.at(10_000, c(1, SYN, 500, 0));
+    let e = sim.one(Kind::SynTupleReuse);
+    assert_eq!(e.ev("prev_state"), "closed");
+    assert_eq!(e.ev("prev_isn"), 1000);
+    assert_eq!(e.ev("isn"), 500);
+    let ep = sim.eng.endpoints().iter().next().unwrap().1;
+    assert_eq!((ep.syns, ep.established, ep.closed_normally), (2, 1, 1));
+    // Linux accepts a SYN beyond the old sequence space in TIME_WAIT: no collision.
+    let mut sim = Sim::new();
+    server_closes_first(&mut sim);
+    sim.at(10_000, c(1, SYN, 900_000, 0));
+    assert_eq!(sim.kinds(), Vec::<&str>::new());
+    // The client closed first (the server holds nothing), a RST ended it, or the old attempt
+    // was never answered: no collision either.
     let mut sim = Sim::new();
     handshake(&mut sim, 1, 0);
     sim.at(10, c(1, FA, 1001, 5001))
         .at(11, s(1, FA, 5001, 1002))
-        .at(12, c(1, ACK, 1002, 5002));
-    sim.at(10_000, c(1, SYN, 900_000, 0));
-    let e = sim.one(Kind::SynTupleReuse);
-    assert_eq!(e.ev("prev_state"), "closed");
-    assert_eq!(e.ev("prev_isn"), 1000);
-    assert_eq!(e.ev("isn"), 900_000);
-    let ep = sim.eng.endpoints().iter().next().unwrap().1;
-    assert_eq!((ep.syns, ep.established, ep.closed_normally), (2, 1, 1));
+        .at(12, c(1, ACK, 1002, 5002))
+        .at(10_000, c(1, SYN, 500, 0));
+    handshake(&mut sim, 2, 0);
+    sim.at(500, c(2, RA, 1001, 5001))
+        .at(2000, c(2, SYN, 500, 0));
+    sim.at(0, c(3, SYN, 7000, 0)).at(20_000, c(3, SYN, 9000, 0));
+    sim.until(100_000);
+    assert!(!sim.kinds().contains(&"syn_tuple_reuse"), "{:?}", sim.kinds());
+    // A second ISN while the first SYN still waits for its answer is a collision.
+    let mut sim = Sim::new();
+    sim.at(0, c(1, SYN, 1000, 0)).at(500, c(1, SYN, 77, 0));
+    assert_eq!(sim.kinds(), ["syn_tuple_reuse"]);
 }
 
 #[test]

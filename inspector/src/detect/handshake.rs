@@ -15,6 +15,7 @@ use super::{
     conn::{C, Conn, S, State},
     engine::{Ctx, Ended, Engine, MS, Packet, SEC},
     event::{Event, Kind},
+    seq::seq_lt,
     stats::Latency,
 };
 use crate::{
@@ -51,6 +52,8 @@ impl Engine {
         let seg = p.seg;
         let tsval = seg.options.timestamps.map(|t| t.0);
         let cfg_syn = self.ctx.cfg.syn_timeout;
+        let pending_syn = self.table.is_armed(slot, TimerKind::Syn);
+        let pending_synack = self.table.is_armed(slot, TimerKind::SynAck);
         let Some(conn) = self.table.get_mut(slot) else {
             return;
         };
@@ -87,13 +90,17 @@ impl Engine {
             return;
         }
         if conn.syn_count > 0 || conn.state != State::SynSent {
-            // A new ISN on a tuple already known: report reuse unless the old connection
-            // closed more than 2·MSL ago, never completed a handshake (refused or
-            // unanswered: nothing on the server can collide) or was only seen mid-stream.
-            let finished_attempt = conn.state == State::Closed && conn.ack_ns == 0;
-            let recent =
-                conn.state != State::Closed || now.saturating_sub(conn.closed_ns) < 60 * SEC;
-            let report = recent && !finished_attempt && !conn.midstream;
+            // A new ISN on a tuple already known: a collision only where the old connection
+            // is still alive or its TIME_WAIT rejects the SYN.
+            let report = !conn.midstream
+                && match conn.state {
+                    // A second ISN while the first attempt still waits for its answer.
+                    State::SynSent => pending_syn,
+                    State::SynReceived => conn.early_rst.is_none() && pending_synack,
+                    State::Established => true,
+                    State::Midstream => false,
+                    State::Closed => time_wait_rejects(conn, now, seg.seq, tsval),
+                };
             let (prev_state, prev_isn, had_syn) = (conn.state, conn.client_isn, conn.syn_count > 0);
             if report {
                 let ev = evidence! {
@@ -232,6 +239,7 @@ impl Engine {
                 conn.synack_count = 1;
             }
             State::SynReceived | State::Established if seg.seq == conn.server_isn => {
+                let prev = conn.synack_last;
                 let gap = now.saturating_sub(conn.synack_last);
                 conn.synack_count = conn.synack_count.saturating_add(1);
                 conn.synack_gap = gap;
@@ -244,7 +252,7 @@ impl Engine {
                         quiet_deadline(now, gap, cfg_synack),
                     );
                 }
-                self.check_ack_dropped(slot, now, out);
+                self.check_ack_dropped(slot, now, prev, out);
             }
             _ => {}
         }
@@ -267,10 +275,22 @@ impl Engine {
         let Some(conn) = self.table.get_mut(slot) else {
             return;
         };
+        // The server's socket talks after a probe's late ACK (a banner: SSH, SMTP, FTP): the
+        // client's kernel will reset it, nothing leaks.
+        if role == S && conn.late_ack_ns != 0 && (seg.payload_len > 0 || fin) {
+            self.table.disarm(slot, TimerKind::Leak);
+        }
+        let Some(conn) = self.table.get_mut(slot) else {
+            return;
+        };
+        // A completing ACK acks the SYN-ACK; with TCP Fast Open it may also ack data the
+        // server sent right after it (Linux accepts any ack in (ISN, SND.NXT] there).
+        let completes = ack
+            && (seg.ack == conn.server_isn.wrapping_add(1)
+                || (seq_lt(conn.server_isn.wrapping_add(1), seg.ack)
+                    && conn.half[S].next_seq.is_some_and(|n| !seq_lt(n, seg.ack))));
         match conn.state {
-            State::SynReceived
-                if role == C && ack && seg.ack == conn.server_isn.wrapping_add(1) =>
-            {
+            State::SynReceived if role == C && completes => {
                 if conn.early_rst.is_some() {
                     self.on_late_ack(slot, now, out);
                 } else {
@@ -313,8 +333,11 @@ impl Engine {
         self.table.disarm(slot, TimerKind::Syn);
         self.table.disarm(slot, TimerKind::SynAck);
         self.table.set_class(slot, FlowClass::Open);
-        self.table
-            .arm(slot, TimerKind::Expire, now + self.ctx.cfg.established_idle);
+        self.table.arm(
+            slot,
+            TimerKind::Expire,
+            now.saturating_add(self.ctx.cfg.established_idle),
+        );
         let st = self.ctx.endpoints.get(server_ep);
         st.established += 1;
         if retrying {
@@ -353,15 +376,21 @@ impl Engine {
                         .syn_retry_ended += 1;
                 }
                 self.unanswered_syn(slot, at, ended, out);
-                self.table
-                    .arm(slot, TimerKind::Expire, at + self.ctx.cfg.closed_linger);
+                self.table.arm(
+                    slot,
+                    TimerKind::Expire,
+                    at.saturating_add(self.ctx.cfg.closed_linger),
+                );
             }
             TimerKind::SynAck if conn.state == State::SynReceived && conn.early_rst.is_none() => {
                 let (kind, subject, one_way, ev) =
                     unacked_synack_verdict(&self.ctx, &key, conn, ended);
                 self.emit(out, slot, kind, subject, one_way, at, ev);
-                self.table
-                    .arm(slot, TimerKind::Expire, at + self.ctx.cfg.closed_linger);
+                self.table.arm(
+                    slot,
+                    TimerKind::Expire,
+                    at.saturating_add(self.ctx.cfg.closed_linger),
+                );
             }
             _ => {}
         }
@@ -394,6 +423,28 @@ pub(super) fn unacked_synack_verdict(
         "ended" => ended.as_str(),
     };
     (Kind::SynackUnacked, S, one_way, ev)
+}
+
+/// Whether the server's TIME_WAIT from the connection that closed on this tuple rejects a new
+/// SYN (Linux `tcp_timewait_state_process`, RFC 6191): only the side that closed first holds
+/// TIME_WAIT (none after a RST), for 2·MSL; it takes a SYN whose TSval is newer, or without
+/// timestamps one whose ISN lies beyond the old connection's sequence space.
+fn time_wait_rejects(conn: &Conn, now: u64, isn: u32, tsval: Option<u32>) -> bool {
+    let (fc, fs) = (conn.half[C].fin_ns, conn.half[S].fin_ns);
+    let server_first = fs != 0 && (fc == 0 || fs <= fc);
+    if conn.ack_ns == 0
+        || conn.closed_by_rst
+        || !server_first
+        || now.saturating_sub(conn.closed_ns) >= 60 * SEC
+    {
+        return false;
+    }
+    match (conn.client_tsval, tsval) {
+        (Some(recent), Some(v)) => (recent.wrapping_sub(v) as i32) >= 0,
+        _ => conn.half[C]
+            .next_seq
+            .is_some_and(|rcv_nxt| !seq_lt(rcv_nxt, isn)),
+    }
 }
 
 /// The first SYN of a handshake.

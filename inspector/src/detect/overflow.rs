@@ -1,6 +1,10 @@
 //! `accept_queue_overflow`: a live listener that drops what completes or opens handshakes.
-//! (a) `ack_dropped`: the client's completing ACK was seen and the server still retransmits
-//! its SYN-ACK (Linux drops the ACK of a full accept queue with `tcp_abort_on_overflow=0`).
+//! (a) `ack_dropped`: the client's completing ACK was seen, the client sent data the server
+//! never acknowledged, and the server still retransmits its SYN-ACK (Linux drops the ACK — and
+//! everything after it — of a full accept queue with `tcp_abort_on_overflow=0`). A SYN-ACK
+//! retransmitted after a bare ACK alone is no evidence: `TCP_DEFER_ACCEPT` listeners (nginx
+//! `deferred`, Apache's `AcceptFilter`) drop bare ACKs by design, and an ACK lost after the
+//! tap looks the same; nor is a SYN-ACK that answers a retransmitted SYN.
 //! (b) `syn_dropped`: a SYN stream to an endpoint that completed other handshakes less than
 //! `listener_alive` before ends unanswered: the listener is alive but drops SYNs.
 
@@ -10,16 +14,34 @@ use super::{
     conn::{C, S},
     engine::{Ended, Engine, MS},
     event::{Event, Kind},
+    seq::seq_lt,
 };
 use crate::evidence;
 
 impl Engine {
-    /// A SYN-ACK retransmission after the client's completing ACK: case (a).
-    pub(super) fn check_ack_dropped(&mut self, slot: u32, now: u64, out: &mut Vec<Event>) {
+    /// A SYN-ACK retransmission after the client's completing ACK (`prev_synack`: when the
+    /// SYN-ACK before it was seen): case (a).
+    pub(super) fn check_ack_dropped(
+        &mut self,
+        slot: u32,
+        now: u64,
+        prev_synack: u64,
+        out: &mut Vec<Event>,
+    ) {
         let Some(conn) = self.table.get_mut(slot) else {
             return;
         };
-        if conn.ack_ns == 0 || conn.early_rst.is_some() {
+        // The server's own retransmission timer starts at 1 s (TCP_TIMEOUT_INIT); a SYN-ACK
+        // sooner than that after the previous one answers a retransmitted SYN.
+        let answers_syn = conn.syn_last > prev_synack
+            || (conn.syn_count > 1 && now.saturating_sub(prev_synack) < 900 * MS);
+        if conn.ack_ns == 0 || conn.early_rst.is_some() || answers_syn {
+            return;
+        }
+        let first_data = conn.client_isn.wrapping_add(1).wrapping_add(conn.syn_data);
+        let sent = conn.half[C].next_seq.filter(|&n| seq_lt(first_data, n));
+        let unacked = sent.is_some_and(|n| conn.half[S].acked.is_none_or(|a| seq_lt(a, n)));
+        if !unacked {
             return;
         }
         conn.synack_after_ack = conn.synack_after_ack.saturating_add(1);

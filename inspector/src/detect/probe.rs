@@ -51,11 +51,17 @@ impl Engine {
         let ev = probe_evidence(&early, conn.syn_tsval);
         self.emit(out, slot, Kind::ProbeRstBeforeAck, C, None, now, ev);
         if leak_expected {
-            self.table
-                .arm(slot, TimerKind::Leak, now + self.ctx.cfg.leak_confirm);
+            self.table.arm(
+                slot,
+                TimerKind::Leak,
+                now.saturating_add(self.ctx.cfg.leak_confirm),
+            );
         } else {
-            self.table
-                .arm(slot, TimerKind::Expire, now + self.ctx.cfg.closed_linger);
+            self.table.arm(
+                slot,
+                TimerKind::Expire,
+                now.saturating_add(self.ctx.cfg.closed_linger),
+            );
         }
     }
 
@@ -74,7 +80,7 @@ impl Engine {
         self.table.arm(
             slot,
             TimerKind::Expire,
-            deadline + self.ctx.cfg.established_idle,
+            deadline.saturating_add(self.ctx.cfg.established_idle),
         );
     }
 }

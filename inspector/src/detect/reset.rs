@@ -10,7 +10,7 @@ use super::{
     conn::{C, EarlyRst, HeldRst, S, State},
     engine::{Engine, Packet},
     event::{Event, Kind},
-    seq::ts_older,
+    seq::syn_recv_paws_reject,
 };
 use crate::{
     evidence,
@@ -298,14 +298,22 @@ impl Engine {
             data_seen: conn.data_seen,
         };
         let (mut class, phase, mut eff) = classify(&input, &windows);
-        // The server in SYN_RECV drops a RST that fails PAWS against the SYN's timestamp
-        // (Linux `tcp_check_req`: `tcp_paws_reject` with the RST flag).
+        // A server in SYN_RECV (Linux `tcp_check_req`) ignores a RST+ACK whose ack is not its
+        // ISN+1, drops one that fails PAWS (window 0) or lies outside [RCV.NXT, RCV.NXT +
+        // window), and otherwise resets the request: no challenge ACK there.
         let tsval = seg.options.timestamps.map(|t| t.0);
         let paws_fail = in_syn_recv
-            && matches!((conn.syn_tsval, tsval), (Some(recent), Some(v)) if ts_older(recent, v));
+            && matches!((conn.syn_tsval, tsval), (Some(recent), Some(v)) if syn_recv_paws_reject(recent, v));
         let in_window = eff != Effect::None;
-        if paws_fail {
-            (class, eff) = (RstClass::OutOfWindow, Effect::None);
+        if in_syn_recv {
+            let bad_ack = has_ack && seg.ack != conn.server_isn.wrapping_add(1);
+            (class, eff) = if paws_fail || !in_window || bad_ack {
+                (RstClass::OutOfWindow, Effect::None)
+            } else if has_ack {
+                (RstClass::Active, Effect::Reset)
+            } else {
+                (RstClass::Passive, Effect::Reset)
+            };
         }
         conn.half[role].rst_seen = true;
         self.ctx.tally.rst(Endpoint::from(seg.src).ip, class);
@@ -325,7 +333,8 @@ impl Engine {
                 self.ctx.endpoints.get(server_ep).syn_retry_ended += 1;
             }
             self.table.disarm(slot, TimerKind::Syn);
-            self.table.arm(slot, TimerKind::Settle, now + reorder);
+            self.table
+                .arm(slot, TimerKind::Settle, now.saturating_add(reorder));
             return;
         }
         self.ctx
@@ -354,7 +363,14 @@ impl Engine {
                 paws_fail,
             });
             self.table.disarm(slot, TimerKind::SynAck);
-            // Stay in SYN_RECV: a rejected RST leaves the server's request socket alive.
+            // Stay in SYN_RECV: a rejected RST leaves the server's request socket alive. The
+            // flow leaves the table unless the late ACK comes.
+            self.table.arm(
+                slot,
+                TimerKind::Expire,
+                now.saturating_add(reorder)
+                    .saturating_add(self.ctx.cfg.closed_linger),
+            );
             return;
         }
         if role == C && conn.state == State::SynSent {
@@ -362,8 +378,11 @@ impl Engine {
             // of another connection) and keeps trying: its attempt is not over.
             return;
         }
-        if role == S && conn.late_ack_ns != 0 {
-            // The server answered the probe's late ACK: no leak.
+        if eff == Effect::Reset && conn.state != State::Closed {
+            conn.closed_by_rst = true;
+        }
+        if conn.late_ack_ns != 0 && (role == S || eff == Effect::Reset) {
+            // The server answered the probe's late ACK, or took a RST after it: no leak.
             self.table.disarm(slot, TimerKind::Leak);
         }
         if eff == Effect::Reset {

@@ -11,6 +11,13 @@ pub fn ts_older(ts_recent: u32, tsval: u32) -> bool {
     (ts_recent.wrapping_sub(tsval) as i32) > 1
 }
 
+/// Whether a server in SYN_RECV drops a RST carrying `tsval` by PAWS against the SYN's
+/// `ts_recent` (Linux `tcp_check_req` → `tcp_paws_reject` → `tcp_paws_check(rx_opt, 0)`): a
+/// window of 0, and never when `ts_recent` is 0.
+pub fn syn_recv_paws_reject(ts_recent: u32, tsval: u32) -> bool {
+    ts_recent != 0 && (ts_recent.wrapping_sub(tsval) as i32) > 0
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -20,6 +27,14 @@ mod tests {
         assert!(seq_lt(u32::MAX - 5, 3));
         assert!(!seq_lt(3, u32::MAX - 5));
         assert!(!seq_lt(7, 7));
+    }
+
+    #[test]
+    fn syn_recv_paws_has_no_window_and_exempts_a_zero_ts_recent() {
+        assert!(syn_recv_paws_reject(1_000_000, 999_999));
+        assert!(!syn_recv_paws_reject(1_000_000, 1_000_000));
+        assert!(syn_recv_paws_reject(1_000_000, 0));
+        assert!(!syn_recv_paws_reject(0, 5));
     }
 
     #[test]
