@@ -124,6 +124,8 @@ pub(super) struct Conn {
     /// The newest TSval the client sent (remembered for the PAWS check when the server
     /// closes first).
     pub client_tsval: Option<u32>,
+    /// `client_tsval` before the packet being processed (what a TIME_WAIT remembers).
+    pub client_tsval_before: Option<u32>,
     /// PAWS NAT collision pending its answer: (prev_tsval, prev_age_ns, tsval).
     pub paws: Option<(u32, u64, u32)>,
     /// The server answered the SYN with a bare ACK (no SYN): what Linux does when PAWS
@@ -166,6 +168,7 @@ impl Conn {
             closed_ns: 0,
             closed_by_rst: false,
             client_tsval: None,
+            client_tsval_before: None,
             paws: None,
             bare_ack: None,
             tunnel: None,

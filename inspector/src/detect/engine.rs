@@ -6,7 +6,7 @@
 //! | file | verdicts |
 //! |---|---|
 //! | `handshake.rs` | `syn_unanswered`, `syn_retransmitted`, `synack_unacked`, `synack_wrong_ack`, `syn_tuple_reuse`, TCP Fast Open |
-//! | `reset.rs` / `rst.rs` | `reset` (class, phase, effect) and `syn_rejected` |
+//! | `reset.rs` | `reset` (class, phase, effect) and `syn_rejected` |
 //! | `probe.rs` | `probe_rst_before_ack`, `probe_connection_leak` |
 //! | `overflow.rs` | `accept_queue_overflow` |
 //! | `paws.rs` | `paws_nat_collision` |
@@ -527,6 +527,7 @@ impl Engine {
         if conn.tunnel.is_none() {
             conn.tunnel = seg.tunnel;
         }
+        conn.client_tsval_before = conn.client_tsval;
         if role == C
             && let Some((ts, _)) = seg.options.timestamps
         {

@@ -482,7 +482,11 @@ fn a_new_isn_the_servers_time_wait_rejects_is_reuse_and_harmless_reuse_is_not() 
         .at(2000, c(2, SYN, 500, 0));
     sim.at(0, c(3, SYN, 7000, 0)).at(20_000, c(3, SYN, 9000, 0));
     sim.until(100_000);
-    assert!(!sim.kinds().contains(&"syn_tuple_reuse"), "{:?}", sim.kinds());
+    assert!(
+        !sim.kinds().contains(&"syn_tuple_reuse"),
+        "{:?}",
+        sim.kinds()
+    );
     // A second ISN while the first SYN still waits for its answer is a collision.
     let mut sim = Sim::new();
     sim.at(0, c(1, SYN, 1000, 0)).at(500, c(1, SYN, 77, 0));
@@ -834,4 +838,84 @@ fn a_passive_rst_with_data_still_in_flight_is_accepted() {
             &Value::from(5001)
         )
     );
+}
+
+#[test]
+fn a_half_open_probe_leaves_the_table_and_a_later_reuse_is_no_collision() {
+    let mut sim = Sim::new();
+    sim.at(0, c(1, SYN, 1000, 0))
+        .at(1, s(1, SA, 5000, 1001))
+        .at(2, c(1, TcpFlags::RST, 1001, 0)) // nmap -sS, half-open monitors
+        .until(120_000);
+    assert_eq!(sim.eng.table_stats().live, 0, "expired");
+    sim.at(1_800_000, c(1, SYN, 77, 0));
+    assert!(
+        !sim.kinds().contains(&"syn_tuple_reuse"),
+        "{:?}",
+        sim.kinds()
+    );
+}
+
+#[test]
+fn a_banner_or_an_accepted_rst_after_the_late_ack_is_no_leak() {
+    // The server speaks first (SSH): the client's kernel resets the connection.
+    let mut sim = probe(Some(0), 1001);
+    sim.at(10, s(1, ACK, 5001, 1001).payload(b"SSH-2.0-"))
+        .at(11, c(1, TcpFlags::RST, 1001, 0))
+        .until(5000);
+    assert_eq!(
+        sim.kinds(),
+        ["reset", "probe_rst_before_ack", "reset"],
+        "no probe_connection_leak"
+    );
+}
+
+#[test]
+fn a_busy_connection_outlives_the_idle_timeout_counted_from_its_handshake() {
+    let mut sim = Sim::new();
+    handshake(&mut sim, 1, 0);
+    let mut seq = 1001u32;
+    for t in (10_000..=390_000).step_by(10_000) {
+        sim.at(t, c(1, ACK, seq, 5001).payload(b"ping"));
+        seq += 4;
+    }
+    sim.at(405_000, s(1, RA, 5001, seq));
+    let r = sim.one(Kind::Reset);
+    assert_eq!(r.ev("phase"), "established", "{:?}", r.evidence);
+    assert_eq!(r.ev("expected_seq"), 5001);
+}
+
+#[test]
+fn a_fast_open_clients_first_ack_may_cover_the_servers_early_data() {
+    let mut sim = Sim::new();
+    sim.at(
+        0,
+        c(1, SYN, 1000, 0).fastopen(&[7; 8]).payload(b"0123456789"),
+    )
+    .at(1, s(1, SA, 5000, 1011))
+    .at(2, s(1, ACK, 5001, 1011).payload(b"response"))
+    .at(30, c(1, ACK, 1011, 5009))
+    .until(100_000);
+    assert_eq!(sim.kinds(), Vec::<&str>::new());
+    assert_eq!(sim.eng.endpoints().iter().next().unwrap().1.established, 1);
+}
+
+#[test]
+fn capture_times_near_the_end_of_the_clock_do_not_overflow() {
+    let mut sim = Sim::new();
+    let s1 = seg(c(1, SYN, 1000, 0));
+    let s2 = seg(s(1, SA, 5000, 1001));
+    let s3 = seg(c(1, ACK, 1001, 5001));
+    for (i, sg) in [&s1, &s2, &s3].into_iter().enumerate() {
+        sim.eng.process(
+            &Packet {
+                ts_ns: u64::MAX - 10 + i as u64,
+                ifindex: 1,
+                seg: sg,
+            },
+            &mut sim.out,
+        );
+    }
+    sim.eng.finish(u64::MAX, &mut sim.out);
+    assert_eq!(sim.kinds(), Vec::<&str>::new());
 }

@@ -6,8 +6,9 @@
 //! stopped retransmitting. After each SYN the next one is due one backoff later (Linux 6.18:
 //! 1 s, four times, then doubling; classic Linux: 1 s, then doubling; Windows: 3 s, then
 //! doubling), so the stream is given up when nothing came within `syn_timeout` (+ a quarter,
-//! ≤ 1 s) of a single SYN, or within twice the last gap (+ half of it, ≤ 1 s) of a
-//! retransmission. The same rule, with `synack_timeout`, settles the server's SYN-ACK stream.
+//! ≤ 1 s) of a single SYN, or within twice the last gap (at least 1 s, + half the gap, ≤ 1 s)
+//! of a retransmission. The same rule, with `synack_timeout`, settles the server's SYN-ACK
+//! stream.
 
 use serde_json::{Map, Value};
 
@@ -34,7 +35,7 @@ pub(super) fn quiet_deadline(last: u64, gap: u64, base: u64) -> u64 {
     } else {
         (gap.saturating_mul(2).max(SEC), (gap / 2).min(SEC))
     };
-    last.saturating_add(wait + slack)
+    last.saturating_add(wait.saturating_add(slack))
 }
 
 const ONE_WAY_CLIENT: &str =
@@ -58,8 +59,17 @@ impl Engine {
             return;
         };
         if conn.syn_count > 0 && seg.seq == conn.client_isn {
-            // A retransmission of the same SYN: the deadline moves with the backoff.
+            // A retransmission of the same SYN: the deadline moves with the backoff. A copy
+            // sooner than any retransmission timer (a network duplicate) counts but does not
+            // move it.
             let gap = now.saturating_sub(conn.syn_last);
+            if gap < 200 * MS {
+                conn.syn_count = conn.syn_count.saturating_add(1);
+                let ep = self.ctx.endpoints.get(server_ep);
+                ep.syns += 1;
+                ep.syn_retransmits += 1;
+                return;
+            }
             conn.syn_count = conn.syn_count.saturating_add(1);
             conn.syn_gap = gap;
             conn.syn_last = now;
@@ -439,7 +449,7 @@ fn time_wait_rejects(conn: &Conn, now: u64, isn: u32, tsval: Option<u32>) -> boo
     {
         return false;
     }
-    match (conn.client_tsval, tsval) {
+    match (conn.client_tsval_before, tsval) {
         (Some(recent), Some(v)) => (recent.wrapping_sub(v) as i32) >= 0,
         _ => conn.half[C]
             .next_seq

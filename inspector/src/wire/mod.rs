@@ -267,7 +267,7 @@ fn tcp_segment(ip: &IpLayer<'_>, tunnel: Option<Tunnel>) -> Result<Segment, Wire
         seq: tcp.seq(),
         ack: tcp.ack(),
         window: tcp.window(),
-        options: tcp.options()?,
+        options: tcp.options_lenient(),
         payload_len: payload_len as u32,
         ip_id: ip.ip_id,
         tunnel,

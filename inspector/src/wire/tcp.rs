@@ -132,10 +132,24 @@ impl<'a> TcpPacket<'a> {
         u16::from_be_bytes([self.buf[14], self.buf[15]])
     }
 
+    /// Decodes the options the way a receiver does (Linux `tcp_parse_options`): a malformed
+    /// option ends the list and the segment keeps what came before it. Dropping the whole
+    /// segment would turn a SYN-ACK with one odd option into an unanswered SYN.
+    pub fn options_lenient(&self) -> TcpOptions {
+        let mut o = TcpOptions::default();
+        let _ = self.parse_options(&mut o);
+        o
+    }
+
     /// Decodes the options. An option whose length is below 2 or runs past the header is an
     /// error; unknown kinds are skipped; EOL ends the list (RFC 9293 §3.1).
     pub fn options(&self) -> Result<TcpOptions, WireError> {
         let mut o = TcpOptions::default();
+        self.parse_options(&mut o)?;
+        Ok(o)
+    }
+
+    fn parse_options(&self, o: &mut TcpOptions) -> Result<(), WireError> {
         let opts = &self.buf[20..self.header_len()];
         let mut i = 0;
         while i < opts.len() {
@@ -172,7 +186,7 @@ impl<'a> TcpPacket<'a> {
                 }
             }
         }
-        Ok(o)
+        Ok(())
     }
 }
 
@@ -239,6 +253,14 @@ mod tests {
         let h = header(&[254, 4, 0xf9, 0x89]);
         let o = TcpPacket::new_checked(&h).unwrap().options().unwrap();
         assert_eq!(o.fastopen, Some(0), "experimental kind with magic");
+    }
+
+    #[test]
+    fn a_malformed_option_ends_the_list_leniently() {
+        let h = header(&[2, 4, 5, 0xb4, 8, 3, 0, 0]);
+        let p = TcpPacket::new_checked(&h).unwrap();
+        assert_eq!(p.options(), Err(WireError::BadTcpOption));
+        assert_eq!(p.options_lenient().mss, Some(1460), "what came before it");
     }
 
     #[test]
