@@ -52,12 +52,41 @@ fn the_service_unit_verifies_cleanly() {
 }
 
 #[test]
+fn the_service_unit_is_rated_at_most_2_0_by_systemd_analyze_security() {
+    let unit = std::fs::read_to_string(Path::new(DEPLOY).join("synscope.service")).unwrap();
+    let dir = std::env::temp_dir().join(format!("synscope-unit-sec-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let f = dir.join("synscope.service");
+    std::fs::write(&f, unit.replace("/usr/local/bin/synscope", BIN)).unwrap();
+    let out = ok(Command::new("systemd-analyze")
+        .args(["security", "--offline=yes", "--no-pager"])
+        .arg(&f));
+    let _ = std::fs::remove_dir_all(&dir);
+    let level: f64 = out
+        .lines()
+        .find_map(|l| {
+            l.split("Overall exposure level for synscope.service: ")
+                .nth(1)
+        })
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no exposure level in: {out}"));
+    assert!(level <= 2.0, "exposure {level}: {out}");
+    for needed in [
+        "UMask=0077",
+        "SystemCallFilter=@system-service bpf",
+        "IPAddressDeny=any",
+    ] {
+        assert!(unit.contains(needed), "{needed}");
+    }
+}
+
+#[test]
 fn the_example_config_is_valid() {
     let out = ok(Command::new(BIN)
         .arg("check-config")
         .arg(Path::new(DEPLOY).join("synscope.toml")));
     assert!(out.contains("--iface eth0"), "{out}");
-    assert!(out.contains("--metrics [::]:9464"), "{out}");
+    assert!(out.contains("--metrics 127.0.0.1:9464"), "{out}");
 }
 
 /// The capabilities the unit grants (AmbientCapabilities), as setpriv wants them.

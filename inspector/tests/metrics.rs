@@ -98,3 +98,134 @@ fn a_busy_metrics_port_is_a_clear_error() {
         "{err}"
     );
 }
+
+/// A v1 memory cgroup (this machine's layout) holding one process, removed when dropped.
+struct MemCgroup(std::path::PathBuf);
+
+impl MemCgroup {
+    fn new(limit: u64) -> Option<Self> {
+        let dir = std::path::PathBuf::from(format!(
+            "/sys/fs/cgroup/memory/synscope-test-{}",
+            std::process::id()
+        ));
+        std::fs::create_dir_all(&dir).ok()?;
+        std::fs::write(dir.join("memory.limit_in_bytes"), limit.to_string()).ok()?;
+        Some(Self(dir))
+    }
+    fn add(&self, pid: u32) {
+        std::fs::write(self.0.join("cgroup.procs"), pid.to_string()).expect("join the cgroup");
+    }
+    fn oom_kills(&self) -> u64 {
+        std::fs::read_to_string(self.0.join("memory.oom_control"))
+            .unwrap_or_default()
+            .lines()
+            .find_map(|l| l.strip_prefix("oom_kill "))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0)
+    }
+}
+
+impl Drop for MemCgroup {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir(&self.0);
+    }
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+#[test]
+fn hostile_clients_neither_grow_memory_nor_kill_the_listener() {
+    use std::io::Write;
+    if !support::require_root() {
+        return;
+    }
+    let cg = MemCgroup::new(256 << 20).expect("a memory cgroup (v1 at /sys/fs/cgroup/memory)");
+    let addr = format!("127.0.0.1:{}", free_port());
+    // 40 file descriptors: fewer than the connection limit needs, so accept() meets EMFILE.
+    let mut child = Command::new("prlimit")
+        .args(["--nofile=40:40", "--"])
+        .arg(BIN)
+        .args([
+            "pcap",
+            &format!("{PCAPS}/probe_leak.pcap"),
+            "--metrics",
+            &addr,
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    cg.add(child.id());
+    let ready = (0..100).any(|_| {
+        thread::sleep(Duration::from_millis(100));
+        scrape(None, &addr).is_some_and(|t| t.contains("synscope_packets_total{worker=\"0\"} 4"))
+    });
+    assert!(ready, "synscope never served");
+    let rss_before = rss_kib(child.id());
+    // 60 clients sending 10 MB of headers each.
+    let big: Vec<thread::JoinHandle<()>> = (0..60)
+        .map(|_| {
+            let addr = addr.clone();
+            thread::spawn(move || {
+                let Ok(mut s) = std::net::TcpStream::connect(&addr) else {
+                    return;
+                };
+                let _ = s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nX-Big: ");
+                let chunk = vec![b'a'; 64 * 1024];
+                for _ in 0..160 {
+                    if s.write_all(&chunk).is_err() {
+                        return; // the server closed it: what it should do
+                    }
+                }
+            })
+        })
+        .collect();
+    // 200 slowloris clients: far beyond the fd limit, each holding half a request head.
+    let mut slow = Vec::new();
+    let sa: std::net::SocketAddr = addr.parse().unwrap();
+    for _ in 0..200 {
+        if let Ok(mut s) = std::net::TcpStream::connect_timeout(&sa, Duration::from_millis(300)) {
+            let _ = s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n");
+            slow.push(s);
+        }
+    }
+    for h in big {
+        let _ = h.join();
+    }
+    let rss_during = rss_kib(child.id());
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "synscope died under the attack"
+    );
+    assert!(
+        rss_during < rss_before + 64 * 1024,
+        "RSS grew from {rss_before} KiB to {rss_during} KiB"
+    );
+    drop(slow);
+    // The listener survived EMFILE: once the clients are gone, scrapes work again.
+    let back = (0..100).any(|_| {
+        thread::sleep(Duration::from_millis(100));
+        scrape(None, &addr).is_some_and(|t| t.contains("synscope_packets_total"))
+    });
+    assert!(back, "the metrics listener did not come back");
+    assert_eq!(cg.oom_kills(), 0);
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(
+        stderr.contains("cannot accept a connection"),
+        "EMFILE was logged: {stderr}"
+    );
+}
