@@ -14,7 +14,7 @@ use synscope::{
 };
 
 fuzz_target!(|data: &[u8]| {
-    let mut json = Vec::new();
+    let mut json = synscope::output::sink::LineSink::memory();
     let cfg = Config {
         max_flows: 64,
         flood_rate: 3,

@@ -16,7 +16,7 @@ use std::{
 use anyhow::Context;
 
 use crate::{
-    cli::{DemoArgs, JsonSink},
+    cli::DemoArgs,
     detect::{Config, Event},
     lab::{
         Lab,
@@ -25,7 +25,10 @@ use crate::{
     },
     live::{self, LiveReport, Sinks},
     loader::{self, InlineOptions},
-    output::ndjson::{EventLine, write_line},
+    output::{
+        ndjson::EventLine,
+        sink::{JsonSink, LineSink},
+    },
 };
 
 const BASE_PORT: u16 = 8080;
@@ -132,7 +135,7 @@ pub fn run(a: &DemoArgs) -> anyhow::Result<()> {
         .as_deref()
         .map(JsonSink::parse)
         .as_ref()
-        .map(live::open_sink)
+        .map(LineSink::open)
         .transpose()?;
     for (
         i,
@@ -158,13 +161,13 @@ pub fn run(a: &DemoArgs) -> anyhow::Result<()> {
         for e in &mine {
             println!("{}", event_line(e));
             if let Some(out) = json.as_mut() {
-                write_line(out, &EventLine::from(*e))?;
+                out.line(&EventLine::from(*e));
             }
         }
         println!();
     }
     if let Some(out) = json.as_mut() {
-        out.flush()?;
+        out.flush();
     }
     print!("{}", report.render());
     drop(lab);

@@ -169,36 +169,50 @@ impl Recorder {
 pub struct Writer {
     dir: PathBuf,
     max_bytes: u64,
+    max_files: usize,
     /// Our files, oldest first, with their sizes.
     files: VecDeque<(PathBuf, u64)>,
     total: u64,
     pub written: u64,
     pub removed: u64,
+    /// Files that could not be written (nothing of them is left in the directory).
+    pub failed: u64,
 }
 
 impl Writer {
-    /// Opens (creates) `dir`; files a previous run left there count against `max_bytes`.
-    pub fn new(dir: &Path, max_bytes: u64) -> io::Result<Self> {
+    /// Opens (creates) `dir`; files a previous run left there count against `max_bytes` and
+    /// `max_files`.
+    pub fn new(dir: &Path, max_bytes: u64, max_files: usize) -> io::Result<Self> {
         fs::create_dir_all(dir)?;
         let mut files: Vec<(PathBuf, u64)> = fs::read_dir(dir)?
             .filter_map(Result::ok)
             .filter(|e| {
                 let n = e.file_name();
                 let n = n.to_string_lossy();
-                n.starts_with(PREFIX) && n.ends_with(".pcap")
+                n.starts_with(PREFIX) && (n.ends_with(".pcap") || n.ends_with(".pcap.tmp"))
             })
             .filter_map(|e| Some((e.path(), e.metadata().ok()?.len())))
             .collect();
+        // A previous run killed mid-write left a temporary file: not evidence.
+        files.retain(|(p, _)| {
+            let tmp = p.extension().is_some_and(|x| x == "tmp");
+            if tmp {
+                let _ = fs::remove_file(p);
+            }
+            !tmp
+        });
         // Names start with the event time: name order is age order.
         files.sort();
         let total = files.iter().map(|f| f.1).sum();
         let mut w = Self {
             dir: dir.to_owned(),
             max_bytes,
+            max_files: max_files.max(1),
             files: files.into(),
             total,
             written: 0,
             removed: 0,
+            failed: 0,
         };
         w.trim();
         Ok(w)
@@ -228,7 +242,22 @@ impl Writer {
         }
         let bytes = w.into_writer();
         let path = self.free_name(e);
-        fs::write(&path, &bytes)?;
+        // Written under a temporary name and renamed when whole: a full disk leaves no empty
+        // or cut file behind, and the directory never lists one.
+        let tmp = path.with_extension("pcap.tmp");
+        let r = (|| {
+            let mut o = fs::OpenOptions::new();
+            o.create(true).write(true).truncate(true);
+            std::os::unix::fs::OpenOptionsExt::mode(&mut o, 0o640);
+            let mut f = o.open(&tmp)?;
+            std::io::Write::write_all(&mut f, &bytes)?;
+            fs::rename(&tmp, &path)
+        })();
+        if let Err(err) = r {
+            let _ = fs::remove_file(&tmp);
+            self.failed += 1;
+            return Err(err);
+        }
         self.files.push_back((path.clone(), bytes.len() as u64));
         self.total += bytes.len() as u64;
         self.written += 1;
@@ -272,10 +301,12 @@ impl Writer {
         path
     }
 
-    /// Removes the oldest files until the directory is within its bound (the newest file
-    /// stays even when it alone is larger).
+    /// Removes the oldest files until the directory is within its bounds in bytes and files
+    /// (the newest file stays even when it alone is larger).
     fn trim(&mut self) {
-        while self.total > self.max_bytes && self.files.len() > 1 {
+        while (self.total > self.max_bytes || self.files.len() > self.max_files)
+            && self.files.len() > 1
+        {
             let Some((p, n)) = self.files.pop_front() else {
                 break;
             };
@@ -346,7 +377,7 @@ mod tests {
     fn the_writer_keeps_the_directory_under_its_bound_oldest_first() {
         let dir = std::env::temp_dir().join(format!("synscope-ev-{}", std::process::id()));
         let _ = fs::remove_dir_all(&dir);
-        let mut w = Writer::new(&dir, 500).unwrap();
+        let mut w = Writer::new(&dir, 500, 1000).unwrap();
         let ev = Evidence {
             packets: vec![EvPacket {
                 ts_ns: 5,
@@ -381,7 +412,7 @@ mod tests {
             "{paths:?}"
         );
         // A new writer counts what is there.
-        assert_eq!(Writer::new(&dir, 500).unwrap().bytes(), 6 * 80);
+        assert_eq!(Writer::new(&dir, 500, 1000).unwrap().bytes(), 6 * 80);
         let _ = fs::remove_dir_all(&dir);
     }
 }

@@ -8,8 +8,6 @@
 
 use std::{
     collections::BTreeMap,
-    fs::File,
-    io::{self, BufWriter, Write},
     sync::{
         Arc, Mutex,
         atomic::{AtomicBool, Ordering},
@@ -26,7 +24,6 @@ use synscope_common::stats;
 
 use crate::{
     capture::{CapturedPacket, clock::MonoToWall, decode_record, record::record_ip_bytes, ringbuf},
-    cli::JsonSink,
     detect::{
         Config, Engine, Event,
         aggregate::{Aggregator, Rates, Tally},
@@ -36,7 +33,8 @@ use crate::{
     loader::{self, Inline, InlineOptions},
     metrics::{MetricsState, WorkerSnapshot},
     output::{
-        ndjson::{EventLine, PacketLine, write_line},
+        ndjson::{EventLine, PacketLine},
+        sink::{FLUSH_EVERY, LineSink},
         summary,
     },
 };
@@ -76,6 +74,8 @@ pub struct LiveReport {
     /// Attachment mode used (`native` or `generic`).
     pub attach_mode: &'static str,
     pub egress: bool,
+    /// Writes to `--json`/`--records`/`--evidence` that failed (a full disk): the run went on.
+    pub output_errors: u64,
     /// Tap mode: one entry per AF_XDP socket (RX queue).
     pub xsk: Vec<XskReport>,
     /// From the capture time of the packet (or deadline) that settled each event to the
@@ -113,6 +113,12 @@ impl LiveReport {
             }
         }
         let mut s = summary::render(&self.totals, self.records(), &BTreeMap::new());
+        if self.output_errors > 0 {
+            s.push_str(&format!(
+                "output_errors: {} (writes that failed; see the log)\n",
+                self.output_errors
+            ));
+        }
         s.push_str(&format!(
             "ingress attach mode: {}, tc egress: {}\nkernel counters:\n",
             self.attach_mode,
@@ -171,25 +177,13 @@ impl LiveReport {
     }
 }
 
-/// Opens an NDJSON destination.
-pub fn open_sink(sink: &JsonSink) -> anyhow::Result<Box<dyn Write + Send>> {
-    Ok(match sink {
-        JsonSink::Stdout => Box::new(BufWriter::new(io::stdout())),
-        JsonSink::File(p) => {
-            Box::new(BufWriter::new(File::create(p).with_context(|| {
-                format!("cannot create output file {}", p.display())
-            })?))
-        }
-    })
-}
-
 /// Where a live run's output goes.
 #[derive(Default)]
 pub struct Sinks<'a> {
     /// Anomaly events, NDJSON in the envelope of docs/anomalies.md.
-    pub events: Option<&'a mut dyn Write>,
+    pub events: Option<&'a mut LineSink>,
     /// Every decoded record, NDJSON (debugging; what the kernel selected).
-    pub records: Option<&'a mut dyn Write>,
+    pub records: Option<&'a mut LineSink>,
     /// Called with every event (the demo, tests).
     pub on_event: Option<&'a mut dyn FnMut(&Event)>,
     /// `--metrics`: the state `/metrics` serves, kept current by the output thread.
@@ -341,7 +335,7 @@ impl Crew {
         stop: &dyn Fn() -> bool,
         source: Source<'_>,
         mut sinks: Sinks<'_>,
-    ) -> anyhow::Result<(Vec<Engine>, Vec<WorkerReport>, Histogram<u64>)> {
+    ) -> anyhow::Result<CrewResult> {
         let Crew {
             tx,
             rx,
@@ -352,7 +346,7 @@ impl Crew {
         } = self;
         drop(tx);
         let mut agg = Aggregator::new(Rates::of(cfg), handles.len(), shared);
-        let mut write_err: Option<io::Error> = None;
+        let mut evidence_errors = 0u64;
         let mut latency = latency_histogram();
         let mut take = |m: Msg, agg: &mut Aggregator, sinks: &mut Sinks<'_>| {
             if let Msg::Event(e, _) = &m {
@@ -361,8 +355,13 @@ impl Crew {
                 let _ =
                     latency.record((now.saturating_sub(e.ts_ns) / 1000).clamp(1, 3_600_000_000));
             }
-            if let Err(e) = deliver(m, agg, sinks) {
-                write_err.get_or_insert(e);
+            evidence_errors += deliver(m, agg, sinks);
+            // Every line reaches its sink within FLUSH_EVERY of being written.
+            for w in [&mut sinks.events, &mut sinks.records]
+                .into_iter()
+                .flatten()
+            {
+                w.flush_if_due();
             }
         };
         let mut kernel_read = Instant::now();
@@ -383,11 +382,36 @@ impl Crew {
             {
                 v.show(&lock(m), clock.to_unix_ns(MonoToWall::monotonic_now_ns()));
             }
-            match rx.recv_timeout(Duration::from_millis(100)) {
+            if crate::REOPEN.swap(false, Ordering::Relaxed) {
+                for w in [&mut sinks.events, &mut sinks.records]
+                    .into_iter()
+                    .flatten()
+                {
+                    w.reopen();
+                }
+            }
+            match rx.recv_timeout(FLUSH_EVERY / 2) {
                 Ok(m) => take(m, &mut agg, &mut sinks),
-                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Timeout) => {
+                    // Idle: whatever is buffered goes out now.
+                    for w in [&mut sinks.events, &mut sinks.records]
+                        .into_iter()
+                        .flatten()
+                    {
+                        w.flush();
+                    }
+                }
                 // Every worker has ended (an error): stop and report it below.
                 Err(RecvTimeoutError::Disconnected) => break,
+            }
+            // A closed stdout (e.g. `| head`) ends the run, as for tcpdump.
+            if [&sinks.events, &sinks.records]
+                .into_iter()
+                .flatten()
+                .any(|w| w.closed)
+            {
+                tracing::info!("the NDJSON reader went away; stopping");
+                break;
             }
         }
         // Stop the source first, then let the workers drain what is in flight: the kernel's
@@ -424,17 +448,27 @@ impl Crew {
                 m.set_kernel(k);
             }
         }
-        if let Some(e) = write_err
-            && e.kind() != io::ErrorKind::BrokenPipe
-        {
-            // A closed stdout (e.g. `| head`) ends the run; it is not a capture failure.
-            return Err(e).context("writing NDJSON");
-        }
+        let mut output_errors = evidence_errors;
         for w in [sinks.events, sinks.records].into_iter().flatten() {
-            let _ = w.flush();
+            w.flush();
+            output_errors += w.errors;
         }
-        Ok((engines, reports, latency))
+        Ok(CrewResult {
+            engines,
+            reports,
+            detection_latency: latency,
+            output_errors,
+        })
     }
+}
+
+/// What the output thread hands back when a run ends.
+pub(crate) struct CrewResult {
+    pub engines: Vec<Engine>,
+    pub reports: Vec<WorkerReport>,
+    pub detection_latency: Histogram<u64>,
+    /// Failed writes to the sinks and evidence files.
+    pub output_errors: u64,
 }
 
 /// One worker's engine and what it reports; the capture loop around it is the mode's own.
@@ -586,8 +620,12 @@ pub fn run(
         kernel: &|| inline.stats().ok(),
         detach: &|| inline.detach(),
     };
-    let (engines, workers, detection_latency) =
-        crew.output(&cfg, handles, deadline, stop, source, sinks)?;
+    let CrewResult {
+        engines,
+        reports: workers,
+        detection_latency,
+        output_errors,
+    } = crew.output(&cfg, handles, deadline, stop, source, sinks)?;
     Ok(LiveReport {
         detection_latency,
         kernel: inline.stats()?,
@@ -595,25 +633,31 @@ pub fn run(
         totals: Totals::of(&engines),
         attach_mode: inline.attach_mode,
         egress: inline.egress,
+        output_errors,
         xsk: Vec::new(),
     })
 }
 
-/// Hands one worker message to the sinks (tallies through the aggregator).
-fn deliver(m: Msg, agg: &mut Aggregator, sinks: &mut Sinks<'_>) -> io::Result<()> {
+/// Hands one worker message to the sinks (tallies through the aggregator); returns the
+/// evidence files that could not be written.
+fn deliver(m: Msg, agg: &mut Aggregator, sinks: &mut Sinks<'_>) -> u64 {
     match m {
         Msg::Snapshot { worker, snap } => {
             if let Some(m) = &sinks.metrics {
                 lock(m).update_worker(worker, *snap);
             }
-            Ok(())
+            0
         }
         Msg::Event(e, ev) => {
+            let mut failed = 0;
             let file = match (&mut sinks.evidence, &ev) {
                 (Some((w, _)), Some(ev)) => match w.write(&e, ev) {
                     Ok(p) => Some(p),
                     Err(err) => {
-                        tracing::warn!(error = %err, "cannot write an evidence file");
+                        failed = 1;
+                        if w.failed == 1 {
+                            tracing::error!(error = %err, "cannot write an evidence file; detection goes on");
+                        }
                         None
                     }
                 },
@@ -626,6 +670,9 @@ fn deliver(m: Msg, agg: &mut Aggregator, sinks: &mut Sinks<'_>) -> io::Result<()
                     m.evidence_files = w.written;
                     m.evidence_bytes = w.bytes();
                 }
+                m.output_errors = sinks.events.as_ref().map_or(0, |s| s.errors)
+                    + sinks.records.as_ref().map_or(0, |s| s.errors)
+                    + sinks.evidence.as_ref().map_or(0, |(w, _)| w.failed);
             }
             if let Some(v) = &mut sinks.view {
                 v.event(&e);
@@ -633,18 +680,17 @@ fn deliver(m: Msg, agg: &mut Aggregator, sinks: &mut Sinks<'_>) -> io::Result<()
             if let Some(f) = sinks.on_event.as_deref_mut() {
                 f(&e);
             }
-            match sinks.events.as_deref_mut() {
-                Some(w) => write_line(
-                    w,
-                    &EventLine::from(&e).with_evidence(file.as_deref(), ev.as_ref()),
-                ),
-                None => Ok(()),
+            if let Some(w) = sinks.events.as_deref_mut() {
+                w.line(&EventLine::from(&e).with_evidence(file.as_deref(), ev.as_ref()));
             }
+            failed
         }
-        Msg::Record(p) => match sinks.records.as_deref_mut() {
-            Some(w) => write_line(w, &PacketLine::from(&*p)),
-            None => Ok(()),
-        },
+        Msg::Record(p) => {
+            if let Some(w) = sinks.records.as_deref_mut() {
+                w.line(&PacketLine::from(&*p));
+            }
+            0
+        }
         Msg::Tally {
             worker,
             tallies,
@@ -653,7 +699,8 @@ fn deliver(m: Msg, agg: &mut Aggregator, sinks: &mut Sinks<'_>) -> io::Result<()
             let mut out = Vec::new();
             agg.feed(worker, tallies, watermark, &mut out);
             out.into_iter()
-                .try_for_each(|e| deliver(Msg::Event(e, None), agg, sinks))
+                .map(|e| deliver(Msg::Event(e, None), agg, sinks))
+                .sum()
         }
     }
 }

@@ -1,6 +1,6 @@
 //! `synscope pcap`: files through the same engine as live capture.
 
-use std::{collections::BTreeMap, io::Write, path::PathBuf};
+use std::{collections::BTreeMap, path::PathBuf};
 
 use crate::{
     capture::pcap::{Frame, PcapError, Record, parse_frame, read_file},
@@ -10,7 +10,7 @@ use crate::{
         engine::Packet,
     },
     evidence::{Recorder, Writer, conn_key},
-    output::ndjson::{EventLine, write_line},
+    output::{ndjson::EventLine, sink::LineSink},
 };
 
 /// The outcome of a replay: the engine (for the summary), frames read, skipped frames by
@@ -20,8 +20,9 @@ pub struct Replay {
     pub frames: u64,
     pub parse_errors: BTreeMap<&'static str, u64>,
     pub events: Vec<Event>,
-    /// Evidence pcaps written.
+    /// Evidence pcaps written, and those that could not be.
     pub evidence_files: u64,
+    pub evidence_errors: u64,
     pub error: Option<PcapError>,
 }
 
@@ -35,13 +36,14 @@ pub struct Replayer<'a> {
     last_ts: u64,
     out: Vec<Event>,
     events: Vec<Event>,
-    json: Option<&'a mut dyn Write>,
-    write_err: Option<std::io::Error>,
+    json: Option<&'a mut LineSink>,
+    /// Evidence files that could not be written.
+    evidence_errors: u64,
     evidence: Option<(Recorder, Writer)>,
 }
 
 impl<'a> Replayer<'a> {
-    pub fn new(cfg: Config, json: Option<&'a mut dyn Write>) -> Self {
+    pub fn new(cfg: Config, json: Option<&'a mut LineSink>) -> Self {
         let rates = Rates::of(&cfg);
         let engine = Engine::new(cfg);
         let agg = Aggregator::new(rates, 1, engine.shared().clone());
@@ -54,7 +56,7 @@ impl<'a> Replayer<'a> {
             out: Vec::new(),
             events: Vec::new(),
             json,
-            write_err: None,
+            evidence_errors: 0,
             evidence: None,
         }
     }
@@ -114,18 +116,17 @@ impl<'a> Replayer<'a> {
                     match w.write(&e, ev) {
                         Ok(p) => file = Some(p),
                         Err(err) => {
-                            self.write_err.get_or_insert(err);
+                            self.evidence_errors += 1;
+                            if self.evidence_errors == 1 {
+                                tracing::error!(error = %err, "cannot write an evidence file; detection goes on");
+                            }
                         }
                     }
                 }
             }
-            if let Some(w) = self.json.as_deref_mut()
-                && let Err(err) = write_line(
-                    w,
-                    &EventLine::from(&e).with_evidence(file.as_deref(), ev.as_ref()),
-                )
-            {
-                self.write_err.get_or_insert(err);
+            if let Some(w) = self.json.as_deref_mut() {
+                w.line(&EventLine::from(&e).with_evidence(file.as_deref(), ev.as_ref()));
+                w.flush_if_due();
             }
             self.events.push(e);
         }
@@ -138,13 +139,11 @@ impl<'a> Replayer<'a> {
         self.agg.feed(0, tallies, watermark, &mut self.out);
         self.agg.finish(&mut self.out);
         self.settle();
-        if let Some(e) = self.write_err {
-            return Err(e);
-        }
         if let Some(w) = self.json {
-            w.flush()?;
+            w.flush();
         }
         Ok(Replay {
+            evidence_errors: self.evidence_errors,
             engine: self.engine,
             frames: self.frames,
             parse_errors: self.parse_errors,
@@ -160,7 +159,7 @@ impl<'a> Replayer<'a> {
 pub fn run(
     files: &[PathBuf],
     cfg: Config,
-    json: Option<&mut dyn Write>,
+    json: Option<&mut LineSink>,
     evidence: Option<(Writer, usize)>,
 ) -> std::io::Result<Replay> {
     let mut r = Replayer::new(cfg, json);

@@ -328,7 +328,12 @@ fn run(
         handles.push(h);
     }
     drop(inbox_tx);
-    let (engines, workers, detection_latency): (Vec<Engine>, Vec<WorkerReport>, _) = crew.output(
+    let crate::live::CrewResult {
+        engines,
+        reports: workers,
+        detection_latency,
+        output_errors,
+    } = crew.output(
         &cfg,
         handles,
         deadline,
@@ -346,6 +351,7 @@ fn run(
         totals: Totals::of(&engines),
         attach_mode: tap.attach_mode,
         egress: false,
+        output_errors,
         xsk: xsk_reports
             .iter()
             .map(|x| x.lock().map(|g| g.clone()).unwrap_or_default())

@@ -167,6 +167,11 @@ pub struct ReportArgs {
     #[arg(long, value_name = "MB", default_value_t = 256,
           value_parser = clap::value_parser!(u64).range(1..))]
     pub evidence_max_mb: u64,
+    /// Bound on the evidence directory in files (small files on a busy node exhaust inodes
+    /// and make directory listings slow before they fill the bytes bound).
+    #[arg(long, value_name = "N", default_value_t = 10_000,
+          value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
+    pub evidence_max_files: u64,
     /// Recent packets each worker keeps for evidence, in MB (a verdict settled after its
     /// connection's first packets left this ring gets the rest, marked `evidence_partial`).
     #[arg(long, value_name = "MB", default_value_t = 64,
@@ -180,8 +185,12 @@ impl ReportArgs {
         let Some(dir) = &self.evidence else {
             return Ok(None);
         };
-        let w = crate::evidence::Writer::new(dir, self.evidence_max_mb << 20)
-            .map_err(|e| anyhow::anyhow!("cannot use evidence directory {}: {e}", dir.display()))?;
+        let w = crate::evidence::Writer::new(
+            dir,
+            self.evidence_max_mb << 20,
+            self.evidence_max_files as usize,
+        )
+        .map_err(|e| anyhow::anyhow!("cannot use evidence directory {}: {e}", dir.display()))?;
         Ok(Some((w, (self.evidence_buffer_mb << 20) as usize)))
     }
 
@@ -296,23 +305,8 @@ fn parse_ring_size(s: &str) -> Result<u32, String> {
     Ok(bytes as u32)
 }
 
-/// Where NDJSON goes.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum JsonSink {
-    Stdout,
-    File(PathBuf),
-}
-
-impl JsonSink {
-    /// `-` is stdout; anything else a file path.
-    pub fn parse(s: &str) -> Self {
-        if s == "-" {
-            Self::Stdout
-        } else {
-            Self::File(PathBuf::from(s))
-        }
-    }
-}
+pub use crate::output::sink::JsonSink;
+use crate::output::sink::LineSink;
 
 /// Parses the process's command line, `--config` expanded; exits with clap's usage error (2)
 /// or the config file's error (2).
@@ -353,17 +347,18 @@ fn print_summary(sink: Option<&JsonSink>, summary: &str) {
 
 fn run_pcap(a: &PcapArgs) -> anyhow::Result<()> {
     let sink = a.json.as_deref().map(JsonSink::parse);
-    let mut out = sink.as_ref().map(crate::live::open_sink).transpose()?;
+    let mut out = sink.as_ref().map(LineSink::open).transpose()?;
     let cfg = a.engine.config();
     let (state, server) = a.report.start_metrics("pcap", 1, false)?;
-    let r = crate::replay::run(
-        &a.files,
-        cfg,
-        out.as_mut().map(|w| w as &mut dyn std::io::Write),
-        a.report.evidence()?,
-    )?;
+    let r = crate::replay::run(&a.files, cfg, out.as_mut(), a.report.evidence()?)?;
+    let output_errors = out.as_ref().map_or(0, |o| o.errors) + r.evidence_errors;
     let totals = crate::detect::engine::Totals::of([&r.engine]);
-    let summary = crate::output::summary::render(&totals, r.frames, &r.parse_errors);
+    let mut summary = crate::output::summary::render(&totals, r.frames, &r.parse_errors);
+    if output_errors > 0 {
+        summary.push_str(&format!(
+            "output_errors: {output_errors} (writes that failed; see the log)\n"
+        ));
+    }
     print_summary(sink.as_ref(), &summary);
     if let (Some(state), Some(server)) = (state, server) {
         {
@@ -384,6 +379,9 @@ fn run_pcap(a: &PcapArgs) -> anyhow::Result<()> {
     }
     match r.error {
         Some(e) => Err(e.into()),
+        None if output_errors > 0 => Err(anyhow::anyhow!(
+            "{output_errors} output writes failed (a full disk?); detection completed, the summary above is whole"
+        )),
         None => Ok(()),
     }
 }
@@ -401,8 +399,8 @@ fn run_live(a: &LiveArgs) -> anyhow::Result<()> {
     };
     let events = a.json.as_deref().map(JsonSink::parse);
     let records = a.records.as_deref().map(JsonSink::parse);
-    let mut ev_out = events.as_ref().map(crate::live::open_sink).transpose()?;
-    let mut rec_out = records.as_ref().map(crate::live::open_sink).transpose()?;
+    let mut ev_out = events.as_ref().map(LineSink::open).transpose()?;
+    let mut rec_out = records.as_ref().map(LineSink::open).transpose()?;
     let mode = match a.mode {
         Mode::Inline => "inline",
         Mode::Tap => "tap",
@@ -412,8 +410,8 @@ fn run_live(a: &LiveArgs) -> anyhow::Result<()> {
             .start_metrics(mode, opts.workers as usize, a.interval.is_some())?;
     let ndjson_on_stdout = [&events, &records].contains(&&Some(JsonSink::Stdout));
     let sinks = crate::live::Sinks {
-        events: ev_out.as_mut().map(|w| w as &mut dyn std::io::Write),
-        records: rec_out.as_mut().map(|w| w as &mut dyn std::io::Write),
+        events: ev_out.as_mut(),
+        records: rec_out.as_mut(),
         on_event: None,
         metrics: state,
         evidence: a.report.evidence()?,
@@ -442,6 +440,12 @@ fn run_live(a: &LiveArgs) -> anyhow::Result<()> {
         )?,
     };
     print_summary(events.as_ref().or(records.as_ref()), &report.render());
+    if report.output_errors > 0 {
+        anyhow::bail!(
+            "{} output writes failed (a full disk?); detection went on, the summary above is whole",
+            report.output_errors
+        );
+    }
     Ok(())
 }
 

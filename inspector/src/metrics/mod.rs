@@ -80,6 +80,8 @@ pub struct MetricsState {
     kernel: Option<[u64; stats::COUNT as usize]>,
     pub evidence_files: u64,
     pub evidence_bytes: u64,
+    /// Writes to the NDJSON sinks and evidence files that failed.
+    pub output_errors: u64,
     start_unix: f64,
 }
 
@@ -94,6 +96,7 @@ impl MetricsState {
             kernel: None,
             evidence_files: 0,
             evidence_bytes: 0,
+            output_errors: 0,
             start_unix: std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0.0, |d| d.as_secs_f64()),
@@ -491,6 +494,14 @@ impl Collector for Scrape {
             "Bytes of evidence pcaps on disk",
             Gauge,
             [(NO_LABELS, st.evidence_bytes)],
+        )?;
+        family(
+            &mut enc,
+            "synscope_output_errors",
+            "Writes to --json/--records files or evidence pcaps that failed (a full disk): \
+             detection goes on, those lines or files are lost",
+            Counter,
+            [(NO_LABELS, st.output_errors)],
         )?;
         Ok(())
     }

@@ -53,6 +53,7 @@ impl JsonSink {
 enum Out {
     Stdout(io::Stdout),
     File(File),
+    Memory(Vec<u8>),
 }
 
 /// A line-oriented NDJSON writer (module docs).
@@ -90,12 +91,13 @@ fn open_file(p: &PathBuf, truncate: bool) -> io::Result<File> {
 impl LineSink {
     /// Opens `target` (a file is created anew, mode 0640).
     pub fn open(target: &JsonSink) -> anyhow::Result<Self> {
-        let out = match target {
-            JsonSink::Stdout => Out::Stdout(io::stdout()),
-            JsonSink::File(p) => Out::File(open_file(p, true).map_err(|e| {
-                anyhow::anyhow!("cannot create output file {}: {e}", p.display())
-            })?),
-        };
+        let out =
+            match target {
+                JsonSink::Stdout => Out::Stdout(io::stdout()),
+                JsonSink::File(p) => Out::File(open_file(p, true).map_err(|e| {
+                    anyhow::anyhow!("cannot create output file {}: {e}", p.display())
+                })?),
+            };
         Ok(Self {
             target: target.clone(),
             out,
@@ -108,6 +110,31 @@ impl LineSink {
             closed: false,
             last_error_log: None,
         })
+    }
+
+    /// Lines kept in memory (tests, the fuzz target): see [`LineSink::take_memory`].
+    pub fn memory() -> Self {
+        Self {
+            target: JsonSink::Stdout,
+            out: Out::Memory(Vec::new()),
+            buf: Vec::new(),
+            pending: 0,
+            oldest: None,
+            committed: 0,
+            errors: 0,
+            lines_lost: 0,
+            closed: false,
+            last_error_log: None,
+        }
+    }
+
+    /// What an in-memory sink holds, flushed.
+    pub fn take_memory(&mut self) -> Vec<u8> {
+        self.flush();
+        match &mut self.out {
+            Out::Memory(m) => std::mem::take(m),
+            _ => Vec::new(),
+        }
     }
 
     /// Buffers `value` as one line; sends the buffer when it is large.
@@ -145,7 +172,36 @@ impl LineSink {
                 let mut l = s.lock();
                 l.write_all(&self.buf).and_then(|()| l.flush())
             }
-            Out::File(f) => f.write_all(&self.buf),
+            Out::File(f) => {
+                // Write by hand to know how far a failing write got: every whole line before
+                // the failure stays, the partial one is cut off.
+                let mut done = 0;
+                let r = loop {
+                    if done == self.buf.len() {
+                        break Ok(());
+                    }
+                    match f.write(&self.buf[done..]) {
+                        Ok(0) => break Err(io::Error::from(io::ErrorKind::WriteZero)),
+                        Ok(n) => done += n,
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                        Err(e) => break Err(e),
+                    }
+                };
+                if r.is_err() {
+                    let keep = self.buf[..done]
+                        .iter()
+                        .rposition(|&b| b == b'\n')
+                        .map_or(0, |i| i + 1);
+                    let kept_lines = self.buf[..keep].iter().filter(|&&b| b == b'\n').count();
+                    self.committed += keep as u64;
+                    self.pending -= kept_lines as u64;
+                }
+                r
+            }
+            Out::Memory(m) => {
+                m.extend_from_slice(&self.buf);
+                Ok(())
+            }
         };
         match r {
             Ok(()) => self.committed += self.buf.len() as u64,

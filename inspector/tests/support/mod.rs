@@ -114,6 +114,18 @@ impl Live {
         }
     }
 
+    /// Kills synscope with SIGKILL (no cleanup of its own) and waits for it.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Sends `sig` to synscope.
+    pub fn signal(&self, sig: nix::sys::signal::Signal) {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.child.id() as i32), sig)
+            .expect("signal");
+    }
+
     /// Sends SIGINT, waits, and returns (NDJSON objects, exit code, full stderr).
     pub fn stop(self) -> (Vec<serde_json::Value>, i32, String) {
         let (out, code, stderr) = self.stop_raw();
