@@ -215,6 +215,14 @@ pub fn has_bpf_privileges() -> bool {
     has(CAP_NET_ADMIN) && (has(CAP_SYS_ADMIN) || (has(CAP_BPF) && has(CAP_PERFMON)))
 }
 
+/// Whether `iface` is a loopback device (IFF_LOOPBACK in its flags).
+pub fn is_loopback(iface: &str) -> bool {
+    std::fs::read_to_string(format!("/sys/class/net/{iface}/flags"))
+        .ok()
+        .and_then(|f| u32::from_str_radix(f.trim().trim_start_matches("0x"), 16).ok())
+        .is_some_and(|f| f & 0x8 != 0)
+}
+
 /// Whether `iface` is a virtual device (no bus device behind it: veth, bridge, bond, ...).
 pub fn is_virtual(iface: &str) -> bool {
     !std::path::Path::new(&format!("/sys/class/net/{iface}/device")).exists()
@@ -431,6 +439,12 @@ pub fn attach_inline(opts: &InlineOptions) -> Result<Inline, LoadError> {
         m => m,
     };
     let (ifindex, lock) = preflight(&opts.iface, opts.force, mode != AttachMode::Tc)?;
+    // Loopback: every packet leaves through lo's egress and comes back through its ingress,
+    // so ingress alone sees each one exactly once (with egress, everything twice).
+    let egress = opts.egress && !is_loopback(&opts.iface);
+    if opts.egress && !egress {
+        tracing::info!(iface = %opts.iface, "loopback: ingress only (it sees every packet once)");
+    }
     let workers = opts.workers.clamp(1, MAX_WORKERS);
     let ring_names: Vec<String> = (0..MAX_WORKERS).map(|i| format!("RECORDS_{i}")).collect();
     let follow = Follow::new(opts.follow_budget, opts.follow_slots);
@@ -458,7 +472,7 @@ pub fn attach_inline(opts: &InlineOptions) -> Result<Inline, LoadError> {
         let (id, m, link) = attach_xdp(&mut ebpf, "synscope_ingress", &opts.iface, ifindex, mode)?;
         (id, m, IngressLink::Xdp(link))
     };
-    let (egress_id, egress_link) = if opts.egress {
+    let (egress_id, egress_link) = if egress {
         let (id, link) = attach_tc(
             &mut ebpf,
             "synscope_egress",
@@ -490,7 +504,7 @@ pub fn attach_inline(opts: &InlineOptions) -> Result<Inline, LoadError> {
         _ebpf: ebpf,
         ifindex,
         attach_mode,
-        egress: opts.egress,
+        egress,
         prog_ids: (prog_id, egress_id),
     })
 }

@@ -680,3 +680,30 @@ fn tunnelled_handshakes_are_followed_to_the_inner_tcp_by_tc_and_by_xdp() {
         );
     }
 }
+
+#[test]
+fn loopback_sees_every_packet_once() {
+    if !require_root() {
+        return;
+    }
+    let lab = Lab::create().expect("lab");
+    let live = Live::events(&lab.server_ns, "lo", &[]);
+    assert!(
+        live.stderr.contains("loopback: ingress only"),
+        "{}",
+        live.stderr
+    );
+    let r = synscope::lab::in_netns(&lab.server_ns, || {
+        std::net::TcpStream::connect_timeout(
+            &"127.0.0.1:9999".parse().unwrap(),
+            Duration::from_secs(2),
+        )
+    })
+    .expect("netns");
+    assert!(r.is_err());
+    thread::sleep(Duration::from_millis(800));
+    let (events, code, stderr) = live.stop();
+    assert_eq!(code, 0, "{stderr}");
+    let kinds: Vec<&str> = events.iter().map(|e| e["kind"].as_str().unwrap()).collect();
+    assert_eq!(kinds, ["reset", "syn_rejected"], "one RST, once");
+}
