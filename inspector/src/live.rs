@@ -192,6 +192,8 @@ pub struct Sinks<'a> {
     pub evidence: Option<(evidence::Writer, usize)>,
     /// `--interval`: the periodic view (needs `metrics` for the workers' counters).
     pub view: Option<crate::output::view::View>,
+    /// Events handed to the sinks (per-connection verdicts and aggregate episodes).
+    pub events_sent: u64,
 }
 
 pub(crate) enum Msg {
@@ -449,6 +451,7 @@ impl Crew {
             }
         }
         let mut output_errors = evidence_errors;
+        let events_sent = sinks.events_sent;
         for w in [sinks.events, sinks.records].into_iter().flatten() {
             w.flush();
             output_errors += w.errors;
@@ -458,6 +461,7 @@ impl Crew {
             reports,
             detection_latency: latency,
             output_errors,
+            events_sent,
         })
     }
 }
@@ -469,6 +473,8 @@ pub(crate) struct CrewResult {
     pub detection_latency: Histogram<u64>,
     /// Failed writes to the sinks and evidence files.
     pub output_errors: u64,
+    /// Events the sinks received: what the summary's `events` counts.
+    pub events_sent: u64,
 }
 
 /// One worker's engine and what it reports; the capture loop around it is the mode's own.
@@ -625,12 +631,15 @@ pub fn run(
         reports: workers,
         detection_latency,
         output_errors,
+        events_sent,
     } = crew.output(&cfg, handles, deadline, stop, source, sinks)?;
+    let mut totals = Totals::of(&engines);
+    totals.counters.events = events_sent;
     Ok(LiveReport {
         detection_latency,
         kernel: inline.stats()?,
         workers,
-        totals: Totals::of(&engines),
+        totals,
         attach_mode: inline.attach_mode,
         egress: inline.egress,
         output_errors,
@@ -649,6 +658,7 @@ fn deliver(m: Msg, agg: &mut Aggregator, sinks: &mut Sinks<'_>) -> u64 {
             0
         }
         Msg::Event(e, ev) => {
+            sinks.events_sent += 1;
             let mut failed = 0;
             let file = match (&mut sinks.evidence, &ev) {
                 (Some((w, _)), Some(ev)) => match w.write(&e, ev) {

@@ -333,6 +333,7 @@ fn run(
         reports: workers,
         detection_latency,
         output_errors,
+        events_sent,
     } = crew.output(
         &cfg,
         handles,
@@ -348,7 +349,11 @@ fn run(
         detection_latency,
         kernel: tap.stats()?,
         workers,
-        totals: Totals::of(&engines),
+        totals: {
+            let mut t = Totals::of(&engines);
+            t.counters.events = events_sent;
+            t
+        },
         attach_mode: tap.attach_mode,
         egress: false,
         output_errors,

@@ -651,6 +651,8 @@ fn a_syn_flood_is_one_episode_and_its_connections_fold_into_it() {
         6000,
         "every SYN got its verdict"
     );
+    // The summary counts every line written, episodes included.
+    assert_eq!(counter(&stderr, "events"), events.len() as u64, "{stderr}");
 }
 
 #[test]

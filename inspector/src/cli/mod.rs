@@ -352,7 +352,9 @@ fn run_pcap(a: &PcapArgs) -> anyhow::Result<()> {
     let (state, server) = a.report.start_metrics("pcap", 1, false)?;
     let r = crate::replay::run(&a.files, cfg, out.as_mut(), a.report.evidence()?)?;
     let output_errors = out.as_ref().map_or(0, |o| o.errors) + r.evidence_errors;
-    let totals = crate::detect::engine::Totals::of([&r.engine]);
+    let mut totals = crate::detect::engine::Totals::of([&r.engine]);
+    // Aggregate episodes included: the summary counts what the sinks received.
+    totals.counters.events = r.events.len() as u64;
     let mut summary = crate::output::summary::render(&totals, r.frames, &r.parse_errors);
     if output_errors > 0 {
         summary.push_str(&format!(
@@ -418,6 +420,7 @@ fn run_live(a: &LiveArgs) -> anyhow::Result<()> {
         view: a
             .interval
             .map(|every| crate::output::view::View::on(every, ndjson_on_stdout)),
+        events_sent: 0,
     };
     let report = match a.mode {
         Mode::Inline => {
