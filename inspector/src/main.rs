@@ -24,6 +24,7 @@ fn main() -> ExitCode {
                 Some(l) => l.exit_code(),
                 // A bad config file is a usage error, like a bad flag.
                 None if e.is::<synscope::cli::config::ConfigError>() => 2,
+                None if e.is::<synscope::cli::SizeError>() => 2,
                 None => 1,
             };
             ExitCode::from(code as u8)

@@ -139,3 +139,27 @@ fn pcap_takes_its_settings_from_the_config_and_the_command_line_wins() {
     );
     let _ = std::fs::remove_dir_all(dir);
 }
+
+#[test]
+fn a_flow_table_that_cannot_fit_is_refused_before_anything_is_allocated() {
+    let pcap = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/pcaps/clean_connection.pcap");
+    let (code, err) = run(&[
+        "pcap",
+        pcap,
+        "--max-flows",
+        "16777216",
+        "--memory-max",
+        "1G",
+    ]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("--max-flows 16777216 x 1 worker(s) needs up to")
+            && err.contains("more than --memory-max (1.00 GiB)"),
+        "{err}"
+    );
+    let (code, err) = run(&["pcap", pcap, "--memory-max", "lots"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("is not a size"), "{err}");
+    let (code, err) = run(&["pcap", pcap, "--memory-max", "1G"]);
+    assert_eq!(code, 0, "the default table fits: {err}");
+}

@@ -241,6 +241,11 @@ pub struct EngineArgs {
     /// Seconds a FIN may wait for an answer before `fin_unanswered`.
     #[arg(long, value_name = "SECS", default_value = "5", value_parser = parse_secs)]
     pub fin_timeout: Duration,
+    /// Memory synscope may plan for (flow tables, rings, evidence buffers of every worker),
+    /// e.g. `2G`; default: the cgroup's memory limit (a unit's MemoryMax=), else the
+    /// machine's memory. Checked before anything is allocated.
+    #[arg(long, value_name = "BYTES", value_parser = parse_bytes)]
+    pub memory_max: Option<u64>,
     /// New connections per second to one server endpoint that make a `syn_flood`.
     #[arg(long, value_name = "PER_SEC", default_value_t = 5000,
           value_parser = clap::value_parser!(u64).range(1..))]
@@ -282,6 +287,87 @@ fn parse_secs(s: &str) -> Result<Duration, String> {
         return Err(format!("`{s}`: seconds must be positive"));
     }
     Ok(Duration::from_secs_f64(v))
+}
+
+fn parse_bytes(s: &str) -> Result<u64, String> {
+    let (num, mult) = match s.as_bytes().last() {
+        Some(b'K' | b'k') => (&s[..s.len() - 1], 1u64 << 10),
+        Some(b'M' | b'm') => (&s[..s.len() - 1], 1 << 20),
+        Some(b'G' | b'g') => (&s[..s.len() - 1], 1 << 30),
+        Some(b'T' | b't') => (&s[..s.len() - 1], 1 << 40),
+        _ => (s, 1),
+    };
+    num.parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(mult))
+        .filter(|&n| n > 0)
+        .ok_or_else(|| format!("`{s}` is not a size (e.g. 512M, 2G)"))
+}
+
+/// The memory limit of this process's cgroup (v2 `memory.max`, v1 `memory.limit_in_bytes`),
+/// or else the machine's memory.
+fn memory_limit() -> Option<(u64, &'static str)> {
+    let cg = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
+    for line in cg.lines() {
+        let mut f = line.splitn(3, ':');
+        let (_, ctrl, path) = (f.next(), f.next().unwrap_or(""), f.next().unwrap_or(""));
+        let file = if ctrl.is_empty() {
+            format!("/sys/fs/cgroup{path}/memory.max")
+        } else if ctrl.split(',').any(|c| c == "memory") {
+            format!("/sys/fs/cgroup/memory{path}/memory.limit_in_bytes")
+        } else {
+            continue;
+        };
+        if let Some(v) = std::fs::read_to_string(&file)
+            .ok()
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .filter(|&v| v < 1 << 60)
+        {
+            return Some((v, "the cgroup's memory limit"));
+        }
+    }
+    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    meminfo
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+        .map(|kib| (kib * 1024, "the machine's memory"))
+}
+
+/// A plan that cannot fit in memory: a usage error (exit 2), named before anything is
+/// allocated.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct SizeError(String);
+
+/// Checks that `workers` engines of `e.max_flows` flows, plus `per_worker` bytes each
+/// (rings, evidence buffers), fit in `--memory-max` or the limit found.
+fn check_memory(e: &EngineArgs, workers: u64, per_worker: u64) -> anyhow::Result<()> {
+    let table = crate::detect::Engine::table_bound_bytes(e.max_flows as usize) as u64;
+    let need = workers.saturating_mul(table.saturating_add(per_worker));
+    let (limit, what) = match e.memory_max {
+        Some(m) => (m, "--memory-max"),
+        None => match memory_limit() {
+            Some(l) => l,
+            None => return Ok(()),
+        },
+    };
+    if need > limit {
+        let gib = |b: u64| b as f64 / f64::from(1u32 << 30);
+        return Err(SizeError(format!(
+            "--max-flows {} x {workers} worker(s) needs up to {:.2} GiB (flow tables {:.2} GiB \
+             each at {} bytes per flow, rings and evidence buffers {:.2} GiB each), more than \
+             {what} ({:.2} GiB): lower --max-flows or --workers, or raise --memory-max",
+            e.max_flows,
+            gib(need),
+            gib(table),
+            table / e.max_flows.max(1),
+            gib(per_worker),
+            gib(limit)
+        ))
+        .into());
+    }
+    Ok(())
 }
 
 fn parse_ring_size(s: &str) -> Result<u32, String> {
@@ -346,6 +432,12 @@ fn print_summary(sink: Option<&JsonSink>, summary: &str) {
 }
 
 fn run_pcap(a: &PcapArgs) -> anyhow::Result<()> {
+    let evidence_ring = if a.report.evidence.is_some() {
+        a.report.evidence_buffer_mb << 20
+    } else {
+        0
+    };
+    check_memory(&a.engine, 1, evidence_ring)?;
     let sink = a.json.as_deref().map(JsonSink::parse);
     let mut out = sink.as_ref().map(LineSink::open).transpose()?;
     let cfg = a.engine.config();
@@ -399,6 +491,16 @@ fn run_live(a: &LiveArgs) -> anyhow::Result<()> {
         egress: !a.no_egress,
         ..crate::loader::InlineOptions::new(&a.iface)
     };
+    let evidence_ring = if a.report.evidence.is_some() {
+        a.report.evidence_buffer_mb << 20
+    } else {
+        0
+    };
+    check_memory(
+        &a.engine,
+        u64::from(opts.workers),
+        u64::from(opts.ring_bytes) + evidence_ring,
+    )?;
     let events = a.json.as_deref().map(JsonSink::parse);
     let records = a.records.as_deref().map(JsonSink::parse);
     let mut ev_out = events.as_ref().map(LineSink::open).transpose()?;

@@ -353,6 +353,10 @@ impl Engine {
     pub fn table_stats(&self) -> crate::flow::TableStats {
         self.table.stats()
     }
+    /// The most one engine's flow table can take with `max_flows` flows.
+    pub fn table_bound_bytes(max_flows: usize) -> usize {
+        FlowTable::<Conn>::bound_bytes(max_flows)
+    }
     pub fn table_memory_bytes(&self) -> usize {
         self.table.memory_bytes()
     }

@@ -343,6 +343,21 @@ impl<V> FlowTable<V> {
         v
     }
 
+    /// The most a table of `max_flows` flows can take: its arena and index, with the timer
+    /// heap and eviction queues at the size where they are compacted.
+    pub fn bound_bytes(max_flows: usize) -> usize {
+        use std::mem::size_of;
+        let per_flow = (size_of::<u32>() + 1) * 8 / 7 // index at hashbrown's load factor
+            + size_of::<FlowKey>()
+            + size_of::<Option<V>>()
+            + size_of::<u32>() * 2
+            + size_of::<FlowClass>()
+            + size_of::<[u64; TimerKind::COUNT]>()
+            + 2 * TimerKind::COUNT * size_of::<Timer>()
+            + 2 * 3 * size_of::<Aged>();
+        max_flows.max(1).saturating_mul(per_flow)
+    }
+
     /// Bytes this table allocated (index, arena, timer and eviction queues).
     pub fn memory_bytes(&self) -> usize {
         use std::mem::size_of;
