@@ -76,6 +76,8 @@ pub struct LiveReport {
     pub egress: bool,
     /// Writes to `--json`/`--records`/`--evidence` that failed (a full disk): the run went on.
     pub output_errors: u64,
+    /// The interface went away during the run (the run ended there).
+    pub interface_lost: bool,
     /// Tap mode: one entry per AF_XDP socket (RX queue).
     pub xsk: Vec<XskReport>,
     /// From the capture time of the packet (or deadline) that settled each event to the
@@ -265,6 +267,9 @@ pub(crate) struct Source<'a> {
     pub kernel: &'a dyn Fn() -> Option<[u64; stats::COUNT as usize]>,
     /// Detaches the programs (before the workers' last drain).
     pub detach: &'a dyn Fn(),
+    /// The interface attached to.
+    pub iface: &'a str,
+    pub ifindex: u32,
 }
 
 /// What every capture mode's workers share: the output channel, the quit flag, the
@@ -367,8 +372,33 @@ impl Crew {
             }
         };
         let mut kernel_read = Instant::now();
+        let mut watch = match crate::capture::linkwatch::LinkWatch::new(source.ifindex) {
+            Ok(w) => Some(w),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot watch link events: the loss of the interface would go unnoticed");
+                None
+            }
+        };
+        if let Some(m) = &sinks.metrics {
+            lock(m).set_attached(source.iface, true);
+        }
+        let mut interface_lost = false;
         loop {
             if stop() || deadline.is_some_and(|d| Instant::now() >= d) {
+                break;
+            }
+            if watch.as_mut().is_some_and(|w| w.gone()) {
+                tracing::error!(
+                    iface = source.iface,
+                    ifindex = source.ifindex,
+                    "the interface went away: synscope is blind; ending non-zero so a supervisor \
+                     (systemd Restart=on-failure) starts it again and it attaches when the \
+                     interface is back"
+                );
+                interface_lost = true;
+                if let Some(m) = &sinks.metrics {
+                    lock(m).set_attached(source.iface, false);
+                }
                 break;
             }
             if let Some(m) = &sinks.metrics
@@ -462,6 +492,7 @@ impl Crew {
             detection_latency: latency,
             output_errors,
             events_sent,
+            interface_lost,
         })
     }
 }
@@ -475,6 +506,8 @@ pub(crate) struct CrewResult {
     pub output_errors: u64,
     /// Events the sinks received: what the summary's `events` counts.
     pub events_sent: u64,
+    /// The interface was deleted during the run.
+    pub interface_lost: bool,
 }
 
 /// One worker's engine and what it reports; the capture loop around it is the mode's own.
@@ -625,6 +658,8 @@ pub fn run(
     let source = Source {
         kernel: &|| inline.stats().ok(),
         detach: &|| inline.detach(),
+        iface: &inline.iface,
+        ifindex: inline.ifindex,
     };
     let CrewResult {
         engines,
@@ -632,6 +667,7 @@ pub fn run(
         detection_latency,
         output_errors,
         events_sent,
+        interface_lost,
     } = crew.output(&cfg, handles, deadline, stop, source, sinks)?;
     let mut totals = Totals::of(&engines);
     totals.counters.events = events_sent;
@@ -643,6 +679,7 @@ pub fn run(
         attach_mode: inline.attach_mode,
         egress: inline.egress,
         output_errors,
+        interface_lost,
         xsk: Vec::new(),
     })
 }

@@ -168,6 +168,8 @@ pub struct Inline {
     _lock: InstanceLock,
     _ebpf: Ebpf,
     pub ifindex: u32,
+    /// The interface's name.
+    pub iface: String,
     /// `native`, `generic` (XDP) or `tc` (TC ingress).
     pub attach_mode: &'static str,
     /// Whether the TC egress selector is attached.
@@ -503,6 +505,7 @@ pub fn attach_inline(opts: &InlineOptions) -> Result<Inline, LoadError> {
         _lock: lock,
         _ebpf: ebpf,
         ifindex,
+        iface: opts.iface.clone(),
         attach_mode,
         egress,
         prog_ids: (prog_id, egress_id),
@@ -533,6 +536,8 @@ pub struct Tap {
     _lock: InstanceLock,
     _ebpf: Ebpf,
     pub ifindex: u32,
+    /// The interface's name.
+    pub iface: String,
     pub attach_mode: &'static str,
     pub prog_id: u32,
 }
@@ -614,6 +619,7 @@ pub fn attach_tap(opts: &TapOptions) -> Result<Tap, LoadError> {
         _lock: lock,
         _ebpf: ebpf,
         ifindex,
+        iface: opts.iface.clone(),
         attach_mode,
         prog_id,
     })

@@ -334,6 +334,7 @@ fn run(
         detection_latency,
         output_errors,
         events_sent,
+        interface_lost,
     } = crew.output(
         &cfg,
         handles,
@@ -342,6 +343,8 @@ fn run(
         crate::live::Source {
             kernel: &|| tap.stats().ok(),
             detach: &|| tap.detach(),
+            iface: &tap.iface,
+            ifindex: tap.ifindex,
         },
         sinks,
     )?;
@@ -357,6 +360,7 @@ fn run(
         attach_mode: tap.attach_mode,
         egress: false,
         output_errors,
+        interface_lost,
         xsk: xsk_reports
             .iter()
             .map(|x| x.lock().map(|g| g.clone()).unwrap_or_default())

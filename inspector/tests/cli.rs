@@ -142,7 +142,10 @@ fn pcap_takes_its_settings_from_the_config_and_the_command_line_wins() {
 
 #[test]
 fn a_flow_table_that_cannot_fit_is_refused_before_anything_is_allocated() {
-    let pcap = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/pcaps/clean_connection.pcap");
+    let pcap = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/pcaps/clean_connection.pcap"
+    );
     let (code, err) = run(&[
         "pcap",
         pcap,

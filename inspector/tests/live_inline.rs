@@ -709,3 +709,103 @@ fn loopback_sees_every_packet_once() {
     let kinds: Vec<&str> = events.iter().map(|e| e["kind"].as_str().unwrap()).collect();
     assert_eq!(kinds, ["reset", "syn_rejected"], "one RST, once");
 }
+
+/// Creates the lab's veth pair again (same names, MACs and addresses), as an operator or a
+/// network manager recreating an interface would.
+fn recreate_veth(lab: &Lab) {
+    let run = |args: &[&str]| {
+        let st = Command::new("ip").args(args).status().expect("ip");
+        assert!(st.success(), "ip {args:?}");
+    };
+    run(&[
+        "link",
+        "add",
+        &lab.client_if,
+        "netns",
+        &lab.client_ns,
+        "address",
+        "02:00:00:00:00:01",
+        "type",
+        "veth",
+        "peer",
+        "name",
+        &lab.server_if,
+        "netns",
+        &lab.server_ns,
+        "address",
+        "02:00:00:00:00:02",
+    ]);
+    for (ns, ifname, v4) in [
+        (&lab.client_ns, &lab.client_if, lab.client_v4),
+        (&lab.server_ns, &lab.server_if, lab.server_v4),
+    ] {
+        run(&["-n", ns, "addr", "add", &format!("{v4}/24"), "dev", ifname]);
+        run(&["-n", ns, "link", "set", ifname, "up"]);
+    }
+}
+
+#[test]
+fn a_vanished_interface_ends_the_run_non_zero_and_a_restart_attaches_when_it_is_back() {
+    if !require_root() {
+        return;
+    }
+    let lab = Lab::create().expect("lab");
+    let metrics = format!("127.0.0.1:{}", free_port());
+    let live = Live::events(&lab.server_ns, &lab.server_if, &["--metrics", &metrics]);
+    thread::sleep(Duration::from_millis(1500));
+    let text = scrape(Some(&lab.server_ns), &metrics).expect("scrape");
+    assert!(
+        text.contains(&format!(
+            "synscope_attached{{iface=\"{}\"}} 1",
+            lab.server_if
+        )),
+        "{text}"
+    );
+    let t0 = std::time::Instant::now();
+    lab.exec(&lab.server_ns, &["ip", "link", "del", &lab.server_if])
+        .expect("delete the veth");
+    let (code, stderr) = live.wait_exit(Duration::from_secs(5));
+    assert_eq!(
+        code, 1,
+        "non-zero, for systemd's Restart=on-failure: {stderr}"
+    );
+    assert!(t0.elapsed() < Duration::from_secs(3), "{:?}", t0.elapsed());
+    assert!(stderr.contains("the interface went away"), "{stderr}");
+    assert!(
+        stderr.contains("records_read"),
+        "the summary is printed: {stderr}"
+    );
+    // What Restart= does next: while the interface is missing, starting fails clearly...
+    let out = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &lab.server_ns,
+            BIN,
+            "live",
+            "--iface",
+            &lab.server_if,
+        ])
+        .output()
+        .unwrap();
+    assert_ne!(out.status.code(), Some(0));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("not found"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // ... and once it is back, a start attaches and sees connections again.
+    recreate_veth(&lab);
+    let live = Live::events(&lab.server_ns, &lab.server_if, &[]);
+    let to: SocketAddr = (lab.server_v4, 9444).into();
+    let r = synscope::lab::in_netns(&lab.client_ns, move || {
+        std::net::TcpStream::connect_timeout(&to, Duration::from_secs(2))
+    })
+    .expect("netns");
+    assert!(r.is_err());
+    thread::sleep(Duration::from_millis(800));
+    let (events, code, stderr) = live.stop();
+    assert_eq!(code, 0, "{stderr}");
+    let kinds: Vec<&str> = events.iter().map(|e| e["kind"].as_str().unwrap()).collect();
+    assert_eq!(kinds, ["reset", "syn_rejected"]);
+}

@@ -2,6 +2,7 @@
 //! interprets TCP beyond parsing.
 
 pub mod clock;
+pub mod linkwatch;
 pub mod pcap;
 pub mod record;
 pub mod ringbuf;

@@ -545,6 +545,12 @@ fn run_live(a: &LiveArgs) -> anyhow::Result<()> {
         )?,
     };
     print_summary(events.as_ref().or(records.as_ref()), &report.render());
+    if report.interface_lost {
+        anyhow::bail!(
+            "interface {} went away; a supervisor restarting synscope attaches again when it is back",
+            a.iface
+        );
+    }
     if report.output_errors > 0 {
         anyhow::bail!(
             "{} output writes failed (a full disk?); detection went on, the summary above is whole",

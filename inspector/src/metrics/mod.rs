@@ -82,6 +82,8 @@ pub struct MetricsState {
     pub evidence_bytes: u64,
     /// Writes to the NDJSON sinks and evidence files that failed.
     pub output_errors: u64,
+    /// The interface synscope attached to, and whether it still is.
+    attached: Option<(String, bool)>,
     start_unix: f64,
 }
 
@@ -97,6 +99,7 @@ impl MetricsState {
             evidence_files: 0,
             evidence_bytes: 0,
             output_errors: 0,
+            attached: None,
             start_unix: std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0.0, |d| d.as_secs_f64()),
@@ -104,6 +107,11 @@ impl MetricsState {
     }
 
     /// Takes worker `i`'s latest snapshot; names its endpoints while there is room.
+    /// Records whether synscope is attached to `iface`.
+    pub fn set_attached(&mut self, iface: &str, attached: bool) {
+        self.attached = Some((iface.to_owned(), attached));
+    }
+
     pub fn update_worker(&mut self, i: usize, snap: WorkerSnapshot) {
         for (ep, c) in &snap.endpoints {
             if let Some(ep) = ep
@@ -503,6 +511,16 @@ impl Collector for Scrape {
             Counter,
             [(NO_LABELS, st.output_errors)],
         )?;
+        if let Some((iface, on)) = &st.attached {
+            family(
+                &mut enc,
+                "synscope_attached",
+                "1 while synscope's programs are attached to the interface; 0 once it went \
+                 away (synscope then ends non-zero)",
+                Gauge,
+                [([("iface", iface.as_str())], u64::from(*on))],
+            )?;
+        }
         Ok(())
     }
 }

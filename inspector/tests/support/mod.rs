@@ -114,6 +114,26 @@ impl Live {
         }
     }
 
+    /// Waits up to `limit` for synscope to end on its own; returns (exit code, stderr).
+    pub fn wait_exit(mut self, limit: Duration) -> (i32, String) {
+        let t0 = std::time::Instant::now();
+        let status = loop {
+            if let Some(s) = self.child.try_wait().expect("wait") {
+                break s;
+            }
+            if t0.elapsed() > limit {
+                let _ = self.child.kill();
+                panic!("synscope did not end within {limit:?}:\n{}", self.stderr);
+            }
+            thread::sleep(Duration::from_millis(50));
+        };
+        while let Ok(line) = self.stderr_rx.recv_timeout(Duration::from_secs(2)) {
+            self.stderr.push_str(&line);
+            self.stderr.push('\n');
+        }
+        (status.code().unwrap_or(-1), self.stderr.clone())
+    }
+
     /// Kills synscope with SIGKILL (no cleanup of its own) and waits for it.
     pub fn kill9(&mut self) {
         let _ = self.child.kill();
