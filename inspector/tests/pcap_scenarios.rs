@@ -237,3 +237,28 @@ fn a_file_that_is_not_a_capture_is_a_clear_error() {
         "{err}"
     );
 }
+
+#[test]
+fn a_capture_cut_mid_packet_still_settles_what_the_packets_before_it_decide() {
+    // tcpdump killed while writing: the refused connection's SYN and RST are whole, the
+    // file ends inside the next record. The refusal (held for the reorder window) is still
+    // reported, then the error.
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/pcaps/closed_port.pcap");
+    let bytes = std::fs::read(&src).expect("read");
+    let cut = std::env::temp_dir().join(format!("synscope-cut-{}.pcap", std::process::id()));
+    std::fs::write(&cut, &bytes[..bytes.len() - 10]).expect("write");
+    let out = Command::new(BIN)
+        .arg("pcap")
+        .arg(&cut)
+        .args(["--json", "-"])
+        .output()
+        .expect("run");
+    let _ = std::fs::remove_file(&cut);
+    assert_eq!(out.status.code(), Some(1));
+    let ev: Vec<Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("NDJSON line"))
+        .collect();
+    assert_eq!(kinds(&ev), ["reset", "syn_rejected"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("is truncated or corrupt"));
+}
