@@ -10,7 +10,7 @@ use synscope_common::PacketRecord;
 use synscope::{
     capture::{decode_record, pcap::read_sized},
     detect::Config,
-    replay::Replayer,
+    runtime::replay::Replayer,
 };
 
 fuzz_target!(|data: &[u8]| {

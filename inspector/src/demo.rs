@@ -16,19 +16,18 @@ use std::{
 use anyhow::Context;
 
 use crate::{
-    cli::DemoArgs,
     detect::{Config, Event},
     lab::{
         Lab,
         scenarios::{self, Outcome},
         spawn_in_netns,
     },
-    live::{self, LiveReport, Sinks},
     loader::{self, InlineOptions},
     output::{
         ndjson::EventLine,
         sink::{JsonSink, LineSink},
     },
+    runtime::{LiveReport, Sinks, inline},
 };
 
 const BASE_PORT: u16 = 8080;
@@ -55,7 +54,7 @@ fn event_line(e: &Event) -> String {
 }
 
 /// Runs the demo; see the module docs.
-pub fn run(a: &DemoArgs) -> anyhow::Result<()> {
+pub fn run(json: Option<&JsonSink>) -> anyhow::Result<()> {
     if !loader::has_bpf_privileges() {
         return Err(loader::LoadError::NotPrivileged.into());
     }
@@ -68,7 +67,7 @@ pub fn run(a: &DemoArgs) -> anyhow::Result<()> {
     let events: Arc<Mutex<Vec<Event>>> = Arc::default();
     let (ready_tx, ready_rx) = mpsc::channel();
     let opts = InlineOptions {
-        workers: live::default_workers(),
+        workers: crate::runtime::default_workers(),
         ..InlineOptions::new(&lab.server_if)
     };
     let capture = {
@@ -82,7 +81,7 @@ pub fn run(a: &DemoArgs) -> anyhow::Result<()> {
                     v.push(e.clone());
                 }
             };
-            live::run(
+            inline::run(
                 &mut inline,
                 Config::default(),
                 None,
@@ -130,13 +129,7 @@ pub fn run(a: &DemoArgs) -> anyhow::Result<()> {
     let report = report?.context("capture")??;
     let runs = runs?;
     let events = events.lock().map(|v| v.clone()).unwrap_or_default();
-    let mut json = a
-        .json
-        .as_deref()
-        .map(JsonSink::parse)
-        .as_ref()
-        .map(LineSink::open)
-        .transpose()?;
+    let mut json = json.map(LineSink::open).transpose()?;
     for (
         i,
         Outcome {

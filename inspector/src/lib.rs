@@ -7,15 +7,12 @@ pub mod capture;
 pub mod cli;
 pub mod demo;
 pub mod detect;
-pub mod evidence;
 pub mod flow;
 pub mod lab;
-pub mod live;
 pub mod loader;
 pub mod metrics;
 pub mod output;
-pub mod replay;
-pub mod tap;
+pub mod runtime;
 pub mod wire;
 
 use std::sync::atomic::{AtomicBool, Ordering};

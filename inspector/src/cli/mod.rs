@@ -181,11 +181,11 @@ pub struct ReportArgs {
 
 impl ReportArgs {
     /// The evidence writer and per-worker ring size, when `--evidence` is set.
-    pub fn evidence(&self) -> anyhow::Result<Option<(crate::evidence::Writer, usize)>> {
+    pub fn evidence(&self) -> anyhow::Result<Option<(crate::output::evidence::Writer, usize)>> {
         let Some(dir) = &self.evidence else {
             return Ok(None);
         };
-        let w = crate::evidence::Writer::new(
+        let w = crate::output::evidence::Writer::new(
             dir,
             self.evidence_max_mb << 20,
             self.evidence_max_files as usize,
@@ -414,7 +414,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Live(a) => run_live(&a),
         Command::Pcap(a) => run_pcap(&a),
-        Command::Demo(a) => crate::demo::run(&a),
+        Command::Demo(a) => crate::demo::run(a.json.as_deref().map(JsonSink::parse).as_ref()),
         Command::CheckConfig { file } => {
             print!("{}", config::check(&file)?);
             Ok(())
@@ -442,7 +442,7 @@ fn run_pcap(a: &PcapArgs) -> anyhow::Result<()> {
     let mut out = sink.as_ref().map(LineSink::open).transpose()?;
     let cfg = a.engine.config();
     let (state, server) = a.report.start_metrics("pcap", 1, false)?;
-    let r = crate::replay::run(&a.files, cfg, out.as_mut(), a.report.evidence()?)?;
+    let r = crate::runtime::replay::run(&a.files, cfg, out.as_mut(), a.report.evidence()?)?;
     let output_errors = out.as_ref().map_or(0, |o| o.errors) + r.evidence_errors;
     let mut totals = crate::detect::engine::Totals::of([&r.engine]);
     // Aggregate episodes included: the summary counts what the sinks received.
@@ -456,13 +456,13 @@ fn run_pcap(a: &PcapArgs) -> anyhow::Result<()> {
     print_summary(sink.as_ref(), &summary);
     if let (Some(state), Some(server)) = (state, server) {
         {
-            let mut m = crate::live::lock(&state);
-            let report = crate::live::WorkerReport {
+            let mut m = crate::runtime::lock(&state);
+            let report = crate::runtime::WorkerReport {
                 records: r.frames,
                 decode_errors: r.parse_errors.clone(),
                 ..Default::default()
             };
-            m.update_worker(0, crate::metrics::WorkerSnapshot::of(&r.engine, &report));
+            m.update_worker(0, report.snapshot(&r.engine));
             r.events.iter().for_each(|e| m.count_event(e));
             m.evidence_files = r.evidence_files;
         }
@@ -485,7 +485,7 @@ fn run_live(a: &LiveArgs) -> anyhow::Result<()> {
         ring_bytes: a.ring_size,
         force: a.force,
         attach: a.xdp_mode,
-        workers: a.workers.unwrap_or_else(crate::live::default_workers),
+        workers: a.workers.unwrap_or_else(crate::runtime::default_workers),
         follow_budget: a.follow,
         follow_slots: a.follow_slots,
         egress: !a.no_egress,
@@ -513,7 +513,7 @@ fn run_live(a: &LiveArgs) -> anyhow::Result<()> {
         a.report
             .start_metrics(mode, opts.workers as usize, a.interval.is_some())?;
     let ndjson_on_stdout = [&events, &records].contains(&&Some(JsonSink::Stdout));
-    let sinks = crate::live::Sinks {
+    let sinks = crate::runtime::Sinks {
         events: ev_out.as_mut(),
         records: rec_out.as_mut(),
         on_event: None,
@@ -525,10 +525,14 @@ fn run_live(a: &LiveArgs) -> anyhow::Result<()> {
         events_sent: 0,
     };
     let report = match a.mode {
-        Mode::Inline => {
-            crate::live::run_inline(&opts, a.engine.config(), a.duration, &crate::STOP, sinks)?
-        }
-        Mode::Tap => crate::tap::run_tap(
+        Mode::Inline => crate::runtime::inline::run_inline(
+            &opts,
+            a.engine.config(),
+            a.duration,
+            &crate::STOP,
+            sinks,
+        )?,
+        Mode::Tap => crate::runtime::tap::run_tap(
             &crate::loader::TapOptions {
                 iface: a.iface.clone(),
                 force: a.force,

@@ -53,15 +53,21 @@ pub struct WorkerSnapshot {
 }
 
 impl WorkerSnapshot {
-    /// The snapshot of an engine plus the worker's own counters.
-    pub fn of(engine: &crate::detect::Engine, report: &crate::live::WorkerReport) -> Self {
+    /// The snapshot of an engine plus its worker's own counters (records read, records
+    /// that could not be decoded, messages the output could not take).
+    pub fn of(
+        engine: &crate::detect::Engine,
+        records: u64,
+        decode_errors: u64,
+        dropped: u64,
+    ) -> Self {
         Self {
             counters: engine.counters(),
             table: engine.table_stats(),
             endpoints: engine.endpoints().export(),
-            records: report.records,
-            decode_errors: report.decode_errors.values().sum(),
-            dropped_messages: report.dropped_messages,
+            records,
+            decode_errors,
+            dropped_messages: dropped,
         }
     }
 }

@@ -1,5 +1,7 @@
-//! Outputs: NDJSON lines and human-readable summaries. Writers only format; they decide nothing.
+//! Outputs: NDJSON lines, their sinks, evidence pcaps, human-readable summaries and the live
+//! view. Writers only format and store; they decide nothing.
 
+pub mod evidence;
 pub mod ndjson;
 pub mod sink;
 pub mod summary;

@@ -122,7 +122,7 @@ impl EventLine<'_> {
     pub fn with_evidence(
         mut self,
         file: Option<&std::path::Path>,
-        ev: Option<&crate::evidence::Evidence>,
+        ev: Option<&crate::output::evidence::Evidence>,
     ) -> Self {
         if let (Some(f), Some(ev)) = (file, ev) {
             self.evidence_file = Some(f.display().to_string());

@@ -29,8 +29,8 @@ use crate::{
         pcap::{Frame, parse_frame},
     },
     detect::{Config, Engine, engine::Totals},
-    live::{Crew, LiveReport, Sinks, WorkerCore, WorkerReport, XskReport},
     loader::{self, Tap, TapOptions},
+    runtime::{Crew, LiveReport, Sinks, WorkerCore, WorkerReport, XskReport},
     wire::{TcpFlags, link::LinkType},
 };
 
@@ -328,7 +328,7 @@ fn run(
         handles.push(h);
     }
     drop(inbox_tx);
-    let crate::live::CrewResult {
+    let super::CrewResult {
         engines,
         reports: workers,
         detection_latency,
@@ -340,7 +340,7 @@ fn run(
         handles,
         deadline,
         stop,
-        crate::live::Source {
+        super::Source {
             kernel: &|| tap.stats().ok(),
             detach: &|| tap.detach(),
             iface: &tap.iface,
@@ -399,7 +399,7 @@ fn decode(
         wire_len: u16::try_from(data.len()).unwrap_or(u16::MAX),
         vlan_depth,
         segment,
-        ip: keep_ip.then(|| ip[..ip.len().min(crate::evidence::SNAP)].into()),
+        ip: keep_ip.then(|| ip[..ip.len().min(crate::output::evidence::SNAP)].into()),
     })
 }
 

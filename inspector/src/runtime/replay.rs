@@ -9,7 +9,7 @@ use crate::{
         aggregate::{Aggregator, Rates},
         engine::Packet,
     },
-    evidence::{Recorder, Writer, conn_key},
+    output::evidence::{Recorder, Writer, conn_key},
     output::{ndjson::EventLine, sink::LineSink},
 };
 

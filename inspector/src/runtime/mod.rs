@@ -1,6 +1,10 @@
-//! `synscope live`: attach, run one pinned worker per ring buffer, merge their output, report.
+//! The machinery every capture mode shares: pinned workers each running an engine (a
+//! [`WorkerCore`]), one output thread ([`Crew::output`]) that merges their events, tallies and
+//! snapshots into the sinks, and the reports. The modes are peers on top of it: [`inline`]
+//! (BPF ring buffers on a live host), [`tap`] (AF_XDP on a mirror port) and [`replay`]
+//! (capture files, one engine on the caller's thread).
 //!
-//! Threads: N workers, each owning one ring buffer (the kernel puts a flow's records in ring
+//! Threads (inline): N workers, each owning one ring buffer (the kernel puts a flow's records in ring
 //! `flow_hash % N`) and one engine, pinned to a core; the calling thread is the output thread.
 //! Workers send events (and, for `--records`, the decoded records) over one bounded
 //! `crossbeam` channel; when it is full the message is dropped and counted, so a slow output
@@ -17,21 +21,23 @@ use std::{
 };
 
 use anyhow::Context;
-use aya::maps::{MapData, RingBuf};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError, bounded};
 use hdrhistogram::Histogram;
 use synscope_common::stats;
 
+pub mod inline;
+pub mod replay;
+pub mod tap;
+
 use crate::{
-    capture::{CapturedPacket, clock::MonoToWall, decode_record, record::record_ip_bytes, ringbuf},
+    capture::{CapturedPacket, clock::MonoToWall},
     detect::{
         Config, Engine, Event,
         aggregate::{Aggregator, Rates, Tally},
         engine::{Packet, Totals},
     },
-    evidence::{self, Evidence},
-    loader::{self, Inline, InlineOptions},
     metrics::{MetricsState, WorkerSnapshot},
+    output::evidence::{self, Evidence},
     output::{
         ndjson::{EventLine, PacketLine},
         sink::{FLUSH_EVERY, LineSink},
@@ -62,6 +68,18 @@ pub struct WorkerReport {
     pub dropped_messages: u64,
     /// The core the worker was pinned to, if pinning succeeded.
     pub core: Option<usize>,
+}
+
+impl WorkerReport {
+    /// What `/metrics` shows of this worker and its engine.
+    pub fn snapshot(&self, engine: &Engine) -> WorkerSnapshot {
+        WorkerSnapshot::of(
+            engine,
+            self.records,
+            self.decode_errors.values().sum(),
+            self.dropped_messages,
+        )
+    }
 }
 
 /// What a live run saw, for the summary and for tests.
@@ -213,35 +231,6 @@ pub(crate) enum Msg {
         tallies: Vec<Tally>,
         watermark: u64,
     },
-}
-
-/// Attaches inline mode and runs until `stop` is set or `duration` elapses; see [`run`].
-pub fn run_inline(
-    opts: &InlineOptions,
-    cfg: Config,
-    duration: Option<Duration>,
-    stop: &AtomicBool,
-    sinks: Sinks<'_>,
-) -> anyhow::Result<LiveReport> {
-    let mut inline = loader::attach_inline(opts)?;
-    tracing::info!(
-        iface = %opts.iface,
-        ifindex = inline.ifindex,
-        mode = inline.attach_mode,
-        egress = inline.egress,
-        workers = inline.rings.len(),
-        ingress_prog_id = inline.prog_ids.0,
-        egress_prog_id = inline.prog_ids.1.unwrap_or(0),
-        "attached; stop with Ctrl-C"
-    );
-    // `run` detaches before the workers' last drain; dropping `inline` closes the rest.
-    run(
-        &mut inline,
-        cfg,
-        duration,
-        &|| stop.load(Ordering::Relaxed),
-        sinks,
-    )
 }
 
 /// The cores workers are pinned to: worker i gets the i-th usable core (wrapping).
@@ -474,7 +463,7 @@ impl Crew {
         if let Some(m) = &sinks.metrics {
             let mut m = lock(m);
             for (i, (e, r)) in engines.iter().zip(&reports).enumerate() {
-                m.update_worker(i, WorkerSnapshot::of(e, r));
+                m.update_worker(i, r.snapshot(e));
             }
             if let Some(k) = (source.kernel)() {
                 m.set_kernel(k);
@@ -612,7 +601,7 @@ impl WorkerCore {
         }
         if self.want_snapshots && (end || self.last_snapshot.elapsed() >= SNAPSHOT_EVERY) {
             self.last_snapshot = Instant::now();
-            let snap = Box::new(WorkerSnapshot::of(&self.engine, &self.report));
+            let snap = Box::new(self.report.snapshot(&self.engine));
             send(
                 &self.tx,
                 Msg::Snapshot {
@@ -629,59 +618,6 @@ impl WorkerCore {
         self.tick_or_end(true);
         (self.engine, self.report)
     }
-}
-
-/// Runs the workers on `inline`'s rings until `stop()` or `duration`, writing output as it
-/// comes; then drains what is left, joins the workers and reads the kernel counters.
-pub fn run(
-    inline: &mut Inline,
-    cfg: Config,
-    duration: Option<Duration>,
-    stop: &dyn Fn() -> bool,
-    sinks: Sinks<'_>,
-) -> anyhow::Result<LiveReport> {
-    let deadline = duration.map(|d| Instant::now() + d);
-    let crew = Crew::new(&sinks);
-    let mut handles = Vec::new();
-    for (i, ring) in std::mem::take(&mut inline.rings).into_iter().enumerate() {
-        let mut core = crew.worker(i, &cfg);
-        let (quit, pin) = (crew.quit.clone(), crew.core(i));
-        let h = thread::Builder::new()
-            .name(format!("synscope-w{i}"))
-            .spawn(move || {
-                core.pin(pin);
-                ring_worker(ring, core, &quit)
-            })
-            .context("spawning a worker thread")?;
-        handles.push(h);
-    }
-    let source = Source {
-        kernel: &|| inline.stats().ok(),
-        detach: &|| inline.detach(),
-        iface: &inline.iface,
-        ifindex: inline.ifindex,
-    };
-    let CrewResult {
-        engines,
-        reports: workers,
-        detection_latency,
-        output_errors,
-        events_sent,
-        interface_lost,
-    } = crew.output(&cfg, handles, deadline, stop, source, sinks)?;
-    let mut totals = Totals::of(&engines);
-    totals.counters.events = events_sent;
-    Ok(LiveReport {
-        detection_latency,
-        kernel: inline.stats()?,
-        workers,
-        totals,
-        attach_mode: inline.attach_mode,
-        egress: inline.egress,
-        output_errors,
-        interface_lost,
-        xsk: Vec::new(),
-    })
 }
 
 /// Hands one worker message to the sinks (tallies through the aggregator); returns the
@@ -769,35 +705,4 @@ fn send(tx: &Sender<Msg>, m: Msg, dropped: &mut u64) {
         // The output thread is gone: nothing to report to.
         Err(TrySendError::Disconnected(_)) => {}
     }
-}
-
-/// An inline-mode worker: drains its ring into its engine until `quit`, then once more.
-fn ring_worker(
-    mut ring: RingBuf<MapData>,
-    mut core: WorkerCore,
-    quit: &AtomicBool,
-) -> anyhow::Result<(Engine, WorkerReport)> {
-    loop {
-        let done = quit.load(Ordering::Acquire);
-        ringbuf::drain(
-            &mut ring,
-            if done { Duration::ZERO } else { POLL },
-            |bytes| {
-                core.report.records += 1;
-                match decode_record(bytes, |ns| core.unix_ns(ns)) {
-                    Ok(p) => {
-                        core.keep_evidence(&p, record_ip_bytes(bytes));
-                        core.packet(p)
-                    }
-                    Err(e) => *core.report.decode_errors.entry(e.reason()).or_default() += 1,
-                }
-            },
-        )
-        .context("reading the ring buffer")?;
-        core.tick();
-        if done {
-            break;
-        }
-    }
-    Ok(core.finish())
 }

@@ -1,0 +1,131 @@
+//! Inline mode: the selector attached to a live host's interface (XDP or TC ingress, TC
+//! egress), one pinned worker per BPF ring buffer. Every packet goes on to the kernel.
+
+use std::{
+    sync::atomic::{AtomicBool, Ordering},
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::Context;
+use aya::maps::{MapData, RingBuf};
+
+use super::{Crew, CrewResult, LiveReport, POLL, Sinks, Source, WorkerCore, WorkerReport};
+use crate::{
+    capture::{decode_record, record::record_ip_bytes, ringbuf},
+    detect::{Config, Engine, engine::Totals},
+    loader::{self, Inline, InlineOptions},
+};
+
+/// Attaches inline mode and runs until `stop` is set or `duration` elapses; see [`run`].
+pub fn run_inline(
+    opts: &InlineOptions,
+    cfg: Config,
+    duration: Option<Duration>,
+    stop: &AtomicBool,
+    sinks: Sinks<'_>,
+) -> anyhow::Result<LiveReport> {
+    let mut inline = loader::attach_inline(opts)?;
+    tracing::info!(
+        iface = %opts.iface,
+        ifindex = inline.ifindex,
+        mode = inline.attach_mode,
+        egress = inline.egress,
+        workers = inline.rings.len(),
+        ingress_prog_id = inline.prog_ids.0,
+        egress_prog_id = inline.prog_ids.1.unwrap_or(0),
+        "attached; stop with Ctrl-C"
+    );
+    // `run` detaches before the workers' last drain; dropping `inline` closes the rest.
+    run(
+        &mut inline,
+        cfg,
+        duration,
+        &|| stop.load(Ordering::Relaxed),
+        sinks,
+    )
+}
+
+/// Runs the workers on `inline`'s rings until `stop()` or `duration`, writing output as it
+/// comes; then drains what is left, joins the workers and reads the kernel counters.
+pub fn run(
+    inline: &mut Inline,
+    cfg: Config,
+    duration: Option<Duration>,
+    stop: &dyn Fn() -> bool,
+    sinks: Sinks<'_>,
+) -> anyhow::Result<LiveReport> {
+    let deadline = duration.map(|d| Instant::now() + d);
+    let crew = Crew::new(&sinks);
+    let mut handles = Vec::new();
+    for (i, ring) in std::mem::take(&mut inline.rings).into_iter().enumerate() {
+        let mut core = crew.worker(i, &cfg);
+        let (quit, pin) = (crew.quit.clone(), crew.core(i));
+        let h = thread::Builder::new()
+            .name(format!("synscope-w{i}"))
+            .spawn(move || {
+                core.pin(pin);
+                ring_worker(ring, core, &quit)
+            })
+            .context("spawning a worker thread")?;
+        handles.push(h);
+    }
+    let source = Source {
+        kernel: &|| inline.stats().ok(),
+        detach: &|| inline.detach(),
+        iface: &inline.iface,
+        ifindex: inline.ifindex,
+    };
+    let CrewResult {
+        engines,
+        reports: workers,
+        detection_latency,
+        output_errors,
+        events_sent,
+        interface_lost,
+    } = crew.output(&cfg, handles, deadline, stop, source, sinks)?;
+    let mut totals = Totals::of(&engines);
+    totals.counters.events = events_sent;
+    Ok(LiveReport {
+        detection_latency,
+        kernel: inline.stats()?,
+        workers,
+        totals,
+        attach_mode: inline.attach_mode,
+        egress: inline.egress,
+        output_errors,
+        interface_lost,
+        xsk: Vec::new(),
+    })
+}
+
+/// An inline-mode worker: drains its ring into its engine until `quit`, then once more.
+fn ring_worker(
+    mut ring: RingBuf<MapData>,
+    mut core: WorkerCore,
+    quit: &AtomicBool,
+) -> anyhow::Result<(Engine, WorkerReport)> {
+    loop {
+        let done = quit.load(Ordering::Acquire);
+        ringbuf::drain(
+            &mut ring,
+            if done { Duration::ZERO } else { POLL },
+            |bytes| {
+                core.report.records += 1;
+                match decode_record(bytes, |ns| core.unix_ns(ns)) {
+                    Ok(p) => {
+                        core.keep_evidence(&p, record_ip_bytes(bytes));
+                        core.packet(p)
+                    }
+                    Err(e) => *core.report.decode_errors.entry(e.reason()).or_default() += 1,
+                }
+            },
+        )
+        .context("reading the ring buffer")?;
+        core.tick();
+        if done {
+            break;
+        }
+    }
+    Ok(core.finish())
+}
