@@ -323,7 +323,8 @@ fn fingerprint(seg: &Segment) -> u64 {
 impl Engine {
     /// An engine with its own cross-flow state (one worker, pcap replay, tests).
     pub fn new(cfg: Config) -> Self {
-        Self::with_shared(cfg, Arc::new(Shared::new()))
+        let shared = Arc::new(Shared::for_flows(cfg.max_flows));
+        Self::with_shared(cfg, shared)
     }
 
     /// An engine that shares cross-flow state (listener liveness, PAWS) with the other

@@ -56,12 +56,23 @@ impl Default for Shared {
 
 impl Shared {
     pub fn new() -> Self {
+        Self::with_slots(SLOTS)
+    }
+
+    /// Cross-flow state sized for a table of `max_flows` flows (a quarter of it, between
+    /// 1 K and the default 64 K slots per array): a small engine (tests, the fuzzer, a tiny
+    /// `--max-flows`) need not clear 5 MiB.
+    pub fn for_flows(max_flows: usize) -> Self {
+        Self::with_slots((max_flows / 4).next_power_of_two().clamp(1 << 10, SLOTS))
+    }
+
+    fn with_slots(n: usize) -> Self {
         Self {
             hasher: foldhash::quality::RandomState::default(),
-            listeners: (0..SLOTS).map(|_| Slot::new()).collect(),
-            paws: (0..SLOTS).map(|_| Slot::new()).collect(),
-            episodes: (0..SLOTS / 16).map(|_| Slot::new()).collect(),
-            pairs: (0..SLOTS).map(|_| Slot::new()).collect(),
+            listeners: (0..n).map(|_| Slot::new()).collect(),
+            paws: (0..n).map(|_| Slot::new()).collect(),
+            episodes: (0..(n / 16).max(64)).map(|_| Slot::new()).collect(),
+            pairs: (0..n).map(|_| Slot::new()).collect(),
         }
     }
 
