@@ -262,3 +262,48 @@ fn a_capture_cut_mid_packet_still_settles_what_the_packets_before_it_decide() {
     assert_eq!(kinds(&ev), ["reset", "syn_rejected"]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("is truncated or corrupt"));
 }
+
+#[test]
+fn the_summary_json_reads_back_with_hdrhistogram_and_matches_the_text_summary() {
+    use base64::Engine as _;
+    use hdrhistogram::{Histogram, serialization::Deserializer};
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/pcaps/accept_queue_full.pcap");
+    let json = std::env::temp_dir().join(format!("synscope-summary-{}.json", std::process::id()));
+    let out = Command::new(BIN)
+        .arg("pcap")
+        .arg(&src)
+        .arg("--summary-json")
+        .arg(&json)
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(0));
+    let v: Value = serde_json::from_slice(&std::fs::read(&json).expect("written")).expect("JSON");
+    let _ = std::fs::remove_file(&json);
+    assert_eq!(v["mode"], "pcap");
+    let ep = &v["endpoints"][0];
+    assert_eq!(ep["server"], "192.0.2.2:9004");
+    assert_eq!(
+        (&ep["syns"], &ep["connection_attempts"], &ep["established"]),
+        (&Value::from(8), &Value::from(4), &Value::from(2))
+    );
+    assert_eq!(ep["anomalies"]["accept_queue_overflow"], 2);
+    for measure in ["syn_to_synack", "synack_to_ack", "connect_total"] {
+        let m = &ep["latency"][measure];
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(m["hdr"].as_str().unwrap())
+            .expect("base64");
+        let h: Histogram<u64> = Deserializer::new()
+            .deserialize(&mut bytes.as_slice())
+            .expect("an HdrHistogram V2 (deflate) histogram");
+        assert_eq!(h.len(), 2, "{measure}: both handshakes");
+        assert_eq!(Value::from(h.max()), m["max"], "{measure}");
+        assert_eq!(Value::from(h.value_at_quantile(0.5)), m["p50"], "{measure}");
+    }
+    // The text summary shows the same numbers.
+    let text = String::from_utf8_lossy(&out.stdout);
+    let p50 = ep["latency"]["connect_total"]["p50"].as_u64().unwrap();
+    assert!(
+        text.contains(&format!("connect_total  µs  p50 {p50} ")),
+        "{text}"
+    );
+}

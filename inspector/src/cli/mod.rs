@@ -152,6 +152,11 @@ pub type SharedMetrics = Arc<Mutex<MetricsState>>;
 /// Operator outputs shared by `live` and `pcap`.
 #[derive(Debug, Args)]
 pub struct ReportArgs {
+    /// Write the end-of-run summary as JSON to PATH: per server endpoint the counters,
+    /// anomalies, RSTs and the handshake-latency histograms (percentiles and HdrHistogram's
+    /// serialized form, for merging and plotting runs).
+    #[arg(long, value_name = "PATH")]
+    pub summary_json: Option<PathBuf>,
     /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9464, [::]:9464). With
     /// `pcap`, the process keeps serving after the files are read, until Ctrl-C/SIGTERM.
     #[arg(long, value_name = "ADDR")]
@@ -180,6 +185,23 @@ pub struct ReportArgs {
 }
 
 impl ReportArgs {
+    /// Writes `--summary-json` (atomically: a reader never sees half a file).
+    pub fn write_summary_json(
+        &self,
+        totals: &crate::detect::engine::Totals,
+        mode: &str,
+        input: u64,
+    ) -> anyhow::Result<()> {
+        let Some(path) = &self.summary_json else {
+            return Ok(());
+        };
+        let v = crate::output::summary::json(totals, mode, input);
+        let tmp = path.with_extension("json.tmp");
+        std::fs::write(&tmp, serde_json::to_vec_pretty(&v)?)
+            .and_then(|()| std::fs::rename(&tmp, path))
+            .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))
+    }
+
     /// The evidence writer and per-worker ring size, when `--evidence` is set.
     pub fn evidence(&self) -> anyhow::Result<Option<(crate::output::evidence::Writer, usize)>> {
         let Some(dir) = &self.evidence else {
@@ -454,6 +476,7 @@ fn run_pcap(a: &PcapArgs) -> anyhow::Result<()> {
         ));
     }
     print_summary(sink.as_ref(), &summary);
+    a.report.write_summary_json(&totals, "pcap", r.frames)?;
     if let (Some(state), Some(server)) = (state, server) {
         {
             let mut m = crate::runtime::lock(&state);
@@ -549,6 +572,8 @@ fn run_live(a: &LiveArgs) -> anyhow::Result<()> {
         )?,
     };
     print_summary(events.as_ref().or(records.as_ref()), &report.render());
+    a.report
+        .write_summary_json(&report.totals, mode, report.records())?;
     if report.interface_lost {
         anyhow::bail!(
             "interface {} went away; a supervisor restarting synscope attaches again when it is back",

@@ -116,3 +116,79 @@ pub fn render(t: &Totals, frames: u64, parse_errors: &BTreeMap<&'static str, u64
     }
     s
 }
+
+/// The end-of-run summary for machines (`--summary-json PATH`): per server endpoint its
+/// counters, anomalies, RSTs and the three handshake-latency histograms, each with
+/// percentiles (µs) and in HdrHistogram's standard form (V2, deflate-compressed, base64: what
+/// `HistogramLogProcessor` and the `hdrhistogram` crates' deserializers read, so runs and
+/// nodes can be merged and plotted). Field names are stable; new ones may be added.
+pub fn json(t: &Totals, mode: &str, frames_or_records: u64) -> serde_json::Value {
+    use base64::Engine as _;
+    use hdrhistogram::serialization::{Serializer, V2DeflateSerializer};
+    use serde_json::{Map, Value, json};
+    let hist = |h: &hdrhistogram::Histogram<u64>| -> Value {
+        let mut buf = Vec::new();
+        let hdr = V2DeflateSerializer::new()
+            .serialize(h, &mut buf)
+            .map(|_| base64::engine::general_purpose::STANDARD.encode(&buf))
+            .ok();
+        let q = |q: f64| (!h.is_empty()).then(|| h.value_at_quantile(q));
+        json!({
+            "unit": "us",
+            "count": h.len(),
+            "p50": q(0.5), "p90": q(0.9), "p99": q(0.99), "p999": q(0.999),
+            "max": (!h.is_empty()).then(|| h.max()),
+            "hdr": hdr,
+        })
+    };
+    let endpoints: Vec<Value> = t
+        .endpoints
+        .iter()
+        .map(|(ep, st)| {
+            let anomalies: Map<String, Value> = Kind::ALL
+                .iter()
+                .filter(|k| **k != Kind::Reset && st.anomalies[**k as usize] > 0)
+                .map(|k| {
+                    (
+                        k.as_str().to_owned(),
+                        Value::from(st.anomalies[*k as usize]),
+                    )
+                })
+                .collect();
+            let resets: Map<String, Value> = RstClass::ALL
+                .iter()
+                .filter(|c| st.rsts_of(**c) > 0)
+                .map(|c| (c.as_str().to_owned(), Value::from(st.rsts_of(*c))))
+                .collect();
+            let latency: Map<String, Value> = Latency::ALL
+                .iter()
+                .map(|l| (l.as_str().to_owned(), hist(&st.latency[*l as usize])))
+                .collect();
+            json!({
+                "server": ep.map_or_else(|| "other".to_owned(), |e| e.to_string()),
+                "syns": st.syns,
+                "syn_retransmissions": st.syn_retransmits,
+                "connection_attempts": st.syns - st.syn_retransmits,
+                "established": st.established,
+                "closed_normally": st.closed_normally,
+                "tfo_syns": st.tfo_syns,
+                "tfo_data_accepted": st.tfo_data_accepted,
+                "anomalies": anomalies,
+                "resets": resets,
+                "latency": latency,
+            })
+        })
+        .collect();
+    let c = &t.counters;
+    json!({
+        "synscope_version": env!("CARGO_PKG_VERSION"),
+        "mode": mode,
+        "input": frames_or_records,
+        "packets": c.packets,
+        "duplicates": c.duplicates,
+        "events": c.events,
+        "events_folded": c.folded,
+        "undecided": c.undecided,
+        "endpoints": endpoints,
+    })
+}
