@@ -708,6 +708,10 @@ fn loopback_sees_every_packet_once() {
     assert_eq!(code, 0, "{stderr}");
     let kinds: Vec<&str> = events.iter().map(|e| e["kind"].as_str().unwrap()).collect();
     assert_eq!(kinds, ["reset", "syn_rejected"], "one RST, once");
+    assert!(
+        events.iter().all(|e| e["iface"] == "lo"),
+        "events name the interface"
+    );
 }
 
 /// Creates the lab's veth pair again (same names, MACs and addresses), as an operator or a

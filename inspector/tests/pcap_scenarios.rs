@@ -307,3 +307,29 @@ fn the_summary_json_reads_back_with_hdrhistogram_and_matches_the_text_summary() 
         "{text}"
     );
 }
+
+#[test]
+fn the_unanswered_syn_hint_names_tools_that_exist_here() {
+    let ev = events("syn_dropped_by_firewall");
+    let hint = ev[0]["hint"].as_str().unwrap().to_owned();
+    // Debian 12's iptables is iptables-nft: TRACE output goes to xtables-monitor, not dmesg.
+    assert!(hint.contains("xtables-monitor --trace") && hint.contains("nft monitor trace"));
+    let ok = |cmd: &[&str], want: &str| {
+        let out = Command::new(cmd[0]).args(&cmd[1..]).output().expect(cmd[0]);
+        let text = String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr);
+        assert!(text.contains(want), "{cmd:?}: {text}");
+    };
+    ok(&["xtables-monitor", "--help"], "--trace");
+    ok(&["iptables", "--version"], "nf_tables");
+    ok(&["nft", "--version"], "nftables");
+    // Counters this kernel has (TcpExtPAWSPassive went with tcp_tw_recycle in 4.12).
+    for counter in [
+        "TcpExtListenDrops",
+        "TcpExtListenOverflows",
+        "TcpExtPAWSTimewait",
+    ] {
+        assert!(hint.contains(counter));
+        ok(&["nstat", "-az", counter], counter);
+    }
+}

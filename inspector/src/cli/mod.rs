@@ -546,6 +546,7 @@ fn run_live(a: &LiveArgs) -> anyhow::Result<()> {
             .interval
             .map(|every| crate::output::view::View::on(every, ndjson_on_stdout)),
         events_sent: 0,
+        iface: None,
     };
     let report = match a.mode {
         Mode::Inline => crate::runtime::inline::run_inline(

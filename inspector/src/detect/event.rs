@@ -79,7 +79,7 @@ impl Kind {
     pub fn hint(self) -> &'static str {
         match self {
             Kind::SynUnanswered => {
-                "SYN dropped before the listener: look for a firewall rule (iptables -t raw -A PREROUTING ... -j TRACE, then dmesg), PAWS passive rejects (netstat -s: 'passive connections rejected because of time stamp'), SYN backlog overflow (nstat TcpExtListenDrops), or routing"
+                "SYN dropped before the listener. Firewall: trace the port (iptables-nft, Debian 12's default: iptables -t raw -A PREROUTING -p tcp --dport PORT --syn -j TRACE, then xtables-monitor --trace; nftables: a rule with meta nftrace set 1, then nft monitor trace; legacy iptables: the TRACE lines go to dmesg). Else SYN backlog drops (nstat -az TcpExtListenDrops TcpExtListenOverflows), PAWS rejects of a SYN meeting TIME_WAIT (nstat -az TcpExtPAWSTimewait; kernels before 4.12 with tcp_tw_recycle count TcpExtPAWSPassive), or routing (ip route get CLIENT from SERVER)"
             }
             Kind::SynRetransmitted => {
                 "each SYN retransmission adds at least 1 s to connect time: something drops SYNs intermittently"

@@ -100,6 +100,9 @@ pub struct EventLine<'a> {
     pub client: Option<String>,
     pub server: Option<String>,
     pub ifindex: u32,
+    /// The interface's name (live modes).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub iface: Option<String>,
     pub reverse_seen: bool,
     /// Present when the verdict needs a direction this vantage never captured (then `info`).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -118,6 +121,12 @@ pub struct EventLine<'a> {
 }
 
 impl EventLine<'_> {
+    /// Names the interface the event's packets were captured on.
+    pub fn with_iface(mut self, iface: Option<&str>) -> Self {
+        self.iface = iface.map(str::to_owned);
+        self
+    }
+
     /// Names the evidence file written for this event, if any.
     pub fn with_evidence(
         mut self,
@@ -142,6 +151,7 @@ impl<'a> From<&'a crate::detect::Event> for EventLine<'a> {
             client: e.client.map(|c| c.to_string()),
             server: e.server.map(|c| c.to_string()),
             ifindex: e.ifindex,
+            iface: None,
             reverse_seen: e.reverse_seen,
             one_way: e.one_way,
             evidence: &e.evidence,

@@ -214,6 +214,8 @@ pub struct Sinks<'a> {
     pub view: Option<crate::output::view::View>,
     /// Events handed to the sinks (per-connection verdicts and aggregate episodes).
     pub events_sent: u64,
+    /// The interface events are captured on (set by the output thread).
+    pub iface: Option<String>,
 }
 
 pub(crate) enum Msg {
@@ -371,6 +373,7 @@ impl Crew {
         if let Some(m) = &sinks.metrics {
             lock(m).set_attached(source.iface, true);
         }
+        sinks.iface = Some(source.iface.to_owned());
         let mut interface_lost = false;
         loop {
             if stop() || deadline.is_some_and(|d| Instant::now() >= d) {
@@ -664,7 +667,11 @@ fn deliver(m: Msg, agg: &mut Aggregator, sinks: &mut Sinks<'_>) -> u64 {
                 f(&e);
             }
             if let Some(w) = sinks.events.as_deref_mut() {
-                w.line(&EventLine::from(&e).with_evidence(file.as_deref(), ev.as_ref()));
+                w.line(
+                    &EventLine::from(&e)
+                        .with_evidence(file.as_deref(), ev.as_ref())
+                        .with_iface(sinks.iface.as_deref()),
+                );
             }
             failed
         }
