@@ -5,6 +5,17 @@ fn main() -> anyhow::Result<()> {
     // `cargo fuzz` builds with `--cfg fuzzing` and sanitizer flags that must not reach the BPF
     // build; fuzz targets never load BPF, so they get an empty object (loading it fails).
     println!("cargo:rustc-check-cfg=cfg(fuzzing)");
+    // `synscope --version` names the commit it was built from.
+    let commit = std::process::Command::new("git")
+        .args(["rev-parse", "--short=12", "HEAD"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_else(|| "unknown".to_owned());
+    println!("cargo:rustc-env=SYNSCOPE_GIT_COMMIT={commit}");
+    println!("cargo:rerun-if-changed=../.git/HEAD");
+    println!("cargo:rerun-if-changed=../.git/refs/heads");
     if std::env::var_os("CARGO_CFG_FUZZING").is_some() {
         let out = std::path::PathBuf::from(std::env::var("OUT_DIR")?);
         std::fs::write(out.join("synscope-xdp"), b"")?;

@@ -5,19 +5,29 @@ use std::process::ExitCode;
 use synscope::loader::LoadError;
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("SYNSCOPE_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_target(false)
-        // Colour only on a terminal: logs piped to journald or a file stay plain text.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
     let cli = synscope::cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_env("SYNSCOPE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let logs = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(filter)
+        .with_target(false);
+    if cli.log_format == synscope::cli::LogFormat::Json {
+        logs.json().init();
+    } else {
+        // Colour only on a terminal: logs piped to journald or a file stay plain text.
+        logs.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init();
+    }
     match synscope::cli::run(cli) {
         Ok(()) => ExitCode::SUCCESS,
+        // `synscope man | head`: a reader that went away is no failure.
+        Err(e)
+            if e.downcast_ref::<std::io::Error>()
+                .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe) =>
+        {
+            ExitCode::SUCCESS
+        }
         Err(e) => {
             eprintln!("synscope: error: {e:#}");
             let code = match e.downcast_ref::<LoadError>() {

@@ -166,3 +166,72 @@ fn a_flow_table_that_cannot_fit_is_refused_before_anything_is_allocated() {
     let (code, err) = run(&["pcap", pcap, "--memory-max", "1G"]);
     assert_eq!(code, 0, "the default table fits: {err}");
 }
+
+#[test]
+fn operator_habits_short_interface_durations_with_units_and_node_exporter_addresses() {
+    // -i like tcpdump, a duration with a unit: parsing gets as far as the missing interface.
+    let (code, err) = run(&[
+        "live",
+        "-i",
+        "nosuch0",
+        "--duration",
+        "5m",
+        "--interval",
+        "500ms",
+    ]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("interface nosuch0 not found"), "{err}");
+    let (code, err) = run(&["live", "-i", "nosuch0", "--duration", "5 parsecs"]);
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("unknown unit") || err.contains("not a duration"),
+        "{err}"
+    );
+    // `:9464` binds every address, as node_exporter's flag does.
+    let pcap = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/pcaps/clean_connection.pcap"
+    );
+    let (code, err) = run(&["pcap", pcap, "--metrics", "nonsense"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("is not ADDR:PORT or :PORT"), "{err}");
+    // --json and --records together, but not both on stdout.
+    let (code, err) = run(&["live", "-i", "lo", "--json", "-", "--records", "-"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("would mix on stdout"), "{err}");
+}
+
+#[test]
+fn version_kinds_completions_and_man_page() {
+    let (code, out) = run_out(&["--version"]);
+    assert_eq!(code, 0);
+    assert!(
+        out.starts_with(&format!("synscope {} (", env!("CARGO_PKG_VERSION"))),
+        "the commit it was built from: {out}"
+    );
+    let (code, out) = run_out(&["kinds"]);
+    assert_eq!(code, 0);
+    for k in ["syn_unanswered", "probe_connection_leak", "syn_flood"] {
+        assert!(out.contains(k), "{out}");
+    }
+    let (code, out) = run_out(&["completions", "bash"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("_synscope()"), "{out}");
+    let (code, out) = run_out(&["man"]);
+    assert_eq!(code, 0);
+    assert!(out.contains(".TH synscope 1"), "{out}");
+    let (code, out) = run_out(&["--help"]);
+    assert_eq!(code, 0);
+    assert!(
+        out.contains("Examples:") && out.contains("SYNSCOPE_LOG"),
+        "{out}"
+    );
+}
+
+fn run_out(args: &[&str]) -> (i32, String) {
+    let out = Command::new(BIN).args(args).output().expect("run synscope");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}

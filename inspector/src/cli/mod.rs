@@ -17,16 +17,42 @@ use crate::{loader::AttachMode, metrics::MetricsState};
 #[derive(Debug, Parser)]
 #[command(
     name = "synscope",
-    version,
+    version = concat!(env!("CARGO_PKG_VERSION"), " (", env!("SYNSCOPE_GIT_COMMIT"), ")"),
     about,
+    after_help = EXAMPLES,
     propagate_version = true,
     // A flag given twice keeps its last value: the command line overrides `--config`.
     args_override_self = true
 )]
 pub struct Cli {
+    /// Log format on stderr: `text` (default) or `json` (one object per line, for journald
+    /// and log shippers). The level comes from SYNSCOPE_LOG (e.g. `debug`, `warn`,
+    /// `synscope=debug`; default `info`).
+    #[arg(long, value_enum, global = true, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
     #[command(subcommand)]
     pub command: Command,
 }
+
+/// How logs are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+const EXAMPLES: &str = "\
+Examples:
+  synscope live -i eth0 --json -                      events on stdout, Ctrl-C to stop
+  synscope live -i eth0 --json ev.ndjson --duration 10m
+  synscope live -i eth0 --metrics :9464 --evidence /var/lib/synscope/evidence --interval 5s
+  synscope live -i span0 --mode tap --json -          a mirror port
+  synscope pcap capture.pcap --json - | jq .           offline, same engine
+  synscope kinds                                      what each anomaly means
+  synscope completions bash > /etc/bash_completion.d/synscope
+
+Environment: SYNSCOPE_LOG sets the log level (default info), e.g. SYNSCOPE_LOG=debug.
+Exit codes: 0 ok, 1 runtime failure, 2 usage error.";
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
@@ -42,6 +68,12 @@ pub enum Command {
         /// The TOML file.
         file: PathBuf,
     },
+    /// List the anomaly kinds: severity and what each means.
+    Kinds,
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions { shell: clap_complete::Shell },
+    /// Print the man page (roff) on stdout: `synscope man > /usr/share/man/man1/synscope.1`.
+    Man,
 }
 
 /// Capture mode of `live`.
@@ -69,7 +101,7 @@ pub struct LiveArgs {
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
     /// Interface to attach to.
-    #[arg(long, value_name = "IF")]
+    #[arg(short = 'i', long, value_name = "IF")]
     pub iface: String,
     /// Capture mode.
     #[arg(long, value_enum, default_value_t = Mode::Inline)]
@@ -79,10 +111,10 @@ pub struct LiveArgs {
     pub json: Option<String>,
     /// Write every captured packet record as NDJSON to PATH, or to stdout with `-` (what the
     /// kernel selected; for debugging the selection).
-    #[arg(long, value_name = "PATH|-", conflicts_with = "json")]
+    #[arg(long, value_name = "PATH|-")]
     pub records: Option<String>,
     /// Stop after this many seconds (default: run until Ctrl-C or SIGTERM).
-    #[arg(long, value_name = "SECS", value_parser = parse_secs)]
+    #[arg(long, value_name = "DURATION", value_parser = parse_secs)]
     pub duration: Option<Duration>,
     /// Worker threads, one ring buffer each (default: one per 8 usable cores, at least 1: they
     /// share the host's cores with its applications; add workers if `ring_full` grows).
@@ -107,7 +139,7 @@ pub struct LiveArgs {
     /// Every SECS, show what the last interval saw per server endpoint (rates, anomalies,
     /// latency percentiles, top offenders): redrawn in place on a terminal, plain lines
     /// otherwise; on stderr when stdout carries NDJSON.
-    #[arg(long, value_name = "SECS", value_parser = parse_secs)]
+    #[arg(long, value_name = "DURATION", value_parser = parse_secs)]
     pub interval: Option<Duration>,
     /// Do not attach the TC egress program (ingress only: the host's own answers are not seen,
     /// so handshake verdicts are off; for one-way vantage points).
@@ -159,7 +191,7 @@ pub struct ReportArgs {
     pub summary_json: Option<PathBuf>,
     /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9464, [::]:9464). With
     /// `pcap`, the process keeps serving after the files are read, until Ctrl-C/SIGTERM.
-    #[arg(long, value_name = "ADDR")]
+    #[arg(long, value_name = "ADDR", value_parser = parse_listen)]
     pub metrics: Option<String>,
     /// Server endpoints with their own metric series; later ones are added to `server="other"`.
     #[arg(long, value_name = "N", default_value_t = crate::metrics::DEFAULT_MAX_ENDPOINTS)]
@@ -251,17 +283,17 @@ pub struct EngineArgs {
     /// Least seconds a SYN stream waits for an answer; after a retransmission the wait
     /// follows the client's backoff (2 x the last gap), so `syn_unanswered` comes when the
     /// client gave up (docs/anomalies.md, Timing).
-    #[arg(long, value_name = "SECS", default_value = "3", value_parser = parse_secs)]
+    #[arg(long, value_name = "DURATION", default_value = "3", value_parser = parse_secs)]
     pub syn_timeout: Duration,
     /// The same for the server's SYN-ACK stream before `synack_unacked`.
-    #[arg(long, value_name = "SECS", default_value = "3", value_parser = parse_secs)]
+    #[arg(long, value_name = "DURATION", default_value = "3", value_parser = parse_secs)]
     pub synack_timeout: Duration,
     /// Seconds a reordered packet may still correct a verdict: a probe's late ACK after its
     /// RST, a handshake completing after a RST refused its SYN.
-    #[arg(long, value_name = "SECS", default_value = "0.2", value_parser = parse_secs)]
+    #[arg(long, value_name = "DURATION", default_value = "0.2", value_parser = parse_secs)]
     pub reorder_window: Duration,
     /// Seconds a FIN may wait for an answer before `fin_unanswered`.
-    #[arg(long, value_name = "SECS", default_value = "5", value_parser = parse_secs)]
+    #[arg(long, value_name = "DURATION", default_value = "5", value_parser = parse_secs)]
     pub fin_timeout: Duration,
     /// Memory synscope may plan for (flow tables, rings, evidence buffers of every worker),
     /// e.g. `2G`; default: the cgroup's memory limit (a unit's MemoryMax=), else the
@@ -301,14 +333,39 @@ pub struct DemoArgs {
     pub json: Option<String>,
 }
 
+/// A listen address; `:PORT` (as node_exporter takes it) means every address.
+fn parse_listen(s: &str) -> Result<String, String> {
+    let full = match s.strip_prefix(':') {
+        Some(port) => format!("[::]:{port}"),
+        None => s.to_owned(),
+    };
+    full.parse::<std::net::SocketAddr>()
+        .map(|_| full.clone())
+        .map_err(|_| format!("`{s}` is not ADDR:PORT or :PORT (e.g. 127.0.0.1:9464, :9464)"))
+}
+
+/// A duration: seconds (`3`, `1.5`) or with a unit (`500ms`, `10s`, `5m`, `2h`).
 fn parse_secs(s: &str) -> Result<Duration, String> {
-    let v: f64 = s
+    let t = s.trim();
+    let (num, unit) = match t.find(|c: char| c.is_ascii_alphabetic()) {
+        Some(i) => t.split_at(i),
+        None => (t, "s"),
+    };
+    let mult = match unit {
+        "ms" => 1e-3,
+        "s" => 1.0,
+        "m" | "min" => 60.0,
+        "h" => 3600.0,
+        _ => return Err(format!("`{s}`: unknown unit (use ms, s, m or h)")),
+    };
+    let v: f64 = num
         .parse()
-        .map_err(|_| format!("`{s}` is not a number of seconds"))?;
-    if !(v.is_finite() && v > 0.0 && v < 1e9) {
-        return Err(format!("`{s}`: seconds must be positive"));
+        .map_err(|_| format!("`{s}` is not a duration (e.g. 3, 1.5s, 500ms, 5m)"))?;
+    let secs = v * mult;
+    if !(secs.is_finite() && secs > 0.0 && secs < 1e9) {
+        return Err(format!("`{s}`: durations must be positive"));
     }
-    Ok(Duration::from_secs_f64(v))
+    Ok(Duration::from_secs_f64(secs))
 }
 
 fn parse_bytes(s: &str) -> Result<u64, String> {
@@ -356,8 +413,8 @@ fn memory_limit() -> Option<(u64, &'static str)> {
         .map(|kib| (kib * 1024, "the machine's memory"))
 }
 
-/// A plan that cannot fit in memory: a usage error (exit 2), named before anything is
-/// allocated.
+/// A usage error found after parsing (exit 2): a plan that cannot fit in memory, outputs
+/// that would mix.
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
 pub struct SizeError(String);
@@ -441,7 +498,39 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             print!("{}", config::check(&file)?);
             Ok(())
         }
+        Command::Kinds => {
+            print!("{}", kinds_text());
+            Ok(())
+        }
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "synscope",
+                &mut std::io::stdout(),
+            );
+            Ok(())
+        }
+        Command::Man => {
+            use clap::CommandFactory;
+            clap_mangen::Man::new(Cli::command()).render(&mut std::io::stdout())?;
+            Ok(())
+        }
     }
+}
+
+/// `synscope kinds`: every anomaly kind with its severity and what to check.
+pub fn kinds_text() -> String {
+    use crate::detect::Kind;
+    let mut s = String::from(
+        "Anomaly kinds (the `kind` of an NDJSON event and the metrics' label; docs/anomalies.md):\n\n",
+    );
+    for k in Kind::ALL {
+        s.push_str(&format!("{:<24}{}\n", k.as_str(), k.severity()));
+        s.push_str(&format!("    {}\n\n", k.hint()));
+    }
+    s
 }
 
 /// Prints a human summary on stdout, or on stderr when NDJSON goes to stdout: the two never mix.
@@ -536,6 +625,12 @@ fn run_live(a: &LiveArgs) -> anyhow::Result<()> {
         a.report
             .start_metrics(mode, opts.workers as usize, a.interval.is_some())?;
     let ndjson_on_stdout = [&events, &records].contains(&&Some(JsonSink::Stdout));
+    if events == Some(JsonSink::Stdout) && records == Some(JsonSink::Stdout) {
+        return Err(SizeError(
+            "--json - and --records - would mix on stdout: send one of them to a file".into(),
+        )
+        .into());
+    }
     let sinks = crate::runtime::Sinks {
         events: ev_out.as_mut(),
         records: rec_out.as_mut(),
@@ -607,6 +702,11 @@ mod tests {
     #[test]
     fn durations_must_be_positive_numbers() {
         assert_eq!(parse_secs("1.5"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_secs("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_secs("10s"), Ok(Duration::from_secs(10)));
+        assert_eq!(parse_secs("5m"), Ok(Duration::from_secs(300)));
+        assert_eq!(parse_secs("2h"), Ok(Duration::from_secs(7200)));
+        assert!(parse_secs("5 parsecs").is_err());
         assert!(parse_secs("0").is_err());
         assert!(parse_secs("-3").is_err());
         assert!(parse_secs("soon").is_err());
