@@ -813,3 +813,64 @@ fn a_vanished_interface_ends_the_run_non_zero_and_a_restart_attaches_when_it_is_
     let kinds: Vec<&str> = events.iter().map(|e| e["kind"].as_str().unwrap()).collect();
     assert_eq!(kinds, ["reset", "syn_rejected"]);
 }
+
+#[test]
+fn syn_counts_match_iptables_own_packet_counters() {
+    if !require_root() {
+        return;
+    }
+    let lab = Lab::create().expect("lab");
+    let port = 9555;
+    let rule = format!("INPUT -p tcp --dport {port} --syn -j DROP");
+    let ipt = |args: &str| {
+        let a: Vec<&str> = args.split_whitespace().collect();
+        lab.exec(&lab.server_ns, &[&["iptables"], &a[..]].concat())
+            .expect("iptables")
+    };
+    ipt(&format!("-A {rule}"));
+    let json = std::env::temp_dir().join(format!("synscope-ipt-{}.json", std::process::id()));
+    let live = Live::events(
+        &lab.server_ns,
+        &lab.server_if,
+        &["--summary-json", json.to_str().unwrap()],
+    );
+    // A client hammering a black-holed port: its SYN retransmissions for 4.5 s, twice.
+    for _ in 0..2 {
+        let to: SocketAddr = (lab.server_v4, port).into();
+        let r = synscope::lab::in_netns(&lab.client_ns, move || {
+            std::net::TcpStream::connect_timeout(&to, Duration::from_millis(4500))
+        })
+        .expect("netns");
+        assert!(r.is_err());
+    }
+    thread::sleep(Duration::from_millis(300));
+    let (_, code, stderr) = live.stop();
+    assert_eq!(code, 0, "{stderr}");
+    let listing = String::from_utf8_lossy(&ipt("-L INPUT -v -x -n").stdout).into_owned();
+    let dropped: u64 = listing
+        .lines()
+        .find(|l| l.contains(&format!("dpt:{port}")))
+        .and_then(|l| l.split_whitespace().next()?.parse().ok())
+        .unwrap_or_else(|| panic!("{listing}"));
+    let v: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&json).expect("summary json")).unwrap();
+    let _ = std::fs::remove_file(&json);
+    let ep = v["endpoints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["server"] == format!("192.0.2.2:{port}"))
+        .expect("the endpoint");
+    assert!(dropped >= 8, "{listing}");
+    assert_eq!(ep["syns"], dropped, "SYN packets, as iptables counts them");
+    assert_eq!(ep["connection_attempts"], 2);
+    assert_eq!(
+        stderr
+            .matches(&format!(
+                "server 192.0.2.2:{port}: {dropped} SYNs (2 connection attempts"
+            ))
+            .count(),
+        1,
+        "{stderr}"
+    );
+}

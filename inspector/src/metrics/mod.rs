@@ -7,9 +7,12 @@
 //! [`MetricsState`]. A scrape adds the workers up under a mutex held only by the output thread's
 //! updates and the scrape itself.
 //!
-//! Label cardinality is bounded: the first `max_endpoints` server endpoints seen get their own
-//! series for as long as the process lives; every later one is added to `server="other"`. (Top-N by
-//! volume would move counts between series and break counter monotonicity.)
+//! Label cardinality is bounded: `max_endpoints` server endpoints get their own series for as
+//! long as the process lives; every other one is added to `server="other"`. (Top-N by volume
+//! would move counts between series and break counter monotonicity.) Port scans are daily life
+//! on a load balancer, so listeners win the slots: an endpoint that completed a handshake takes
+//! any free slot, one that only saw SYNs refused or unanswered (a scanned or closed port, a
+//! black-holed one) at most half of them, first come.
 
 mod server;
 
@@ -79,6 +82,8 @@ pub struct MetricsState {
     max_endpoints: usize,
     /// Server endpoints with their own series (first come, bounded, never removed).
     named: HashSet<Endpoint>,
+    /// Of `named`, endpoints that had completed no handshake when they were named.
+    unproven: usize,
     workers: Vec<WorkerSnapshot>,
     /// `syn_flood` / `reset_storm` episodes, which the output thread's aggregator decides, by
     /// the endpoint (flood) or host (storm) label.
@@ -99,6 +104,7 @@ impl MetricsState {
             mode,
             max_endpoints,
             named: HashSet::new(),
+            unproven: 0,
             workers: vec![WorkerSnapshot::default(); workers],
             episodes: BTreeMap::new(),
             kernel: None,
@@ -119,12 +125,26 @@ impl MetricsState {
     }
 
     pub fn update_worker(&mut self, i: usize, snap: WorkerSnapshot) {
-        for (ep, c) in &snap.endpoints {
-            if let Some(ep) = ep
-                && self.named.len() < self.max_endpoints
-                && c.syns + c.rsts.iter().flatten().flatten().sum::<u64>() > 0
-            {
+        // Listeners first, so a snapshot holding a scan and a service names the service.
+        let mut fresh: Vec<(&Endpoint, bool)> = snap
+            .endpoints
+            .iter()
+            .filter_map(|(ep, c)| {
+                let ep = ep.as_ref().filter(|e| !self.named.contains(e))?;
+                (c.syns + c.rsts.iter().flatten().flatten().sum::<u64>() > 0)
+                    .then_some((ep, c.established > 0))
+            })
+            .collect();
+        fresh.sort_by_key(|(_, listener)| !listener);
+        for (ep, listener) in fresh {
+            if self.named.len() >= self.max_endpoints {
+                break;
+            }
+            if listener {
                 self.named.insert(*ep);
+            } else if self.unproven < self.max_endpoints / 2 {
+                self.named.insert(*ep);
+                self.unproven += 1;
             }
         }
         if i >= self.workers.len() {
@@ -569,7 +589,7 @@ mod tests {
             syns: 2,
             ..Default::default()
         };
-        let mut m = MetricsState::new("pcap", 1, 1);
+        let mut m = MetricsState::new("pcap", 2, 1);
         m.update_worker(
             0,
             WorkerSnapshot {
@@ -589,5 +609,53 @@ mod tests {
             },
         );
         assert_eq!(m.by_server().keys().collect::<Vec<_>>(), ["other"]);
+    }
+
+    #[test]
+    fn a_port_scan_before_real_traffic_leaves_slots_for_the_listeners() {
+        let ep = |p: u16| Endpoint::from(std::net::SocketAddr::from(([10, 0, 0, 1], p)));
+        let refused = EndpointCounters {
+            syns: 1,
+            ..Default::default()
+        };
+        let listener = EndpointCounters {
+            syns: 5,
+            established: 5,
+            ..Default::default()
+        };
+        let mut m = MetricsState::new("live", 5, 1);
+        // A 10-port scan first...
+        let scan: Vec<_> = (1..=10).map(|p| (Some(ep(p)), refused)).collect();
+        m.update_worker(
+            0,
+            WorkerSnapshot {
+                endpoints: scan.clone(),
+                ..Default::default()
+            },
+        );
+        // ... then the services.
+        let mut all = scan;
+        all.push((Some(ep(80)), listener));
+        all.push((Some(ep(443)), listener));
+        m.update_worker(
+            0,
+            WorkerSnapshot {
+                endpoints: all,
+                ..Default::default()
+            },
+        );
+        let s = m.by_server();
+        assert!(
+            s.contains_key("10.0.0.1:80") && s.contains_key("10.0.0.1:443"),
+            "{:?}",
+            s.keys()
+        );
+        assert_eq!(
+            s.len(),
+            5,
+            "2 scanned ports, 2 listeners, other: {:?}",
+            s.keys()
+        );
+        assert_eq!(s["other"].syns, 8);
     }
 }
