@@ -25,7 +25,7 @@ fn demo_reports_every_scenario_and_tears_the_lab_down() {
     let expected: [(&str, &[&str]); 10] = [
         ("[1] echo connection over IPv4", &[]),
         ("[2] echo connection over IPv6", &[]),
-        ("[3] SYN to a closed port", &["reset", "syn_rejected"]),
+        ("[3] SYN to a closed port", &["syn_rejected"]),
         (
             "[4] SYNs dropped by an iptables INPUT rule",
             &["syn_unanswered"],

@@ -135,7 +135,7 @@ fn kill_9_leaves_whole_lines_and_loses_nothing_older_than_100_ms() {
     let v = lines(&file);
     let _ = std::fs::remove_file(&file);
     assert_eq!(kinds_of(&v, "syn_rejected"), 40, "{v:?}");
-    assert_eq!(kinds_of(&v, "reset"), 40);
+    assert_eq!(v.len(), 40, "one line per refused connection");
 }
 
 #[test]
@@ -280,7 +280,7 @@ fn a_full_disk_is_logged_counted_and_survived_without_torn_lines_or_empty_files(
     );
     // The disk holds whole lines up to where it filled: none torn, none half.
     let v = lines(&json);
-    assert!(v.len() > 50 && v.len() < 4000, "{}", v.len());
+    assert!(v.len() > 50 && v.len() < 2000, "{}", v.len());
     let used = std::fs::metadata(&json).unwrap().len();
     assert!(used > 32 * 1024, "the file filled most of the disk: {used}");
     // No empty or half-written evidence file is left.

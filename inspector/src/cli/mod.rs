@@ -300,6 +300,10 @@ pub struct EngineArgs {
     /// machine's memory. Checked before anything is allocated.
     #[arg(long, value_name = "BYTES", value_parser = parse_bytes)]
     pub memory_max: Option<u64>,
+    /// Also report a `reset` event for each RST that refuses a SYN (by default it is folded
+    /// into the connection's `syn_rejected`, whose evidence carries the RST's details).
+    #[arg(long)]
+    pub all_resets: bool,
     /// New connections per second to one server endpoint that make a `syn_flood`.
     #[arg(long, value_name = "PER_SEC", default_value_t = 5000,
           value_parser = clap::value_parser!(u64).range(1..))]
@@ -318,6 +322,7 @@ impl EngineArgs {
             syn_timeout: self.syn_timeout.as_nanos() as u64,
             synack_timeout: self.synack_timeout.as_nanos() as u64,
             reorder_window: self.reorder_window.as_nanos() as u64,
+            all_resets: self.all_resets,
             fin_timeout: self.fin_timeout.as_nanos() as u64,
             flood_rate: self.flood_rate,
             rst_rate: self.rst_rate,

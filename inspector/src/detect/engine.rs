@@ -71,6 +71,9 @@ pub struct Config {
     pub rst_rate: u64,
     /// Every segment of a flow is visible (pcap, tap) rather than only control packets.
     pub full_visibility: bool,
+    /// Also report a `reset` event for a RST that refused a SYN (by default it is folded into
+    /// the connection's `syn_rejected`, which carries its details).
+    pub all_resets: bool,
 }
 
 impl Default for Config {
@@ -93,6 +96,7 @@ impl Default for Config {
             flood_rate: 5000,
             rst_rate: 1000,
             full_visibility: true,
+            all_resets: false,
         }
     }
 }

@@ -85,14 +85,15 @@ fn syn_answered_by_rst_is_rejected_and_refused() {
         .at(1, s(40000, RA, 0, 1001));
     assert!(sim.out.is_empty(), "held for the reorder window");
     sim.until(201);
-    assert_eq!(sim.kinds(), ["reset", "syn_rejected"]);
-    let r = sim.one(Kind::Reset);
+    // One verdict per fact: the refusing RST is syn_rejected's evidence.
+    assert_eq!(sim.kinds(), ["syn_rejected"]);
+    let r = sim.one(Kind::SynRejected);
     assert_eq!(r.ts_ns, T0 + MS, "the RST's own time");
     assert_eq!(r.ev("rst_class"), "refused");
     assert_eq!(r.ev("effect"), "reset");
     assert_eq!(r.ev("phase"), "handshake");
     assert_eq!(r.ev("from"), "server");
-    assert_eq!(sim.one(Kind::SynRejected).ev("rst_ack"), 1001);
+    assert_eq!(r.ev("rst_ack"), 1001);
     assert_eq!(r.client.unwrap().to_string(), "192.0.2.1:40000");
     assert_eq!(r.server.unwrap().to_string(), "192.0.2.2:80");
     assert!(r.reverse_seen);
@@ -723,6 +724,18 @@ fn an_acceptable_looking_rst_overruled_by_a_completed_handshake_had_no_effect() 
     sim.at(0, c(1, SYN, 1000, 0))
         .at(1, s(1, RA, 0, 1001))
         .at(500, s(1, SA, 5000, 1001));
+    assert_eq!(sim.kinds(), ["syn_rejected"]);
+    // With all_resets the RST is reported on its own too.
+    let mut sim = Sim {
+        eng: Engine::new(Config {
+            all_resets: true,
+            ..Config::default()
+        }),
+        out: Vec::new(),
+    };
+    sim.at(0, c(1, SYN, 1000, 0))
+        .at(1, s(1, RA, 0, 1001))
+        .until(1000);
     assert_eq!(sim.kinds(), ["reset", "syn_rejected"]);
 }
 
@@ -734,8 +747,8 @@ fn every_rst_answering_a_retransmitted_syn_is_refused_and_rejected_once() {
         .at(1000, c(1, SYN, 1000, 0)) // the client never got the first RST
         .at(1001, s(1, RA, 0, 1001))
         .until(10_000);
-    assert_eq!(sim.kinds(), ["reset", "syn_rejected", "reset"]);
-    assert_eq!(sim.out[2].ev("rst_class"), "refused");
+    assert_eq!(sim.kinds(), ["syn_rejected"]);
+    assert_eq!(sim.out[0].ev("rst_class"), "refused");
     let st = sim.eng.endpoints().iter().next().unwrap().1;
     assert_eq!((st.syns, st.rsts_of(RstClass::Refused)), (2, 2));
 }

@@ -154,6 +154,31 @@ impl Event {
         }
     }
 
+    /// What to check, for this event: a `reset` says what its class means.
+    pub fn hint(&self) -> &'static str {
+        if self.kind != Kind::Reset {
+            return self.kind.hint();
+        }
+        match self.ev("rst_class").as_str() {
+            Some("refused") => {
+                "refused: nothing listens on the port, or a firewall REJECT --reject-with tcp-reset"
+            }
+            Some("passive") => {
+                "passive: the sender had no socket for its peer's segment (tcp_v4_send_reset): a restarted service, a conntrack/NAT mismatch, a listener gone, or an ehash lookup race right after the handshake"
+            }
+            Some("active") => {
+                "active: the sender's application aborted the connection (SO_LINGER 0 close, close with unread data, an orphan or memory pressure)"
+            }
+            Some("probe_abort") => {
+                "probe_abort: the client reset right after its handshake without data: a health check that connects and resets"
+            }
+            Some("out_of_window") => {
+                "out_of_window: the receiver did not take this RST (see effect: a challenge ACK or ignored); the connection lives on unless a later RST ends it"
+            }
+            _ => self.kind.hint(),
+        }
+    }
+
     /// The evidence field `name`, or Null.
     pub fn ev(&self, name: &str) -> &Value {
         self.evidence.get(name).unwrap_or(&Value::Null)

@@ -412,11 +412,18 @@ impl Engine {
             .get(server_ep)
             .count_rst(class, h.phase, false);
         let ev = reset_evidence(false, class, h.phase, effect, h.seq, h.ack, h.expected_seq);
-        self.emit(out, slot, Kind::Reset, S, None, h.ns, ev);
         if taken {
-            let ev = evidence! { "rst_ack" => h.ack };
-            self.emit(out, slot, Kind::SynRejected, C, None, h.ns, ev);
+            // One verdict per fact: the refusing RST is the evidence of `syn_rejected` (its
+            // `reset` event only with `all_resets`).
+            if self.ctx.cfg.all_resets {
+                self.emit(out, slot, Kind::Reset, S, None, h.ns, ev.clone());
+            }
+            let mut rej = evidence! { "rst_ack" => h.ack };
+            rej.extend(ev);
+            self.emit(out, slot, Kind::SynRejected, C, None, h.ns, rej);
             self.close(slot, h.ns);
+        } else {
+            self.emit(out, slot, Kind::Reset, S, None, h.ns, ev);
         }
     }
 }

@@ -45,7 +45,7 @@ pub const CLOSED_PORT: Scenario = Scenario {
     name: "closed_port",
     offset: 2,
     title: "SYN to a closed port",
-    expect: "syn_rejected, and a `refused` reset from the server",
+    expect: "syn_rejected, its evidence the server's `refused` RST",
 };
 pub const FIREWALL_DROP: Scenario = Scenario {
     name: "firewall_drop",

@@ -155,7 +155,7 @@ impl<'a> From<&'a crate::detect::Event> for EventLine<'a> {
             reverse_seen: e.reverse_seen,
             one_way: e.one_way,
             evidence: &e.evidence,
-            hint: e.kind.hint(),
+            hint: e.hint(),
             evidence_file: None,
             evidence_packets: None,
             evidence_partial: false,
