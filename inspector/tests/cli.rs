@@ -235,3 +235,70 @@ fn run_out(args: &[&str]) -> (i32, String) {
         String::from_utf8_lossy(&out.stdout).into_owned(),
     )
 }
+
+#[test]
+fn a_missing_capture_file_is_one_error_before_any_summary() {
+    let out = Command::new(BIN)
+        .args(["pcap", "/nonexistent.pcap"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "",
+        "no summary of nothing"
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        err.trim(),
+        "synscope: error: /nonexistent.pcap: cannot open: No such file or directory (os error 2)"
+    );
+}
+
+#[test]
+fn a_port_scan_does_not_bury_the_summary() {
+    use synscope::{
+        capture::pcap::write,
+        wire::{
+            TcpFlags,
+            emit::{SegmentBuilder, ip_tcp},
+        },
+    };
+    // 60 refused ports, then one service with a half-open connection.
+    let mut frames = Vec::new();
+    for p in 0..60u16 {
+        let syn = SegmentBuilder::v4([192, 0, 2, 1], 40000, [192, 0, 2, 2], 1000 + p)
+            .flags(TcpFlags::SYN)
+            .seq(7);
+        let rst = SegmentBuilder::v4([192, 0, 2, 2], 1000 + p, [192, 0, 2, 1], 40000)
+            .flags(TcpFlags(0x14))
+            .ack(8);
+        frames.push(ip_tcp(&syn));
+        frames.push(ip_tcp(&rst));
+    }
+    let recs: Vec<write::Rec<'_>> = frames
+        .iter()
+        .enumerate()
+        .map(|(i, f)| {
+            (
+                1_800_000_000_000_000_000 + i as u64 * 1_000_000,
+                f.len() as u32,
+                f.as_slice(),
+            )
+        })
+        .collect();
+    let path = std::env::temp_dir().join(format!("synscope-scan-{}.pcap", std::process::id()));
+    std::fs::write(&path, write::pcap(101, 65535, &recs)).unwrap();
+    let out = Command::new(BIN).arg("pcap").arg(&path).output().unwrap();
+    let _ = std::fs::remove_file(&path);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        text.matches("\nserver ").count() + usize::from(text.starts_with("server ")),
+        20,
+        "{text}"
+    );
+    assert!(
+        text.contains("... and 40 more server endpoints (40 SYNs;"),
+        "{text}"
+    );
+}

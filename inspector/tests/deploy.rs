@@ -30,7 +30,7 @@ fn alert_rules_are_valid_and_fire_on_the_series_they_are_about() {
     let check = ok(Command::new("promtool")
         .args(["check", "rules"])
         .arg(Path::new(DEPLOY).join("alerts.yml")));
-    assert!(check.contains("SUCCESS: 5 rules found"), "{check}");
+    assert!(check.contains("SUCCESS: 8 rules found"), "{check}");
     let test = ok(Command::new("promtool")
         .args(["test", "rules", "alerts_test.yml"])
         .current_dir(DEPLOY));
@@ -221,4 +221,35 @@ fn every_dashboard_query_runs_and_the_leak_alert_fires_on_a_real_prometheus() {
     assert_eq!(firing[0].1["severity"], "critical");
     let _ = child.kill();
     let _ = child.wait();
+}
+
+#[test]
+fn the_logrotate_snippet_rotates_and_signals_synscope_to_reopen() {
+    // The shipped snippet, pointed at a temporary file, run by the real logrotate with a
+    // postrotate that records what it would do.
+    let dir = std::env::temp_dir().join(format!("synscope-logrotate-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let events = dir.join("events.ndjson");
+    std::fs::write(&events, "{\"kind\":\"syn_rejected\"}\n").unwrap();
+    let marker = dir.join("hup");
+    let conf = std::fs::read_to_string(Path::new(DEPLOY).join("logrotate.synscope"))
+        .unwrap()
+        .replace("/var/lib/synscope/events.ndjson", events.to_str().unwrap())
+        .replace(
+            "systemctl kill --signal=HUP synscope.service >/dev/null 2>&1 || true",
+            &format!("touch {}", marker.display()),
+        );
+    let conf_path = dir.join("synscope.conf");
+    std::fs::write(&conf_path, conf).unwrap();
+    let out = ok(Command::new("logrotate")
+        .args(["--force", "--state"])
+        .arg(dir.join("state"))
+        .arg(&conf_path));
+    assert!(
+        !events.exists(),
+        "moved away (nocreate: synscope creates it): {out}"
+    );
+    assert!(dir.join("events.ndjson.1").exists(), "{out}");
+    assert!(marker.exists(), "postrotate ran: {out}");
+    let _ = std::fs::remove_dir_all(&dir);
 }

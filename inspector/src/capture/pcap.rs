@@ -25,7 +25,7 @@ use crate::wire::{
 /// A file that could not be read to its end; says which packet broke.
 #[derive(Debug, thiserror::Error)]
 pub enum PcapError {
-    #[error("{file}: cannot open: {source}")]
+    #[error("{file}: cannot open")]
     Open {
         file: PathBuf,
         #[source]

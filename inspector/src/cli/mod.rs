@@ -548,6 +548,10 @@ fn print_summary(sink: Option<&JsonSink>, summary: &str) {
 }
 
 fn run_pcap(a: &PcapArgs) -> anyhow::Result<()> {
+    // Every file must open before anything runs: one error, no summary of nothing.
+    for f in &a.files {
+        std::fs::File::open(f).map_err(|e| anyhow::anyhow!("{}: cannot open: {e}", f.display()))?;
+    }
     let evidence_ring = if a.report.evidence.is_some() {
         a.report.evidence_buffer_mb << 20
     } else {

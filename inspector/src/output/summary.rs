@@ -78,11 +78,41 @@ fn endpoint_block(s: &mut String, name: &str, st: &EndpointStats) {
 
 /// Renders the summary of an engine run (one engine, or every worker's added up), with the
 /// parse errors seen before it.
+/// Endpoints listed in the text summary; the rest are counted in one line (all of them are in
+/// `--summary-json` and the metrics).
+const LISTED: usize = 20;
+
 pub fn render(t: &Totals, frames: u64, parse_errors: &BTreeMap<&'static str, u64>) -> String {
     let mut s = String::new();
-    for (ep, st) in t.endpoints.iter() {
+    // The endpoints with the most anomalies first, then the busiest: a port scan's hundreds of
+    // refused ports must not bury the service that has a problem.
+    let mut eps: Vec<_> = t.endpoints.iter().collect();
+    eps.sort_by_key(|(ep, st)| {
+        let anomalies: u64 = Kind::ALL
+            .iter()
+            .filter(|k| **k != Kind::Reset)
+            .map(|k| st.anomalies[*k as usize])
+            .sum();
+        (
+            std::cmp::Reverse(anomalies),
+            std::cmp::Reverse(st.syns),
+            ep.copied(),
+        )
+    });
+    for (ep, st) in eps.iter().take(LISTED) {
         let name = ep.map_or_else(|| "other".to_owned(), |e| e.to_string());
         endpoint_block(&mut s, &name, st);
+    }
+    if eps.len() > LISTED {
+        let rest = &eps[LISTED..];
+        let syns: u64 = rest.iter().map(|(_, st)| st.syns).sum();
+        let _ = writeln!(
+            s,
+            "... and {} more server endpoints ({} SYN{}; every endpoint: --summary-json, /metrics)",
+            rest.len(),
+            syns,
+            plural(syns)
+        );
     }
     if s.is_empty() {
         s.push_str("no TCP handshakes seen\n");
