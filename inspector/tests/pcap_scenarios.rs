@@ -334,3 +334,32 @@ fn the_unanswered_syn_hint_names_tools_that_exist_here() {
         ok(&["nstat", "-az", counter], counter);
     }
 }
+
+#[test]
+fn long_reads_show_progress_on_a_terminal_and_nothing_otherwise() {
+    // 18 MB of real connections (the clean capture's records 20,000 times over).
+    let src = std::fs::read(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/pcaps/clean_connection.pcap"),
+    )
+    .unwrap();
+    let mut big = src[..24].to_vec();
+    for _ in 0..20_000 {
+        big.extend_from_slice(&src[24..]);
+    }
+    let path = std::env::temp_dir().join(format!("synscope-progress-{}.pcap", std::process::id()));
+    std::fs::write(&path, &big).unwrap();
+    let piped = Command::new(BIN).arg("pcap").arg(&path).output().unwrap();
+    assert!(!String::from_utf8_lossy(&piped.stderr).contains("ETA"));
+    // `script` gives synscope a terminal.
+    let tty = Command::new("script")
+        .args([
+            "-qec",
+            &format!("{BIN} pcap {} > /dev/null", path.display()),
+            "/dev/null",
+        ])
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_file(&path);
+    let shown = String::from_utf8_lossy(&tty.stdout);
+    assert!(shown.contains("MiB") && shown.contains("ETA"), "{shown}");
+}

@@ -3,7 +3,7 @@
 use std::{collections::BTreeMap, path::PathBuf};
 
 use crate::{
-    capture::pcap::{Frame, PcapError, Record, parse_frame, read_file},
+    capture::pcap::{Frame, PcapError, Record, parse_frame},
     detect::{
         Config, Engine, Event,
         aggregate::{Aggregator, Rates},
@@ -166,12 +166,73 @@ pub fn run(
     if let Some((w, ring)) = evidence {
         r = r.with_evidence(w, ring);
     }
+    // On a terminal, long reads show progress (bytes of bytes, rate, ETA) on stderr.
+    let bar = std::io::IsTerminal::is_terminal(&std::io::stderr()).then(|| {
+        let total: u64 = files
+            .iter()
+            .filter_map(|f| std::fs::metadata(f).ok())
+            .map(|m| m.len())
+            .sum();
+        let bar = indicatif::ProgressBar::new(total);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{bytes}/{total_bytes} {wide_bar} {binary_bytes_per_sec}, {msg} ETA {eta}",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        bar
+    });
     let mut error = None;
     for file in files {
-        if let Err(e) = read_file(file, |rec| r.record(rec)) {
+        let opened = std::fs::File::open(file).map_err(|source| PcapError::Open {
+            file: file.clone(),
+            source,
+        });
+        let result = opened.and_then(|fh| {
+            let len = fh.metadata().ok().map(|m| m.len());
+            let reader = Progress {
+                inner: fh,
+                bar: bar.as_ref(),
+                unreported: 0,
+            };
+            let frames = &mut r;
+            crate::capture::pcap::read_sized(reader, len, file, |rec| {
+                frames.record(rec);
+                if let Some(b) = &bar
+                    && frames.frames.is_multiple_of(65_536)
+                {
+                    b.set_message(format!("{} frames", frames.frames));
+                }
+            })
+        });
+        if let Err(e) = result {
             error = Some(e);
             break;
         }
     }
+    if let Some(b) = bar {
+        b.finish_and_clear();
+    }
     r.finish(error)
+}
+
+/// A reader that moves a progress bar along (in steps of 1 MiB).
+struct Progress<'a, R> {
+    inner: R,
+    bar: Option<&'a indicatif::ProgressBar>,
+    unreported: u64,
+}
+
+impl<R: std::io::Read> std::io::Read for Progress<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        if let Some(b) = self.bar {
+            self.unreported += n as u64;
+            if self.unreported >= 1 << 20 || n == 0 {
+                b.inc(self.unreported);
+                self.unreported = 0;
+            }
+        }
+        Ok(n)
+    }
 }
