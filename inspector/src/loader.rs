@@ -318,11 +318,21 @@ fn preflight(iface: &str, force: bool, xdp: bool) -> Result<(u32, InstanceLock),
 struct Follow {
     budget: u32,
     mask: u32,
+    /// The flow hash's secret key, drawn per load (worker choice and follow slots).
+    hash_key: [u32; 2],
+}
+
+/// 64 random bits from the OS (std's hash keys are drawn from it).
+fn random_key() -> [u32; 2] {
+    use std::hash::BuildHasher;
+    let r = std::collections::hash_map::RandomState::new().hash_one(std::process::id());
+    [r as u32, (r >> 32) as u32]
 }
 
 impl Follow {
     fn new(budget: u32, slots: u32) -> Self {
         Self {
+            hash_key: random_key(),
             budget,
             mask: slots.max(1).next_power_of_two() - 1,
         }
@@ -335,6 +345,7 @@ fn load_object<'a>(loader: &mut EbpfLoader<'a>, follow: &'a Follow) -> Result<Eb
         .map_max_entries("FOLLOW", follow.mask + 1)
         .override_global("FOLLOW_BUDGET", &follow.budget, true)
         .override_global("FOLLOW_MASK", &follow.mask, true)
+        .override_global("HASH_KEY", &follow.hash_key, true)
         .load(BPF_OBJECT)
         .map_err(|e| match &e {
             aya::EbpfError::MapError(aya::maps::MapError::CreateError { io_error, .. })

@@ -10,6 +10,16 @@ use synscope_common::{MAX_WORKERS, PacketRecord, stats};
 #[unsafe(no_mangle)]
 static NWORKERS: u32 = 1;
 
+/// The flow hash's secret key, drawn by the loader at load time (chosen 4-tuples cannot aim
+/// at one worker without it).
+#[unsafe(no_mangle)]
+static HASH_KEY: [u32; 2] = [0; 2];
+
+pub fn hash_key() -> [u32; 2] {
+    // SAFETY: a valid static; volatile so the loader's value is read.
+    unsafe { core::ptr::read_volatile(&HASH_KEY) }
+}
+
 /// Packets followed after a SYN or SYN-ACK (both directions), set by the loader.
 #[unsafe(no_mangle)]
 static FOLLOW_BUDGET: u32 = 4;

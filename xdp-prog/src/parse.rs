@@ -292,7 +292,13 @@ pub fn parse_tcp<P: Packet>(ctx: &P) -> Result<Tcp, u32> {
     if doff < 20 {
         return Err(stats::UNPARSABLE_BAD_HEADER);
     }
-    let flow_hash = symmetric_flow_hash(l3.src, be16(&tcp, 0), l3.dst, be16(&tcp, 2));
+    let flow_hash = symmetric_flow_hash(
+        crate::maps::hash_key(),
+        l3.src,
+        be16(&tcp, 0),
+        l3.dst,
+        be16(&tcp, 2),
+    );
     Ok(Tcp {
         l3_off,
         hdr_len: l4_off - l3_off + doff,

@@ -932,3 +932,45 @@ fn capture_times_near_the_end_of_the_clock_do_not_overflow() {
     sim.eng.finish(u64::MAX, &mut sim.out);
     assert_eq!(sim.kinds(), Vec::<&str>::new());
 }
+
+#[test]
+fn a_flood_replaying_the_same_syns_is_counted_in_packets_for_its_whole_length() {
+    use crate::detect::aggregate::{Aggregator, Rates};
+    let cfg = Config {
+        flood_rate: 1000,
+        ..Config::default()
+    };
+    let mut sim = Sim {
+        eng: Engine::new(cfg.clone()),
+        out: Vec::new(),
+    };
+    let mut agg = Aggregator::new(Rates::of(&cfg), 1, sim.eng.shared().clone());
+    // 500 distinct SYNs, replayed every 250 ms for 4 s: 2000 SYN packets/s.
+    for round in 0..16u64 {
+        for i in 0..500u64 {
+            sim.at(
+                round * 250 + i / 2,
+                c(20_000 + i as u16, SYN, i as u32, 0).ip_id(round as u16),
+            );
+        }
+        let (t, w) = sim.eng.take_tallies();
+        agg.feed(0, t, w, &mut sim.out);
+    }
+    sim.until(200_000);
+    let (t, w) = sim.eng.take_tallies();
+    agg.feed(0, t, w, &mut sim.out);
+    agg.finish(&mut sim.out);
+    let end = sim
+        .out
+        .iter()
+        .find(|e| e.kind == Kind::SynFlood && e.ev("phase") == "end")
+        .expect("an episode end");
+    assert_eq!(end.ev("syns"), 8000, "every SYN packet of the episode");
+    assert_eq!(
+        end.ev("duration_s"),
+        4,
+        "the whole replay, not its first second"
+    );
+    let st = sim.eng.endpoints().iter().next().unwrap().1;
+    assert_eq!(st.syns, 8000);
+}

@@ -63,6 +63,14 @@ impl Engine {
             // sooner than any retransmission timer (a network duplicate) counts but does not
             // move it.
             let gap = now.saturating_sub(conn.syn_last);
+            // A flood that replays the same SYNs is SYN packets all the same.
+            let client_ip = Endpoint::from(seg.src).ip;
+            self.ctx
+                .tally
+                .syn(server_ep, Engine::source_hash(client_ip));
+            let Some(conn) = self.table.get_mut(slot) else {
+                return;
+            };
             if gap < 200 * MS {
                 conn.syn_count = conn.syn_count.saturating_add(1);
                 let ep = self.ctx.endpoints.get(server_ep);
