@@ -85,7 +85,7 @@ mod tests {
         let (a, b) = (fold_addr(&[0xc612_0001]), fold_addr(&[0x0a00_0002]));
         // An attacker who knew key K picks 4,096 source ports that all land on worker 0 of 2.
         let chosen: std::vec::Vec<u16> = (1024..u16::MAX)
-            .filter(|&p| symmetric_flow_hash(K, a, p, b, 80) % 2 == 0)
+            .filter(|&p| symmetric_flow_hash(K, a, p, b, 80).is_multiple_of(2))
             .take(4096)
             .collect();
         assert_eq!(chosen.len(), 4096);
@@ -93,7 +93,7 @@ mod tests {
         let other = [0x0bad_cafe, 0x5eed_f00d];
         let on0 = chosen
             .iter()
-            .filter(|&&p| symmetric_flow_hash(other, a, p, b, 80) % 2 == 0)
+            .filter(|&&p| symmetric_flow_hash(other, a, p, b, 80).is_multiple_of(2))
             .count();
         assert!((1800..2300).contains(&on0), "{on0} of 4096 on worker 0");
     }
