@@ -11,7 +11,7 @@ log() { printf 'setup: %s\n' "$*" >&2; }
 APT_PACKAGES=(
   build-essential pkg-config clang llvm libelf-dev zlib1g-dev m4 libpcap-dev gcc-multilib
   iproute2 iptables nftables tcpdump tshark bpftool ethtool procps psmisc
-  python3 python3-scapy iperf3 curl prometheus systemd logrotate
+  python3 python3-scapy iperf3 curl prometheus systemd logrotate tmux
 )
 missing=()
 for p in "${APT_PACKAGES[@]}"; do

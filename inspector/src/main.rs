@@ -9,7 +9,7 @@ fn main() -> ExitCode {
     let filter = tracing_subscriber::EnvFilter::try_from_env("SYNSCOPE_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let logs = tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
+        .with_writer(synscope::LogWriter)
         .with_env_filter(filter)
         .with_target(false);
     if cli.log_format == synscope::cli::LogFormat::Json {

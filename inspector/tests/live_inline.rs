@@ -874,3 +874,114 @@ fn syn_counts_match_iptables_own_packet_counters() {
         "{stderr}"
     );
 }
+
+/// The text of tmux session `s`'s pane.
+fn pane(s: &str) -> String {
+    let out = Command::new("tmux")
+        .args(["capture-pane", "-p", "-t", s])
+        .output()
+        .expect("tmux capture-pane");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn the_live_view_fills_80_and_160_columns_and_q_quits_to_a_clean_screen() {
+    if !require_root() {
+        return;
+    }
+    for width in [80u16, 160] {
+        let lab = Lab::create().expect("lab");
+        let session = format!("synscope-view-{}-{width}", std::process::id());
+        struct Kill(String);
+        impl Drop for Kill {
+            fn drop(&mut self) {
+                let _ = Command::new("tmux")
+                    .args(["kill-session", "-t", &self.0])
+                    .status();
+            }
+        }
+        let cmd = format!(
+            "ip netns exec {} {BIN} live -i {} --interval 1s --duration 60s; echo EXIT=$?; sleep 60",
+            lab.server_ns, lab.server_if
+        );
+        let st = Command::new("tmux")
+            .args([
+                "new-session",
+                "-d",
+                "-s",
+                &session,
+                "-x",
+                &width.to_string(),
+                "-y",
+                "30",
+                &cmd,
+            ])
+            .status()
+            .expect("tmux");
+        assert!(st.success());
+        let _kill = Kill(session.clone());
+        let attached = (0..100).any(|_| {
+            thread::sleep(Duration::from_millis(100));
+            pane(&session).contains("q quits")
+        });
+        assert!(attached, "{}", pane(&session));
+        for port in [9771, 9772] {
+            let to: SocketAddr = (lab.server_v4, port).into();
+            let r = synscope::lab::in_netns(&lab.client_ns, move || {
+                std::net::TcpStream::connect_timeout(&to, Duration::from_secs(2))
+            })
+            .expect("netns");
+            assert!(r.is_err());
+        }
+        thread::sleep(Duration::from_millis(2500));
+        let screen = pane(&session);
+        let header = screen
+            .lines()
+            .find(|l| l.contains("server") && l.contains("syn/s"))
+            .unwrap_or_else(|| panic!("no table header at {width}:\n{screen}"));
+        assert!(
+            header.contains("anomalies"),
+            "the header fits on one line: {header}"
+        );
+        assert!(
+            screen.contains("192.0.2.2:9771") && screen.contains("192.0.2.2:9772"),
+            "{screen}"
+        );
+        if width >= 120 {
+            assert!(
+                screen.contains("syn_rejected:1"),
+                "kinds at {width}:\n{screen}"
+            );
+        }
+        assert!(
+            screen
+                .lines()
+                .all(|l| l.chars().count() <= usize::from(width))
+        );
+        // q quits: the alternate screen goes, the summary is printed, the exit code is 0.
+        Command::new("tmux")
+            .args(["send-keys", "-t", &session, "q"])
+            .status()
+            .unwrap();
+        let done = (0..100).any(|_| {
+            thread::sleep(Duration::from_millis(100));
+            pane(&session).contains("EXIT=")
+        });
+        // The whole scrollback: the summary is longer than the pane.
+        let after = String::from_utf8_lossy(
+            &Command::new("tmux")
+                .args(["capture-pane", "-p", "-S", "-", "-t", &session])
+                .output()
+                .expect("tmux")
+                .stdout,
+        )
+        .into_owned();
+        assert!(done, "{after}");
+        assert!(after.contains("EXIT=0"), "{after}");
+        assert!(
+            !after.contains("q quits"),
+            "the view left no frame behind:\n{after}"
+        );
+        assert!(after.contains("server 192.0.2.2:9771: 1 SYN"), "{after}");
+    }
+}

@@ -567,7 +567,17 @@ fn run_pcap(a: &PcapArgs) -> anyhow::Result<()> {
     let mut totals = crate::detect::engine::Totals::of([&r.engine]);
     // Aggregate episodes included: the summary counts what the sinks received.
     totals.counters.events = r.events.len() as u64;
-    let mut summary = crate::output::summary::render(&totals, r.frames, &r.parse_errors);
+    let mut summary = format!(
+        "capture: {} file{}, {:.1} s of capture time\n",
+        a.files.len(),
+        if a.files.len() == 1 { "" } else { "s" },
+        r.span_ns as f64 / 1e9
+    );
+    summary.push_str(&crate::output::summary::render(
+        &totals,
+        r.frames,
+        &r.parse_errors,
+    ));
     if output_errors > 0 {
         summary.push_str(&format!(
             "output_errors: {output_errors} (writes that failed; see the log)\n"

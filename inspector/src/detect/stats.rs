@@ -26,8 +26,11 @@ impl Latency {
 }
 
 /// Upper bounds (ns) of the fixed latency buckets the metrics export (Prometheus `le`, in
-/// seconds there): 100 µs to 30 s, so SYN retransmissions (1 s, 3 s, 7 s) land in their own.
-pub const LATENCY_BOUNDS_NS: [u64; 17] = [
+/// seconds there): 10 µs (a LAN or loopback handshake) to 30 s, so SYN retransmissions (1 s, 3 s, 7 s) land in their own.
+pub const LATENCY_BOUNDS_NS: [u64; 20] = [
+    10_000,
+    25_000,
+    50_000,
     100_000,
     250_000,
     500_000,

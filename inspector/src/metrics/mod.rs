@@ -571,10 +571,10 @@ mod tests {
         for ns in [100_000, 100_001, 3_000_000_000, u64::MAX] {
             b.record(ns);
         }
-        assert_eq!(b.counts[0], 1, "100 µs is in le=0.0001");
-        assert_eq!(b.counts[1], 1);
-        assert_eq!(b.counts[14], 1, "3 s is in le=5");
-        assert_eq!(b.counts[17], 1, "+Inf");
+        assert_eq!(b.counts[3], 1, "100 µs is in le=0.0001");
+        assert_eq!(b.counts[4], 1);
+        assert_eq!(b.counts[17], 1, "3 s is in le=5");
+        assert_eq!(b.counts[20], 1, "+Inf");
         assert_eq!(b.quantile_bound(0.25), Some(100_000));
         assert_eq!(b.quantile_bound(0.5), Some(250_000));
         assert_eq!(b.quantile_bound(0.75), Some(5_000_000_000));

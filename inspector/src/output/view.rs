@@ -1,7 +1,9 @@
-//! `--interval SECS`: what happened in the last interval, per server endpoint — rates,
-//! anomalies, latency percentiles — and the top offenders (the clients behind warning and
-//! critical events, e.g. the sources of leaked probe connections). Redrawn in place on a
-//! terminal; plain `key=value` lines otherwise (logs, `journalctl`).
+//! `--interval DURATION`: what happened in the last interval, per server endpoint — rates,
+//! anomalies (this interval and since the start), latency percentiles — and the top offenders
+//! (the clients behind warning and critical events, e.g. the sources of leaked probe
+//! connections). On a terminal a full-screen view (ratatui, the alternate screen: nothing is
+//! left in the scrollback), endpoints with anomalies first, coloured by severity, `q` or
+//! Ctrl-C to quit; plain logfmt `key=value` lines otherwise (logs, `journalctl`).
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -24,16 +26,50 @@ const MAX_ROWS: usize = 20;
 /// Offenders shown at most.
 const MAX_OFFENDERS: usize = 5;
 
+/// The full-screen terminal of the view (alternate screen, raw mode), restored when dropped.
+struct Screen {
+    term: ratatui::Terminal<ratatui::backend::CrosstermBackend<Box<dyn std::io::Write + Send>>>,
+}
+
+impl Screen {
+    fn open(to_stderr: bool) -> std::io::Result<Self> {
+        use ratatui::crossterm::{cursor::Hide, execute, terminal};
+        let mut out: Box<dyn std::io::Write + Send> = if to_stderr {
+            Box::new(std::io::stderr())
+        } else {
+            Box::new(std::io::stdout())
+        };
+        terminal::enable_raw_mode()?;
+        execute!(out, terminal::EnterAlternateScreen, Hide)?;
+        crate::hold_logs(true);
+        let term = ratatui::Terminal::new(ratatui::backend::CrosstermBackend::new(out))?;
+        Ok(Self { term })
+    }
+}
+
+impl Drop for Screen {
+    fn drop(&mut self) {
+        use ratatui::crossterm::{cursor::Show, execute, terminal};
+        let _ = terminal::disable_raw_mode();
+        let _ = execute!(
+            self.term.backend_mut(),
+            terminal::LeaveAlternateScreen,
+            Show
+        );
+    }
+}
+
 /// The periodic view's state between two renderings.
 pub struct View {
     every: Duration,
     /// stderr (NDJSON has stdout) or stdout.
     to_stderr: bool,
     tty: bool,
+    screen: Option<Screen>,
     last: Instant,
     prev: BTreeMap<String, EndpointCounters>,
-    /// (kind, client address) → events this interval.
-    offenders: HashMap<(Kind, IpAddr), u64>,
+    /// (kind, client address, server endpoint) → events this interval.
+    offenders: HashMap<(Kind, IpAddr, String), u64>,
 }
 
 impl View {
@@ -46,10 +82,35 @@ impl View {
         } else {
             std::io::stdout().is_terminal()
         };
-        Self {
+        let mut v = Self {
             to_stderr,
             ..Self::new(every, tty)
+        };
+        if tty {
+            match Screen::open(to_stderr) {
+                Ok(s) => v.screen = Some(s),
+                Err(e) => tracing::warn!(error = %e, "no full-screen view; plain lines instead"),
+            }
         }
+        v
+    }
+
+    /// Whether the operator asked to quit (`q`, Ctrl-C: raw mode turns it into a key).
+    pub fn quit_requested(&mut self) -> bool {
+        use ratatui::crossterm::event::{self, Event as Ev, KeyCode, KeyModifiers};
+        if self.screen.is_none() {
+            return false;
+        }
+        while event::poll(Duration::ZERO).unwrap_or(false) {
+            if let Ok(Ev::Key(k)) = event::read() {
+                let ctrl_c =
+                    k.code == KeyCode::Char('c') && k.modifiers.contains(KeyModifiers::CONTROL);
+                if ctrl_c || k.code == KeyCode::Char('q') || k.code == KeyCode::Esc {
+                    return true;
+                }
+            }
+        }
+        false
     }
 
     /// A view every `every`; `tty` redraws in place.
@@ -58,6 +119,7 @@ impl View {
             every,
             to_stderr: false,
             tty,
+            screen: None,
             last: Instant::now(),
             prev: BTreeMap::new(),
             offenders: HashMap::new(),
@@ -69,7 +131,11 @@ impl View {
         if e.severity() != "info"
             && let Some(c) = e.client
         {
-            *self.offenders.entry((e.kind, c.ip_addr())).or_default() += 1;
+            let server = e.server.map_or_else(|| "-".to_owned(), |s| s.to_string());
+            *self
+                .offenders
+                .entry((e.kind, c.ip_addr(), server))
+                .or_default() += 1;
         }
     }
 
@@ -81,6 +147,10 @@ impl View {
     /// Renders the interval that ends now and writes it out.
     pub fn show(&mut self, state: &MetricsState, now_unix_ns: i128) {
         use std::io::Write as _;
+        if self.screen.is_some() {
+            self.draw(state, now_unix_ns);
+            return;
+        }
         let s = self.render(state, now_unix_ns);
         // A closed terminal or pipe is not worth stopping the capture for.
         let _ = if self.to_stderr {
@@ -89,6 +159,131 @@ impl View {
             let mut o = std::io::stdout().lock();
             o.write_all(s.as_bytes()).and_then(|()| o.flush())
         };
+    }
+
+    /// Draws the full-screen view of the interval that ends now.
+    fn draw(&mut self, state: &MetricsState, now_unix_ns: i128) {
+        use ratatui::{
+            layout::{Constraint, Layout},
+            style::{Color, Modifier, Style},
+            text::{Line, Span},
+            widgets::{Block, Borders, Cell, Paragraph, Row, Table},
+        };
+        let secs = self.last.elapsed().as_secs_f64().max(1e-3);
+        self.last = Instant::now();
+        let cur = state.by_server();
+        let zero = EndpointCounters::default();
+        let mut rows: Vec<(&String, EndpointCounters, &EndpointCounters)> = cur
+            .iter()
+            .map(|(k, c)| (k, c.since(self.prev.get(k).unwrap_or(&zero)), c))
+            .collect();
+        let total_anomalies = |c: &EndpointCounters| -> u64 {
+            Kind::ALL
+                .iter()
+                .filter(|k| **k != Kind::Reset)
+                .map(|k| c.anomalies[*k as usize])
+                .sum()
+        };
+        // Endpoints with anomalies first (this interval, then since the start), then busy ones.
+        rows.sort_by(|a, b| {
+            total_anomalies(&b.1)
+                .cmp(&total_anomalies(&a.1))
+                .then(total_anomalies(b.2).cmp(&total_anomalies(a.2)))
+                .then(b.1.syns.cmp(&a.1.syns))
+                .then(a.0.cmp(b.0))
+        });
+        let mut offenders: Vec<((Kind, IpAddr, String), u64)> = self.offenders.drain().collect();
+        offenders.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+        offenders.truncate(MAX_OFFENDERS);
+        let ts = rfc3339_micros(now_unix_ns);
+        let (syns, est, anom): (u64, u64, u64) = cur.values().fold((0, 0, 0), |a, c| {
+            (a.0 + c.syns, a.1 + c.established, a.2 + total_anomalies(c))
+        });
+        let severity = |c: &EndpointCounters| -> Style {
+            let worst = Kind::ALL
+                .iter()
+                .filter(|k| **k != Kind::Reset && c.anomalies[**k as usize] > 0)
+                .map(|k| k.severity())
+                .fold("", |w, s| match (w, s) {
+                    ("critical", _) | (_, "critical") => "critical",
+                    ("warning", _) | (_, "warning") => "warning",
+                    _ => "info",
+                });
+            match worst {
+                "critical" => Style::default().fg(Color::Red).add_modifier(Modifier::BOLD),
+                "warning" => Style::default().fg(Color::Yellow),
+                _ => Style::default(),
+            }
+        };
+        let prev = &mut self.prev;
+        let Some(screen) = self.screen.as_mut() else {
+            return;
+        };
+        let _ = screen.term.draw(|f| {
+            let area = f.area();
+            let [head, table, foot] = Layout::vertical([
+                Constraint::Length(2),
+                Constraint::Min(3),
+                Constraint::Length(offenders.len() as u16 + 2),
+            ])
+            .areas(area);
+            f.render_widget(
+                Paragraph::new(vec![
+                    Line::from(vec![
+                        Span::styled("synscope ", Style::default().add_modifier(Modifier::BOLD)),
+                        Span::raw(format!("{ts}  every {secs:.1}s  q quits")),
+                    ]),
+                    Line::from(format!(
+                        "since start: {syns} SYNs, {est} handshakes, {anom} anomalies; rates and p50/p99 connect: this interval"
+                    )),
+                ]),
+                head,
+            );
+            let wide = area.width >= 120;
+            let header = Row::new(["server", "syn/s", "est/s", "rst/s", "p50", "p99", "anomalies now (total)"])
+                .style(Style::default().add_modifier(Modifier::REVERSED));
+            let body = rows.iter().map(|(name, d, c)| {
+                let now = if wide {
+                    anomalies(d).replace(',', " ")
+                } else {
+                    total_anomalies(d).to_string()
+                };
+                Row::new(vec![
+                    Cell::from(name.as_str()),
+                    Cell::from(rate(d.syns, secs)),
+                    Cell::from(rate(d.established, secs)),
+                    Cell::from(rate(rsts(d), secs)),
+                    Cell::from(pct(d, Latency::ConnectTotal, 0.5)),
+                    Cell::from(pct(d, Latency::ConnectTotal, 0.99)),
+                    Cell::from(format!("{now} ({})", total_anomalies(c))).style(severity(c)),
+                ])
+            });
+            let widths = [
+                Constraint::Length(if wide { 40 } else { 21 }),
+                Constraint::Length(7),
+                Constraint::Length(6),
+                Constraint::Length(6),
+                Constraint::Length(7),
+                Constraint::Length(7),
+                Constraint::Fill(1),
+            ];
+            f.render_widget(Table::new(body, widths).header(header), table);
+            let lines: Vec<Line> = offenders
+                .iter()
+                .map(|((k, ip, srv), n)| {
+                    Line::from(format!("  {:<22} {ip} -> {srv}  {n}", k.as_str()))
+                })
+                .collect();
+            f.render_widget(
+                Paragraph::new(lines).block(
+                    Block::default()
+                        .borders(Borders::TOP)
+                        .title("top offenders this interval"),
+                ),
+                foot,
+            );
+        });
+        *prev = cur;
     }
 
     /// Renders the interval that ends now and starts the next.
@@ -104,7 +299,7 @@ impl View {
         rows.sort_by(|a, b| b.1.syns.cmp(&a.1.syns).then(a.0.cmp(b.0)));
         let hidden = rows.len().saturating_sub(MAX_ROWS);
         rows.truncate(MAX_ROWS);
-        let mut offenders: Vec<((Kind, IpAddr), u64)> = self.offenders.drain().collect();
+        let mut offenders: Vec<((Kind, IpAddr, String), u64)> = self.offenders.drain().collect();
         offenders.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
         offenders.truncate(MAX_OFFENDERS);
         let ts = rfc3339_micros(now_unix_ns);
@@ -151,7 +346,7 @@ fn tty(
     secs: f64,
     rows: &[(&String, EndpointCounters)],
     hidden: usize,
-    offenders: &[((Kind, IpAddr), u64)],
+    offenders: &[((Kind, IpAddr, String), u64)],
 ) -> String {
     // Home, clear screen.
     let mut s = String::from("\x1b[H\x1b[2J");
@@ -186,8 +381,8 @@ fn tty(
             s,
             "\ntop offenders (clients behind warnings/critical events):"
         );
-        for ((k, ip), n) in offenders {
-            let _ = writeln!(s, "  {:<24} {ip:<40} {n}", k.as_str());
+        for ((k, ip, srv), n) in offenders {
+            let _ = writeln!(s, "  {:<24} {ip:<40} {srv} {n}", k.as_str());
         }
     }
     s
@@ -197,13 +392,13 @@ fn lines(
     ts: &str,
     secs: f64,
     rows: &[(&String, EndpointCounters)],
-    offenders: &[((Kind, IpAddr), u64)],
+    offenders: &[((Kind, IpAddr, String), u64)],
 ) -> String {
     let mut s = String::new();
     for (name, d) in rows {
         let _ = writeln!(
             s,
-            "{ts} interval={secs:.1}s server={name} syns={} established={} rsts={} syn_per_s={} p50_response<={} p99_response<={} p99_connect<={} anomalies={}",
+            "ts={ts} interval={secs:.1}s server={name} syns={} established={} rsts={} syn_per_s={} p50_response_le={} p99_response_le={} p99_connect_le={} anomalies={}",
             d.syns,
             d.established,
             rsts(d),
@@ -214,10 +409,10 @@ fn lines(
             anomalies(d)
         );
     }
-    for ((k, ip), n) in offenders {
+    for ((k, ip, srv), n) in offenders {
         let _ = writeln!(
             s,
-            "{ts} interval={secs:.1}s offender={ip} kind={} events={n}",
+            "ts={ts} interval={secs:.1}s offender={ip} server={srv} kind={} events={n}",
             k.as_str()
         );
     }
@@ -264,12 +459,12 @@ mod tests {
         let first = v.render(&m, 0);
         assert!(
             first.contains("server=10.0.0.2:80 syns=10 established=9 rsts=0 ")
-                && first.contains("p50_response<=250us")
+                && first.contains("p50_response_le=250us")
                 && first.contains("anomalies=syn_unanswered:1"),
             "{first}"
         );
         assert!(
-            first.contains("offender=10.0.0.9 kind=syn_unanswered events=1"),
+            first.contains("offender=10.0.0.9 server=10.0.0.2:80 kind=syn_unanswered events=1"),
             "{first}"
         );
         // Nothing new: no lines.
@@ -278,7 +473,7 @@ mod tests {
         m.update_worker(0, snap(c));
         let third = v.render(&m, 0);
         assert!(third.contains("syns=5 established=0 "), "{third}");
-        assert!(third.contains("p50_response<=- "), "{third}");
+        assert!(third.contains("p50_response_le=- "), "{third}");
         let mut t = View::new(Duration::from_secs(1), true);
         let screen = t.render(&m, 0);
         assert!(screen.starts_with("\x1b[H\x1b[2J"), "{screen:?}");

@@ -55,7 +55,8 @@ pub fn run(
     stop: &dyn Fn() -> bool,
     sinks: Sinks<'_>,
 ) -> anyhow::Result<LiveReport> {
-    let deadline = duration.map(|d| Instant::now() + d);
+    let started = Instant::now();
+    let deadline = duration.map(|d| started + d);
     let crew = Crew::new(&sinks);
     let mut handles = Vec::new();
     for (i, ring) in std::mem::take(&mut inline.rings).into_iter().enumerate() {
@@ -95,6 +96,7 @@ pub fn run(
         egress: inline.egress,
         output_errors,
         interface_lost,
+        ran: started.elapsed(),
         xsk: Vec::new(),
     })
 }

@@ -96,6 +96,8 @@ pub struct LiveReport {
     pub output_errors: u64,
     /// The interface went away during the run (the run ended there).
     pub interface_lost: bool,
+    /// How long the capture ran.
+    pub ran: Duration,
     /// Tap mode: one entry per AF_XDP socket (RX queue).
     pub xsk: Vec<XskReport>,
     /// From the capture time of the packet (or deadline) that settled each event to the
@@ -132,7 +134,12 @@ impl LiveReport {
                 *errors.entry(*k).or_default() += v;
             }
         }
-        let mut s = summary::render(&self.totals, self.records(), &BTreeMap::new());
+        let mut s = format!("ran {:.1} s\n", self.ran.as_secs_f64());
+        s.push_str(&summary::render(
+            &self.totals,
+            self.records(),
+            &BTreeMap::new(),
+        ));
         if self.output_errors > 0 {
             s.push_str(&format!(
                 "output_errors: {} (writes that failed; see the log)\n",
@@ -400,6 +407,11 @@ impl Crew {
                 if let Some(k) = (source.kernel)() {
                     lock(m).set_kernel(k);
                 }
+            }
+            // The full-screen view takes `q` and Ctrl-C (raw mode makes them keys).
+            if sinks.view.as_mut().is_some_and(|v| v.quit_requested()) {
+                crate::STOP.store(true, Ordering::Relaxed);
+                break;
             }
             if let (Some(v), Some(m)) = (&mut sinks.view, &sinks.metrics)
                 && v.due()

@@ -23,6 +23,8 @@ pub struct Replay {
     /// Evidence pcaps written, and those that could not be.
     pub evidence_files: u64,
     pub evidence_errors: u64,
+    /// Capture time from the first frame to the last.
+    pub span_ns: u64,
     pub error: Option<PcapError>,
 }
 
@@ -34,6 +36,7 @@ pub struct Replayer<'a> {
     frames: u64,
     parse_errors: BTreeMap<&'static str, u64>,
     last_ts: u64,
+    first_ts: u64,
     out: Vec<Event>,
     events: Vec<Event>,
     json: Option<&'a mut LineSink>,
@@ -53,6 +56,7 @@ impl<'a> Replayer<'a> {
             frames: 0,
             parse_errors: BTreeMap::new(),
             last_ts: 0,
+            first_ts: 0,
             out: Vec::new(),
             events: Vec::new(),
             json,
@@ -83,6 +87,9 @@ impl<'a> Replayer<'a> {
         self.frames += 1;
         // Every frame moves capture time on, TCP or not, so timeouts fire in order.
         self.last_ts = self.last_ts.max(frame.ts_ns);
+        if self.first_ts == 0 {
+            self.first_ts = frame.ts_ns;
+        }
         self.engine.advance(self.last_ts, &mut self.out);
         match parse_frame(frame) {
             Ok((seg, _, ip)) => {
@@ -143,6 +150,7 @@ impl<'a> Replayer<'a> {
             w.flush();
         }
         Ok(Replay {
+            span_ns: self.last_ts.saturating_sub(self.first_ts),
             evidence_errors: self.evidence_errors,
             engine: self.engine,
             frames: self.frames,

@@ -287,7 +287,8 @@ fn run(
     stop: &dyn Fn() -> bool,
     sinks: Sinks<'_>,
 ) -> anyhow::Result<LiveReport> {
-    let deadline = duration.map(|d| Instant::now() + d);
+    let started = Instant::now();
+    let deadline = duration.map(|d| started + d);
     let crew = Crew::new(&sinks);
     let n = sockets.len();
     let (inbox_tx, inbox_rx): (Vec<_>, Vec<_>) = (0..n)
@@ -361,6 +362,7 @@ fn run(
         egress: false,
         output_errors,
         interface_lost,
+        ran: started.elapsed(),
         xsk: xsk_reports
             .iter()
             .map(|x| x.lock().map(|g| g.clone()).unwrap_or_default())
