@@ -250,7 +250,9 @@ fn the_interval_view_prints_each_endpoints_counts_once() {
     };
     let of = |port: u16| -> Vec<&str> {
         let needle = format!(" server={}:{port} ", lab.server_v4);
-        out.lines().filter(|l| l.contains(&needle)).collect()
+        out.lines()
+            .filter(|l| l.contains(&needle) && !l.contains(" offender="))
+            .collect()
     };
     let sum = |lines: &[&str], k: &str| -> u64 { lines.iter().map(|l| field(l, k)).sum() };
     let echo = of(9010);

@@ -240,13 +240,18 @@ impl View {
                 head,
             );
             let wide = area.width >= 120;
-            let header = Row::new(["server", "syn/s", "est/s", "rst/s", "p50", "p99", "anomalies now (total)"])
+            let last = if wide {
+                "anomalies now | since start"
+            } else {
+                "anomalies now (total)"
+            };
+            let header = Row::new(["server", "syn/s", "est/s", "rst/s", "p50", "p99", last])
                 .style(Style::default().add_modifier(Modifier::REVERSED));
             let body = rows.iter().map(|(name, d, c)| {
-                let now = if wide {
-                    anomalies(d).replace(',', " ")
+                let text = if wide {
+                    format!("{} | {}", total_anomalies(d), anomalies(c).replace(',', " "))
                 } else {
-                    total_anomalies(d).to_string()
+                    format!("{} ({})", total_anomalies(d), total_anomalies(c))
                 };
                 Row::new(vec![
                     Cell::from(name.as_str()),
@@ -255,7 +260,7 @@ impl View {
                     Cell::from(rate(rsts(d), secs)),
                     Cell::from(pct(d, Latency::ConnectTotal, 0.5)),
                     Cell::from(pct(d, Latency::ConnectTotal, 0.99)),
-                    Cell::from(format!("{now} ({})", total_anomalies(c))).style(severity(c)),
+                    Cell::from(text).style(severity(c)),
                 ])
             });
             let widths = [
