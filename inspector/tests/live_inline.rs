@@ -716,40 +716,6 @@ fn loopback_sees_every_packet_once() {
     );
 }
 
-/// Creates the lab's veth pair again (same names, MACs and addresses), as an operator or a
-/// network manager recreating an interface would.
-fn recreate_veth(lab: &Lab) {
-    let run = |args: &[&str]| {
-        let st = Command::new("ip").args(args).status().expect("ip");
-        assert!(st.success(), "ip {args:?}");
-    };
-    run(&[
-        "link",
-        "add",
-        &lab.client_if,
-        "netns",
-        &lab.client_ns,
-        "address",
-        "02:00:00:00:00:01",
-        "type",
-        "veth",
-        "peer",
-        "name",
-        &lab.server_if,
-        "netns",
-        &lab.server_ns,
-        "address",
-        "02:00:00:00:00:02",
-    ]);
-    for (ns, ifname, v4) in [
-        (&lab.client_ns, &lab.client_if, lab.client_v4),
-        (&lab.server_ns, &lab.server_if, lab.server_v4),
-    ] {
-        run(&["-n", ns, "addr", "add", &format!("{v4}/24"), "dev", ifname]);
-        run(&["-n", ns, "link", "set", ifname, "up"]);
-    }
-}
-
 #[test]
 fn a_vanished_interface_ends_the_run_non_zero_and_a_restart_attaches_when_it_is_back() {
     if !require_root() {
@@ -801,14 +767,9 @@ fn a_vanished_interface_ends_the_run_non_zero_and_a_restart_attaches_when_it_is_
         String::from_utf8_lossy(&out.stderr)
     );
     // ... and once it is back, a start attaches and sees connections again.
-    recreate_veth(&lab);
+    lab.add_veth().expect("recreate the veth");
     let live = Live::events(&lab.server_ns, &lab.server_if, &[]);
-    let to: SocketAddr = (lab.server_v4, 9444).into();
-    let r = synscope::lab::in_netns(&lab.client_ns, move || {
-        std::net::TcpStream::connect_timeout(&to, Duration::from_secs(2))
-    })
-    .expect("netns");
-    assert!(r.is_err());
+    refused(&lab, 9444);
     thread::sleep(Duration::from_millis(800));
     let (events, code, stderr) = live.stop();
     assert_eq!(code, 0, "{stderr}");
@@ -928,12 +889,7 @@ fn the_live_view_fills_80_and_160_columns_and_q_quits_to_a_clean_screen() {
         });
         assert!(attached, "{}", pane(&session));
         for port in [9771, 9772] {
-            let to: SocketAddr = (lab.server_v4, port).into();
-            let r = synscope::lab::in_netns(&lab.client_ns, move || {
-                std::net::TcpStream::connect_timeout(&to, Duration::from_secs(2))
-            })
-            .expect("netns");
-            assert!(r.is_err());
+            refused(&lab, port);
         }
         thread::sleep(Duration::from_millis(2500));
         let screen = pane(&session);

@@ -7,7 +7,6 @@ mod support;
 
 use std::{
     io::{BufRead, BufReader},
-    net::{SocketAddr, TcpStream},
     path::{Path, PathBuf},
     process::{Command, Stdio},
     sync::mpsc,
@@ -18,24 +17,12 @@ use std::{
 use support::*;
 use synscope::{
     capture::pcap::write,
-    lab::{Lab, spawn_in_netns},
+    lab::Lab,
     wire::{
         TcpFlags,
         emit::{SegmentBuilder, ip_tcp},
     },
 };
-
-/// Connects from the lab's client to a closed port of its server: refused at once.
-fn refused(lab: &Lab, port: u16) {
-    let to = SocketAddr::new(lab.server_v4.into(), port);
-    let r = spawn_in_netns(&lab.client_ns, move || {
-        TcpStream::connect_timeout(&to, Duration::from_secs(2))
-    })
-    .join()
-    .expect("join")
-    .expect("netns");
-    assert!(r.is_err(), "the port is closed");
-}
 
 fn tmp(name: &str) -> PathBuf {
     std::env::temp_dir().join(format!("synscope-out-{}-{name}", std::process::id()))

@@ -159,30 +159,47 @@ impl Lab {
         // From here on, Drop cleans up whatever was created.
         run("ip", &["netns", "add", &lab.client_ns])?;
         run("ip", &["netns", "add", &lab.server_ns])?;
+        lab.add_veth()?;
+        Ok(lab)
+    }
+
+    /// Creates the veth pair between the namespaces (fixed names, MACs and addresses) and brings
+    /// it up; again after it was deleted, as an operator or a network manager would.
+    pub fn add_veth(&self) -> Result<(), LabError> {
         run(
             "ip",
             &[
                 "link",
                 "add",
-                &lab.client_if,
+                &self.client_if,
                 "netns",
-                &lab.client_ns,
+                &self.client_ns,
                 "address",
                 CLIENT_MAC,
                 "type",
                 "veth",
                 "peer",
                 "name",
-                &lab.server_if,
+                &self.server_if,
                 "netns",
-                &lab.server_ns,
+                &self.server_ns,
                 "address",
                 SERVER_MAC,
             ],
         )?;
         for (ns, ifname, v4, v6) in [
-            (&lab.client_ns, &lab.client_if, lab.client_v4, lab.client_v6),
-            (&lab.server_ns, &lab.server_if, lab.server_v4, lab.server_v6),
+            (
+                &self.client_ns,
+                &self.client_if,
+                self.client_v4,
+                self.client_v6,
+            ),
+            (
+                &self.server_ns,
+                &self.server_if,
+                self.server_v4,
+                self.server_v6,
+            ),
         ] {
             for args in [
                 vec!["link", "set", "lo", "up"],
@@ -195,7 +212,7 @@ impl Lab {
                 run("ip", &full)?;
             }
         }
-        Ok(lab)
+        Ok(())
     }
 
     /// Runs a command inside namespace `ns` (`ip netns exec`).

@@ -882,3 +882,15 @@ pub fn assert_tunnel_events(events: &[serde_json::Value], kinds: &[(&str, u16)])
     }
     assert_eq!(events.len(), kinds.len(), "{events:?}");
 }
+
+/// Connects from the lab's client to a closed port of its server: refused at once.
+pub fn refused(lab: &Lab, port: u16) {
+    let to = std::net::SocketAddr::new(lab.server_v4.into(), port);
+    let r = spawn_in_netns(&lab.client_ns, move || {
+        std::net::TcpStream::connect_timeout(&to, Duration::from_secs(2))
+    })
+    .join()
+    .expect("join")
+    .expect("netns");
+    assert!(r.is_err(), "port {port} is closed");
+}
