@@ -378,6 +378,11 @@ fn server_rst_answering_the_late_ack_cancels_the_leak() {
     sim.at(4, s(1, TcpFlags::RST, 5001, 0)).until(5000);
     assert_eq!(sim.kinds(), ["reset", "probe_rst_before_ack", "reset"]);
     assert_eq!(sim.out[2].ev("rst_class"), "passive");
+    assert_eq!(
+        sim.out[2].ev("phase"),
+        "handshake",
+        "answering a probe's late ACK is no ehash race right after a handshake"
+    );
 }
 
 /// A connection from client port `port` with client TSval `ts`, closed by `closer` first.

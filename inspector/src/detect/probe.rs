@@ -44,8 +44,9 @@ impl Engine {
             conn.ack_ns = now;
             return;
         }
+        // The late ACK completes the server's side only: the probe's RSTs stay in the handshake
+        // phase (a server RST answering it is no ehash race right after a handshake).
         conn.late_ack_ns = now;
-        conn.ack_ns = now;
         conn.state = State::Established;
         let leak_expected = early.paws_fail || !early.seq_ok;
         let ev = probe_evidence(&early, conn.syn_tsval);
