@@ -198,7 +198,7 @@ fn operator_habits_short_interface_durations_with_units_and_node_exporter_addres
     // --json and --records together, but not both on stdout.
     let (code, err) = run(&["live", "-i", "lo", "--json", "-", "--records", "-"]);
     assert_eq!(code, 2, "{err}");
-    assert!(err.contains("would mix on stdout"), "{err}");
+    assert!(err.contains("would mix in one output"), "{err}");
 }
 
 #[test]
@@ -301,4 +301,44 @@ fn a_port_scan_does_not_bury_the_summary() {
         text.contains("... and 40 more server endpoints (40 SYNs;"),
         "{text}"
     );
+}
+
+#[test]
+fn outputs_that_would_collide_or_be_lost_are_refused_and_a_restart_keeps_old_events() {
+    let dir = std::env::temp_dir().join(format!("synscope-cli-out-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let same = dir.join("same.ndjson");
+    let (code, err) = run(&[
+        "live",
+        "-i",
+        "lo",
+        "--json",
+        same.to_str().unwrap(),
+        "--records",
+        same.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("would mix in one output"), "{err}");
+    // A restart (systemd's Restart=) appends: what earlier runs wrote stays.
+    let pcap = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/pcaps/closed_port.pcap");
+    let events = dir.join("events.ndjson");
+    for _ in 0..2 {
+        let (code, err) = run(&["pcap", pcap, "--json", events.to_str().unwrap()]);
+        assert_eq!(code, 0, "{err}");
+    }
+    assert_eq!(std::fs::read_to_string(&events).unwrap().lines().count(), 2);
+    // A full stdout is an error (exit 1), never a panic (101).
+    let full = Command::new(BIN)
+        .arg("kinds")
+        .stdout(std::fs::File::create("/dev/full").unwrap())
+        .output()
+        .unwrap();
+    assert_eq!(full.status.code(), Some(1));
+    let full = Command::new(BIN)
+        .args(["completions", "zsh"])
+        .stdout(std::fs::File::create("/dev/full").unwrap())
+        .output()
+        .unwrap();
+    assert_eq!(full.status.code(), Some(1));
+    let _ = std::fs::remove_dir_all(&dir);
 }

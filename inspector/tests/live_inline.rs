@@ -941,5 +941,9 @@ fn the_live_view_fills_80_and_160_columns_and_q_quits_to_a_clean_screen() {
             "the view left no frame behind:\n{after}"
         );
         assert!(after.contains("server 192.0.2.2:9771: 1 SYN"), "{after}");
+        assert!(
+            after.contains("attached; stop with Ctrl-C") && after.contains("detached"),
+            "the logs held while the view owned the terminal come after it: {after}"
+        );
     }
 }

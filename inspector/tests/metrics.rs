@@ -229,3 +229,50 @@ fn hostile_clients_neither_grow_memory_nor_kill_the_listener() {
         "EMFILE was logged: {stderr}"
     );
 }
+
+#[test]
+fn metrics_on_a_bare_port_take_ipv4_too_even_with_bindv6only() {
+    if !support::require_root() {
+        return;
+    }
+    let ns = format!("synscope-v6only-{}", std::process::id());
+    struct Ns(String);
+    impl Drop for Ns {
+        fn drop(&mut self) {
+            let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+        }
+    }
+    assert!(
+        Command::new("ip")
+            .args(["netns", "add", &ns])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let _ns = Ns(ns.clone());
+    let exec = |args: &[&str]| {
+        Command::new("ip")
+            .args(["netns", "exec", &ns])
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    exec(&["ip", "link", "set", "lo", "up"]);
+    exec(&["sysctl", "-qw", "net.ipv6.bindv6only=1"]);
+    let mut child = Command::new("ip")
+        .args(["netns", "exec", &ns, BIN, "pcap"])
+        .arg(format!("{PCAPS}/closed_port.pcap"))
+        .args(["--metrics", ":19466"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let ok = (0..50).any(|_| {
+        thread::sleep(Duration::from_millis(100));
+        let out = exec(&["curl", "-sf", "http://127.0.0.1:19466/metrics"]);
+        String::from_utf8_lossy(&out.stdout).contains("synscope_build_info")
+    });
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(ok, "IPv4 scrape of --metrics :PORT with bindv6only=1");
+}

@@ -500,22 +500,19 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Pcap(a) => run_pcap(&a),
         Command::Demo(a) => crate::demo::run(a.json.as_deref().map(JsonSink::parse).as_ref()),
         Command::CheckConfig { file } => {
-            print!("{}", config::check(&file)?);
+            out(&config::check(&file)?)?;
             Ok(())
         }
         Command::Kinds => {
-            print!("{}", kinds_text());
+            out(&kinds_text())?;
             Ok(())
         }
         Command::Completions { shell } => {
             use clap::CommandFactory;
-            clap_complete::generate(
-                shell,
-                &mut Cli::command(),
-                "synscope",
-                &mut std::io::stdout(),
-            );
-            Ok(())
+            // Into memory first: clap_complete panics on a failing writer.
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "synscope", &mut script);
+            out(&String::from_utf8_lossy(&script))
         }
         Command::Man => {
             use clap::CommandFactory;
@@ -539,12 +536,23 @@ pub fn kinds_text() -> String {
 }
 
 /// Prints a human summary on stdout, or on stderr when NDJSON goes to stdout: the two never mix.
-fn print_summary(sink: Option<&JsonSink>, summary: &str) {
-    if sink == Some(&JsonSink::Stdout) {
-        eprint!("{summary}");
+fn print_summary(stdout_has_ndjson: bool, summary: &str) -> anyhow::Result<()> {
+    if stdout_has_ndjson {
+        let _ = std::io::Write::write_all(&mut std::io::stderr(), summary.as_bytes());
+        Ok(())
     } else {
-        print!("{summary}");
+        out(summary)
     }
+}
+
+/// Writes `text` on stdout; a closed or full stdout is an error (a reader gone is no failure:
+/// `main` maps EPIPE to success), never a panic.
+fn out(text: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut o = std::io::stdout().lock();
+    o.write_all(text.as_bytes())?;
+    o.flush()?;
+    Ok(())
 }
 
 fn run_pcap(a: &PcapArgs) -> anyhow::Result<()> {
@@ -583,7 +591,7 @@ fn run_pcap(a: &PcapArgs) -> anyhow::Result<()> {
             "output_errors: {output_errors} (writes that failed; see the log)\n"
         ));
     }
-    print_summary(sink.as_ref(), &summary);
+    print_summary(sink == Some(JsonSink::Stdout), &summary)?;
     a.report.write_summary_json(&totals, "pcap", r.frames)?;
     if let (Some(state), Some(server)) = (state, server) {
         {
@@ -644,9 +652,9 @@ fn run_live(a: &LiveArgs) -> anyhow::Result<()> {
         a.report
             .start_metrics(mode, opts.workers as usize, a.interval.is_some())?;
     let ndjson_on_stdout = [&events, &records].contains(&&Some(JsonSink::Stdout));
-    if events == Some(JsonSink::Stdout) && records == Some(JsonSink::Stdout) {
+    if events.is_some() && events == records {
         return Err(SizeError(
-            "--json - and --records - would mix on stdout: send one of them to a file".into(),
+            "--json and --records would mix in one output: give them different files (or one of them -)".into(),
         )
         .into());
     }
@@ -686,7 +694,7 @@ fn run_live(a: &LiveArgs) -> anyhow::Result<()> {
             sinks,
         )?,
     };
-    print_summary(events.as_ref().or(records.as_ref()), &report.render());
+    print_summary(ndjson_on_stdout, &report.render())?;
     a.report
         .write_summary_json(&report.totals, mode, report.records())?;
     if report.interface_lost {

@@ -46,8 +46,8 @@ pub struct MetricsServer {
 impl MetricsServer {
     /// Listens on `addr` (e.g. `127.0.0.1:9464`, `[::1]:9464`; port 0 picks one).
     pub fn start(addr: &str, state: Arc<Mutex<MetricsState>>) -> anyhow::Result<Self> {
-        let std_listener = std::net::TcpListener::bind(addr)
-            .with_context(|| format!("cannot serve metrics on {addr}"))?;
+        let std_listener =
+            listen(addr).with_context(|| format!("cannot serve metrics on {addr}"))?;
         std_listener
             .set_nonblocking(true)
             .context("metrics listener")?;
@@ -83,6 +83,36 @@ impl MetricsServer {
             addr: bound,
         })
     }
+}
+
+/// Binds `addr`. An unspecified IPv6 address (`[::]`, what `:PORT` means) takes IPv4 too,
+/// whatever `net.ipv6.bindv6only` says, as node_exporter's `:PORT` does.
+fn listen(addr: &str) -> std::io::Result<std::net::TcpListener> {
+    use nix::sys::socket::{
+        AddressFamily, Backlog, SockFlag, SockType, SockaddrIn6, bind, listen, setsockopt, socket,
+        sockopt,
+    };
+    let sa: SocketAddr = match addr.parse() {
+        Ok(sa) => sa,
+        Err(_) => return std::net::TcpListener::bind(addr),
+    };
+    let SocketAddr::V6(v6) = sa else {
+        return std::net::TcpListener::bind(sa);
+    };
+    if !v6.ip().is_unspecified() {
+        return std::net::TcpListener::bind(sa);
+    }
+    let fd = socket(
+        AddressFamily::Inet6,
+        SockType::Stream,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )?;
+    setsockopt(&fd, sockopt::Ipv6V6Only, &false)?;
+    setsockopt(&fd, sockopt::ReuseAddr, &true)?;
+    bind(std::os::fd::AsRawFd::as_raw_fd(&fd), &SockaddrIn6::from(v6))?;
+    listen(&fd, Backlog::new(128).map_err(std::io::Error::from)?)?;
+    Ok(std::net::TcpListener::from(fd))
 }
 
 async fn serve(listener: tokio::net::TcpListener, state: Arc<Mutex<MetricsState>>) {

@@ -73,42 +73,49 @@ pub struct LineSink {
     /// The reader of stdout went away (`| head`): nothing more can be written.
     pub closed: bool,
     last_error_log: Option<Instant>,
+    /// A reopen failed (its directory is gone): lines are dropped and counted, and the reopen
+    /// is retried every [`REOPEN_RETRY`].
+    reopen_failed_at: Option<Instant>,
 }
 
-fn open_file(p: &PathBuf, truncate: bool) -> io::Result<File> {
+const REOPEN_RETRY: Duration = Duration::from_secs(10);
+
+/// Opens for appending: a restart (systemd's `Restart=`) keeps what earlier runs wrote, and a
+/// file truncated from outside (`copytruncate`, `: > file`) is written from its new end.
+fn open_file(p: &PathBuf) -> io::Result<File> {
     let mut o = OpenOptions::new();
-    o.create(true).write(true);
-    if truncate {
-        o.truncate(true);
-    } else {
-        o.append(true);
-    }
+    o.create(true).append(true);
     #[cfg(unix)]
     std::os::unix::fs::OpenOptionsExt::mode(&mut o, 0o640);
     o.open(p)
 }
 
 impl LineSink {
-    /// Opens `target` (a file is created anew, mode 0640).
+    /// Opens `target` (a file is appended to, created mode 0640).
     pub fn open(target: &JsonSink) -> anyhow::Result<Self> {
-        let out =
-            match target {
-                JsonSink::Stdout => Out::Stdout(io::stdout()),
-                JsonSink::File(p) => Out::File(open_file(p, true).map_err(|e| {
+        let mut committed = 0;
+        let out = match target {
+            JsonSink::Stdout => Out::Stdout(io::stdout()),
+            JsonSink::File(p) => {
+                let f = open_file(p).map_err(|e| {
                     anyhow::anyhow!("cannot create output file {}: {e}", p.display())
-                })?),
-            };
+                })?;
+                committed = f.metadata().map(|m| m.len()).unwrap_or(0);
+                Out::File(f)
+            }
+        };
         Ok(Self {
             target: target.clone(),
             out,
             buf: Vec::with_capacity(64 * 1024),
             pending: 0,
             oldest: None,
-            committed: 0,
+            committed,
             errors: 0,
             lines_lost: 0,
             closed: false,
             last_error_log: None,
+            reopen_failed_at: None,
         })
     }
 
@@ -125,6 +132,7 @@ impl LineSink {
             lines_lost: 0,
             closed: false,
             last_error_log: None,
+            reopen_failed_at: None,
         }
     }
 
@@ -167,10 +175,50 @@ impl LineSink {
         if self.buf.is_empty() {
             return;
         }
+        if self
+            .reopen_failed_at
+            .is_some_and(|t| t.elapsed() >= REOPEN_RETRY)
+        {
+            self.reopen();
+        }
+        if self.reopen_failed_at.is_some() {
+            self.lines_lost += self.pending;
+            self.buf.clear();
+            self.pending = 0;
+            self.oldest = None;
+            return;
+        }
         let r = match &mut self.out {
             Out::Stdout(s) => {
                 let mut l = s.lock();
-                l.write_all(&self.buf).and_then(|()| l.flush())
+                let mut done = 0;
+                let r = loop {
+                    if done == self.buf.len() {
+                        break l.flush();
+                    }
+                    match l.write(&self.buf[done..]) {
+                        Ok(0) => break Err(io::Error::from(io::ErrorKind::WriteZero)),
+                        Ok(n) => done += n,
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                        Err(e) => break Err(e),
+                    }
+                };
+                if r.is_err() && done > 0 {
+                    // Redirected to a file (`> events.ndjson` on a full disk): cut the half line.
+                    use std::os::fd::AsFd;
+                    let keep = self.buf[..done]
+                        .iter()
+                        .rposition(|&b| b == b'\n')
+                        .map_or(0, |i| i + 1);
+                    let kept = self.buf[..keep].iter().filter(|&&b| b == b'\n').count();
+                    self.pending -= kept as u64;
+                    let fd = std::io::stdout();
+                    if let Ok(pos) = nix::unistd::lseek(fd.as_fd(), 0, nix::unistd::Whence::SeekCur)
+                    {
+                        let _ = nix::unistd::ftruncate(fd.as_fd(), pos - (done - keep) as i64);
+                    }
+                }
+                r
             }
             Out::File(f) => {
                 // Write by hand to know how far a failing write got: every whole line before
@@ -239,17 +287,27 @@ impl LineSink {
         }
     }
 
-    /// Creates the file anew at its path (after logrotate moved it away); stdout stays.
+    /// Creates the file anew at its path (after logrotate moved it away); stdout stays. If that
+    /// fails (its directory is gone) the old handle is dropped — lines would vanish into an
+    /// unlinked file — and lines are counted as lost until a retry succeeds.
     pub fn reopen(&mut self) {
-        self.flush();
-        if let JsonSink::File(p) = &self.target {
-            match open_file(p, false) {
-                Ok(f) => {
-                    self.committed = f.metadata().map(|m| m.len()).unwrap_or(0);
-                    self.out = Out::File(f);
-                    tracing::info!(output = %p.display(), "reopened");
-                }
-                Err(e) => self.failed(e),
+        if self.reopen_failed_at.is_none() {
+            self.flush();
+        }
+        let JsonSink::File(p) = &self.target else {
+            return;
+        };
+        match open_file(p) {
+            Ok(f) => {
+                self.committed = f.metadata().map(|m| m.len()).unwrap_or(0);
+                self.out = Out::File(f);
+                self.reopen_failed_at = None;
+                tracing::info!(output = %p.display(), "reopened");
+            }
+            Err(e) => {
+                self.out = Out::Memory(Vec::new());
+                self.reopen_failed_at = Some(Instant::now());
+                self.failed(e);
             }
         }
     }

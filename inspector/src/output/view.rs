@@ -41,7 +41,10 @@ impl Screen {
         };
         terminal::enable_raw_mode()?;
         execute!(out, terminal::EnterAlternateScreen, Hide)?;
-        crate::hold_logs(true);
+        // Logs on the same terminal would scribble over the view: they wait until it closes.
+        if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+            crate::hold_logs(true);
+        }
         let term = ratatui::Terminal::new(ratatui::backend::CrosstermBackend::new(out))?;
         Ok(Self { term })
     }
@@ -56,6 +59,7 @@ impl Drop for Screen {
             terminal::LeaveAlternateScreen,
             Show
         );
+        crate::hold_logs(false);
     }
 }
 
@@ -243,7 +247,7 @@ impl View {
             let last = if wide {
                 "anomalies now | since start"
             } else {
-                "anomalies now (total)"
+                "anomalies (total)"
             };
             let header = Row::new(["server", "syn/s", "est/s", "rst/s", "p50", "p99", last])
                 .style(Style::default().add_modifier(Modifier::REVERSED));

@@ -382,11 +382,15 @@ impl Crew {
         }
         sinks.iface = Some(source.iface.to_owned());
         let mut interface_lost = false;
+        // Subscribed now: an interface deleted between the attach and this point is seen here
+        // (its name no longer names the index the programs are on), later ones by the watch.
+        let mut gone_already =
+            nix::net::if_::if_nametoindex(source.iface).ok() != Some(source.ifindex);
         loop {
             if stop() || deadline.is_some_and(|d| Instant::now() >= d) {
                 break;
             }
-            if watch.as_mut().is_some_and(|w| w.gone()) {
+            if std::mem::take(&mut gone_already) || watch.as_mut().is_some_and(|w| w.gone()) {
                 tracing::error!(
                     iface = source.iface,
                     ifindex = source.ifindex,
