@@ -113,9 +113,10 @@ pub(super) struct Conn {
     pub ack_ns: u64,
     pub synack_after_ack: u16,
     pub data_seen: bool,
-    pub early_rst: Option<EarlyRst>,
+    /// What only a few connections need (probes, refusals held for reordering, PAWS
+    /// collisions, bare-ACK answers, tunnels): boxed, so the common connection stays small.
+    pub rare: Option<Box<Rare>>,
     pub late_ack_ns: u64,
-    pub held_rst: Option<HeldRst>,
     /// Kinds already reported on this connection (bits of `Kind::bit`).
     pub reported: u16,
     pub closed_ns: u64,
@@ -126,16 +127,39 @@ pub(super) struct Conn {
     pub client_tsval: Option<u32>,
     /// `client_tsval` before the packet being processed (what a TIME_WAIT remembers).
     pub client_tsval_before: Option<u32>,
+}
+
+/// The rarely needed part of a connection.
+#[derive(Clone, Debug, Default)]
+pub(super) struct Rare {
+    /// A client RST seen while the server was in SYN_RECV.
+    pub early_rst: Option<EarlyRst>,
+    /// A RST that refused the SYN, held for the reorder window.
+    pub held_rst: Option<HeldRst>,
     /// PAWS NAT collision pending its answer: (prev_tsval, prev_age_ns, tsval).
     pub paws: Option<(u32, u64, u32)>,
-    /// The server answered the SYN with a bare ACK (no SYN): what Linux does when PAWS
-    /// rejects a SYN that hits a TIME_WAIT socket.
+    /// The server answered the SYN with a bare ACK (no SYN): what Linux does when PAWS or its
+    /// sequence check rejects a SYN that hits a TIME_WAIT socket.
     pub bare_ack: Option<(u32, u32)>,
-    /// The encapsulation the connection was seen in (its outer addresses for the events).
+    /// The encapsulation the connection was seen in.
     pub tunnel: Option<crate::wire::Tunnel>,
 }
 
 impl Conn {
+    /// The rare part, created on first use.
+    pub(super) fn rare_mut(&mut self) -> &mut Rare {
+        self.rare.get_or_insert_with(Default::default)
+    }
+    pub(super) fn early_rst(&self) -> Option<EarlyRst> {
+        self.rare.as_ref().and_then(|r| r.early_rst)
+    }
+    pub(super) fn bare_ack(&self) -> Option<(u32, u32)> {
+        self.rare.as_ref().and_then(|r| r.bare_ack)
+    }
+    pub(super) fn tunnel(&self) -> Option<crate::wire::Tunnel> {
+        self.rare.as_ref().and_then(|r| r.tunnel)
+    }
+
     pub(super) fn new(client: Side, state: State, ifindex: u32) -> Self {
         Self {
             client,
@@ -161,17 +185,13 @@ impl Conn {
             ack_ns: 0,
             synack_after_ack: 0,
             data_seen: false,
-            early_rst: None,
+            rare: None,
             late_ack_ns: 0,
-            held_rst: None,
             reported: 0,
             closed_ns: 0,
             closed_by_rst: false,
             client_tsval: None,
             client_tsval_before: None,
-            paws: None,
-            bare_ack: None,
-            tunnel: None,
         }
     }
 
@@ -183,7 +203,7 @@ impl Conn {
     /// The handshake is still open: a SYN or SYN-ACK waits for its answer.
     pub(super) fn pending(&self) -> bool {
         matches!(self.state, State::SynSent | State::SynReceived)
-            || (self.late_ack_ns != 0 && self.early_rst.is_some())
+            || (self.late_ack_ns != 0 && self.early_rst().is_some())
     }
 
     /// The receive window `role` advertised last, scaled when both SYNs offered scaling

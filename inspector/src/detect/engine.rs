@@ -223,7 +223,7 @@ impl Ctx {
         ts: u64,
         mut evidence: serde_json::Map<String, Value>,
     ) {
-        if let Some(t) = conn.tunnel {
+        if let Some(t) = conn.tunnel() {
             let (src, dst) = t.outer.map_or((None, None), |(s, d)| {
                 (Some(s.to_string()), Some(d.to_string()))
             });
@@ -533,8 +533,8 @@ impl Engine {
             // Once per flow and direction: the host pair has traffic this way.
             self.ctx.shared.saw_pair(&src.ip, &dst.ip);
         }
-        if conn.tunnel.is_none() {
-            conn.tunnel = seg.tunnel;
+        if seg.tunnel.is_some() && conn.tunnel().is_none() {
+            conn.rare_mut().tunnel = seg.tunnel;
         }
         conn.client_tsval_before = conn.client_tsval;
         if role == C
@@ -607,7 +607,7 @@ impl Engine {
                 let ctx = &mut self.ctx;
                 ctx.emit(out, key, conn, Kind::SynUnanswered, C, None, now, ev);
             }
-            State::SynReceived if conn.early_rst.is_none() => {
+            State::SynReceived if conn.early_rst().is_none() => {
                 let (kind, subject, one_way, ev) =
                     super::handshake::unacked_synack_verdict(&self.ctx, key, conn, Ended::Evicted);
                 self.ctx

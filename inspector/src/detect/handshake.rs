@@ -114,7 +114,7 @@ impl Engine {
                 && match conn.state {
                     // A second ISN while the first attempt still waits for its answer.
                     State::SynSent => pending_syn,
-                    State::SynReceived => conn.early_rst.is_none() && pending_synack,
+                    State::SynReceived => conn.early_rst().is_none() && pending_synack,
                     State::Established => true,
                     State::Midstream => false,
                     State::Closed => time_wait_rejects(conn, now, seg.seq, tsval),
@@ -165,7 +165,7 @@ impl Engine {
             && let Some(hit) = self.paws_check(client_ip, server_ep.ip, t, now)
             && let Some(conn) = self.table.get_mut(slot)
         {
-            conn.paws = Some(hit);
+            conn.rare_mut().paws = Some(hit);
         }
     }
 
@@ -199,7 +199,9 @@ impl Engine {
                 // An answered SYN did no harm: since Linux 4.10 clients randomize the TSval
                 // offset per connection, so backwards TSvals across connections are normal.
                 // Only a SYN that then goes unanswered is reported (see `paws.rs`).
-                conn.paws = None;
+                if let Some(r) = conn.rare.as_mut() {
+                    r.paws = None;
+                }
                 conn.state = State::SynReceived;
                 conn.server_isn = seg.seq;
                 conn.synack_ack = seg.ack;
@@ -309,7 +311,7 @@ impl Engine {
                     && conn.half[S].next_seq.is_some_and(|n| !seq_lt(n, seg.ack))));
         match conn.state {
             State::SynReceived if role == C && completes => {
-                if conn.early_rst.is_some() {
+                if conn.early_rst().is_some() {
                     self.on_late_ack(slot, now, out);
                 } else {
                     self.establish(slot, server_ep, now);
@@ -321,11 +323,13 @@ impl Engine {
                 conn.server_isn = seg.ack.wrapping_sub(1);
                 self.establish(slot, server_ep, now);
             }
-            State::SynSent if role == S && ack && conn.syn_count > 0 && conn.bare_ack.is_none() => {
+            State::SynSent
+                if role == S && ack && conn.syn_count > 0 && conn.bare_ack().is_none() =>
+            {
                 // A bare ACK in answer to a SYN: the server holds an older connection on this
                 // tuple (Linux answers a SYN that PAWS or its sequence check rejects in
                 // TIME_WAIT this way, `tcp_timewait_state_process`).
-                conn.bare_ack = Some((seg.seq, seg.ack));
+                conn.rare_mut().bare_ack = Some((seg.seq, seg.ack));
             }
             State::SynReceived
                 if role == S && (seg.payload_len > 0 || fin) && !conn.half[C].seen =>
@@ -400,7 +404,7 @@ impl Engine {
                     at.saturating_add(self.ctx.cfg.closed_linger),
                 );
             }
-            TimerKind::SynAck if conn.state == State::SynReceived && conn.early_rst.is_none() => {
+            TimerKind::SynAck if conn.state == State::SynReceived && conn.early_rst().is_none() => {
                 let (kind, subject, one_way, ev) =
                     unacked_synack_verdict(&self.ctx, &key, conn, ended);
                 self.emit(out, slot, kind, subject, one_way, at, ev);
@@ -423,7 +427,7 @@ pub(super) fn unanswered_syn_evidence(conn: &Conn, ended: Ended) -> Map<String, 
         "tsval" => conn.syn_tsval,
         "span_ms" => conn.syn_last.saturating_sub(conn.syn_first) / MS,
         "ended" => ended.as_str(),
-        "server_answer" => conn.bare_ack.map(|_| "bare_ack"),
+        "server_answer" => conn.bare_ack().map(|_| "bare_ack"),
     }
 }
 

@@ -35,7 +35,7 @@ impl Engine {
         // sooner than that after the previous one answers a retransmitted SYN.
         let answers_syn = conn.syn_last > prev_synack
             || (conn.syn_count > 1 && now.saturating_sub(prev_synack) < 900 * MS);
-        if conn.ack_ns == 0 || conn.early_rst.is_some() || answers_syn {
+        if conn.ack_ns == 0 || conn.early_rst().is_some() || answers_syn {
             return;
         }
         let first_data = conn.client_isn.wrapping_add(1).wrapping_add(conn.syn_data);
@@ -69,8 +69,8 @@ impl Engine {
             return;
         };
         let server_ep = key.get(conn.client.peer());
-        let paws = conn.paws.take();
-        let bare_ack = conn.bare_ack;
+        let paws = conn.rare.as_mut().and_then(|r| r.paws.take());
+        let bare_ack = conn.bare_ack();
         let alive = self
             .ctx
             .shared

@@ -52,7 +52,7 @@ impl Engine {
         let answer = self
             .table
             .get(slot)
-            .and_then(|c| c.bare_ack)
+            .and_then(|c| c.bare_ack())
             .map(|_| "bare_ack");
         let ev = evidence! {
             "prev_tsval" => prev,

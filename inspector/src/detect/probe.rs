@@ -31,7 +31,7 @@ impl Engine {
         let Some(conn) = self.table.get_mut(slot) else {
             return;
         };
-        let Some(early) = conn.early_rst else {
+        let Some(early) = conn.early_rst() else {
             return;
         };
         if conn.late_ack_ns != 0 {
@@ -39,7 +39,7 @@ impl Engine {
         }
         if now.saturating_sub(early.ns) > reorder {
             // Too late to be the RST's reordered predecessor: an ACK of its own.
-            conn.early_rst = None;
+            conn.rare_mut().early_rst = None;
             conn.state = State::Established;
             conn.ack_ns = now;
             return;
@@ -71,7 +71,9 @@ impl Engine {
         let Some(conn) = self.table.get(slot) else {
             return;
         };
-        let Some(early) = conn.early_rst else { return };
+        let Some(early) = conn.early_rst() else {
+            return;
+        };
         let mut ev = probe_evidence(&early, conn.syn_tsval);
         ev.insert(
             "late_ack_delay_us".into(),

@@ -279,7 +279,7 @@ impl Engine {
         let in_syn_recv = role == C
             && conn.state == State::SynReceived
             && conn.ack_ns == 0
-            && conn.early_rst.is_none();
+            && conn.early_rst().is_none();
         let input = RstInput {
             from_client: role == C,
             has_ack,
@@ -320,7 +320,7 @@ impl Engine {
         let ack = has_ack.then_some(seg.ack);
         if answers_syn.is_some() && class == RstClass::Refused {
             // Held: a handshake completing within the reorder window overrules it.
-            conn.held_rst = Some(HeldRst {
+            conn.rare_mut().held_rst = Some(HeldRst {
                 ns: now,
                 class,
                 phase,
@@ -356,7 +356,7 @@ impl Engine {
         };
         if in_syn_recv {
             // The client resets while the server is in SYN_RECV: a probe, if an ACK follows.
-            conn.early_rst = Some(EarlyRst {
+            conn.rare_mut().early_rst = Some(EarlyRst {
                 ns: now,
                 tsval,
                 seq_ok: in_window,
@@ -397,7 +397,7 @@ impl Engine {
         let Some(conn) = self.table.get_mut(slot) else {
             return;
         };
-        let Some(h) = conn.held_rst.take() else {
+        let Some(h) = conn.rare.as_mut().and_then(|r| r.held_rst.take()) else {
             return;
         };
         let server_ep = key.get(conn.client.peer());
