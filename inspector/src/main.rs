@@ -19,6 +19,7 @@ fn main() -> ExitCode {
         logs.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
             .init();
     }
+    let json_logs = cli.log_format == synscope::cli::LogFormat::Json;
     match synscope::cli::run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         // `synscope man | head`: a reader that went away is no failure.
@@ -29,7 +30,12 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(e) => {
-            eprintln!("synscope: error: {e:#}");
+            if json_logs {
+                // One JSON object per line on stderr, the fatal one too.
+                tracing::error!(error = %format!("{e:#}"), "synscope: error");
+            } else {
+                eprintln!("synscope: error: {e:#}");
+            }
             let code = match e.downcast_ref::<LoadError>() {
                 Some(l) => l.exit_code(),
                 // A bad config file is a usage error, like a bad flag.

@@ -342,3 +342,22 @@ fn outputs_that_would_collide_or_be_lost_are_refused_and_a_restart_keeps_old_eve
     assert_eq!(full.status.code(), Some(1));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn with_json_logs_even_the_fatal_error_is_a_json_line() {
+    let out = Command::new(BIN)
+        .args(["pcap", "/nonexistent.pcap", "--log-format", "json"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    let line: serde_json::Value = serde_json::from_str(err.trim()).expect("one JSON line");
+    assert_eq!(line["level"], "ERROR");
+    assert!(
+        line["fields"]["error"]
+            .as_str()
+            .unwrap()
+            .contains("/nonexistent.pcap: cannot open"),
+        "{line}"
+    );
+}

@@ -228,10 +228,17 @@ impl ReportArgs {
             return Ok(());
         };
         let v = crate::output::summary::json(totals, mode, input);
-        let tmp = path.with_extension("json.tmp");
-        std::fs::write(&tmp, serde_json::to_vec_pretty(&v)?)
-            .and_then(|()| std::fs::rename(&tmp, path))
-            .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))
+        // The temporary file sits next to the target (never outside it, whatever the path
+        // looks like) and is removed if the write fails.
+        let mut tmp = path.as_os_str().to_owned();
+        tmp.push(".tmp");
+        let tmp = PathBuf::from(tmp);
+        let r = std::fs::write(&tmp, serde_json::to_vec_pretty(&v)?)
+            .and_then(|()| std::fs::rename(&tmp, path));
+        if r.is_err() {
+            let _ = std::fs::remove_file(&tmp);
+        }
+        r.map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))
     }
 
     /// The evidence writer and per-worker ring size, when `--evidence` is set.
