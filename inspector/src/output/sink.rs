@@ -12,7 +12,8 @@
 
 use std::{
     fs::{File, OpenOptions},
-    io::{self, Seek, Write},
+    io::{self, Write},
+    os::fd::AsFd,
     path::PathBuf,
     time::{Duration, Instant},
 };
@@ -56,6 +57,35 @@ enum Out {
     Memory(Vec<u8>),
 }
 
+/// Writes `buf` (whole lines) to `w`. If a write fails partway (a full disk), the output is cut
+/// back to its last whole line where it can be (a file, stdout redirected to one; a pipe cannot
+/// be cut), and the lines that did get through are taken off `pending`.
+fn write_whole_lines<W: Write + AsFd>(w: &mut W, buf: &[u8], pending: &mut u64) -> io::Result<()> {
+    let mut done = 0;
+    let r = loop {
+        if done == buf.len() {
+            break w.flush();
+        }
+        match w.write(&buf[done..]) {
+            Ok(0) => break Err(io::Error::from(io::ErrorKind::WriteZero)),
+            Ok(n) => done += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => break Err(e),
+        }
+    };
+    if r.is_err() && done > 0 {
+        let keep = buf[..done]
+            .iter()
+            .rposition(|&b| b == b'\n')
+            .map_or(0, |i| i + 1);
+        *pending -= buf[..keep].iter().filter(|&&b| b == b'\n').count() as u64;
+        if let Ok(pos) = nix::unistd::lseek(w.as_fd(), 0, nix::unistd::Whence::SeekCur) {
+            let _ = nix::unistd::ftruncate(w.as_fd(), pos - (done - keep) as i64);
+        }
+    }
+    r
+}
+
 /// A line-oriented NDJSON writer (module docs).
 pub struct LineSink {
     target: JsonSink,
@@ -65,8 +95,6 @@ pub struct LineSink {
     pending: u64,
     /// When the oldest line in `buf` was written.
     oldest: Option<Instant>,
-    /// File offset after the last whole line that reached the file.
-    committed: u64,
     /// Failed writes, and the lines they lost.
     pub errors: u64,
     pub lines_lost: u64,
@@ -93,24 +121,19 @@ fn open_file(p: &PathBuf) -> io::Result<File> {
 impl LineSink {
     /// Opens `target` (a file is appended to, created mode 0640).
     pub fn open(target: &JsonSink) -> anyhow::Result<Self> {
-        let mut committed = 0;
-        let out = match target {
-            JsonSink::Stdout => Out::Stdout(io::stdout()),
-            JsonSink::File(p) => {
-                let f = open_file(p).map_err(|e| {
+        let out =
+            match target {
+                JsonSink::Stdout => Out::Stdout(io::stdout()),
+                JsonSink::File(p) => Out::File(open_file(p).map_err(|e| {
                     anyhow::anyhow!("cannot create output file {}: {e}", p.display())
-                })?;
-                committed = f.metadata().map(|m| m.len()).unwrap_or(0);
-                Out::File(f)
-            }
-        };
+                })?),
+            };
         Ok(Self {
             target: target.clone(),
             out,
             buf: Vec::with_capacity(64 * 1024),
             pending: 0,
             oldest: None,
-            committed,
             errors: 0,
             lines_lost: 0,
             closed: false,
@@ -127,7 +150,6 @@ impl LineSink {
             buf: Vec::new(),
             pending: 0,
             oldest: None,
-            committed: 0,
             errors: 0,
             lines_lost: 0,
             closed: false,
@@ -189,71 +211,15 @@ impl LineSink {
             return;
         }
         let r = match &mut self.out {
-            Out::Stdout(s) => {
-                let mut l = s.lock();
-                let mut done = 0;
-                let r = loop {
-                    if done == self.buf.len() {
-                        break l.flush();
-                    }
-                    match l.write(&self.buf[done..]) {
-                        Ok(0) => break Err(io::Error::from(io::ErrorKind::WriteZero)),
-                        Ok(n) => done += n,
-                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                        Err(e) => break Err(e),
-                    }
-                };
-                if r.is_err() && done > 0 {
-                    // Redirected to a file (`> events.ndjson` on a full disk): cut the half line.
-                    use std::os::fd::AsFd;
-                    let keep = self.buf[..done]
-                        .iter()
-                        .rposition(|&b| b == b'\n')
-                        .map_or(0, |i| i + 1);
-                    let kept = self.buf[..keep].iter().filter(|&&b| b == b'\n').count();
-                    self.pending -= kept as u64;
-                    let fd = std::io::stdout();
-                    if let Ok(pos) = nix::unistd::lseek(fd.as_fd(), 0, nix::unistd::Whence::SeekCur)
-                    {
-                        let _ = nix::unistd::ftruncate(fd.as_fd(), pos - (done - keep) as i64);
-                    }
-                }
-                r
-            }
-            Out::File(f) => {
-                // Write by hand to know how far a failing write got: every whole line before
-                // the failure stays, the partial one is cut off.
-                let mut done = 0;
-                let r = loop {
-                    if done == self.buf.len() {
-                        break Ok(());
-                    }
-                    match f.write(&self.buf[done..]) {
-                        Ok(0) => break Err(io::Error::from(io::ErrorKind::WriteZero)),
-                        Ok(n) => done += n,
-                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                        Err(e) => break Err(e),
-                    }
-                };
-                if r.is_err() {
-                    let keep = self.buf[..done]
-                        .iter()
-                        .rposition(|&b| b == b'\n')
-                        .map_or(0, |i| i + 1);
-                    let kept_lines = self.buf[..keep].iter().filter(|&&b| b == b'\n').count();
-                    self.committed += keep as u64;
-                    self.pending -= kept_lines as u64;
-                }
-                r
-            }
+            Out::Stdout(s) => write_whole_lines(&mut s.lock(), &self.buf, &mut self.pending),
+            Out::File(f) => write_whole_lines(f, &self.buf, &mut self.pending),
             Out::Memory(m) => {
                 m.extend_from_slice(&self.buf);
                 Ok(())
             }
         };
-        match r {
-            Ok(()) => self.committed += self.buf.len() as u64,
-            Err(e) => self.failed(e),
+        if let Err(e) = r {
+            self.failed(e);
         }
         self.buf.clear();
         self.pending = 0;
@@ -267,11 +233,6 @@ impl LineSink {
         }
         self.errors += 1;
         self.lines_lost += self.pending;
-        if let Out::File(f) = &mut self.out {
-            // Cut a partly written buffer back to the last whole line.
-            let _ = f.set_len(self.committed);
-            let _ = f.seek(io::SeekFrom::Start(self.committed));
-        }
         if self
             .last_error_log
             .is_none_or(|t| t.elapsed() >= ERROR_LOG_EVERY)
@@ -299,7 +260,6 @@ impl LineSink {
         };
         match open_file(p) {
             Ok(f) => {
-                self.committed = f.metadata().map(|m| m.len()).unwrap_or(0);
                 self.out = Out::File(f);
                 self.reopen_failed_at = None;
                 tracing::info!(output = %p.display(), "reopened");
