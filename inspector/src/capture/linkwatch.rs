@@ -22,11 +22,15 @@ const NLMSG_HDRLEN: usize = 16;
 pub struct LinkWatch {
     fd: OwnedFd,
     ifindex: u32,
+    /// The interface was already gone when the subscription started.
+    gone_already: bool,
 }
 
 impl LinkWatch {
-    /// Subscribes to link events (no privilege needed) for `ifindex`.
-    pub fn new(ifindex: u32) -> io::Result<Self> {
+    /// Subscribes to link events (no privilege needed) for `iface`, index `ifindex`. An
+    /// interface deleted before the subscription (between attach and here) is caught too: its
+    /// name no longer names that index.
+    pub fn new(iface: &str, ifindex: u32) -> io::Result<Self> {
         let fd = socket(
             AddressFamily::Netlink,
             SockType::Raw,
@@ -34,13 +38,18 @@ impl LinkWatch {
             SockProtocol::NetlinkRoute,
         )?;
         bind(fd.as_raw_fd(), &NetlinkAddr::new(0, RTMGRP_LINK))?;
-        Ok(Self { fd, ifindex })
+        let gone_already = nix::net::if_::if_nametoindex(iface).ok() != Some(ifindex);
+        Ok(Self {
+            fd,
+            ifindex,
+            gone_already,
+        })
     }
 
     /// Whether the interface went away since the last call (reads every pending message).
     pub fn gone(&mut self) -> bool {
         let mut buf = [0u8; 16 * 1024];
-        let mut gone = false;
+        let mut gone = std::mem::take(&mut self.gone_already);
         loop {
             match recv(self.fd.as_raw_fd(), &mut buf, MsgFlags::MSG_DONTWAIT) {
                 Ok(0) | Err(_) => return gone,

@@ -13,7 +13,7 @@ use aya::maps::{MapData, RingBuf};
 use super::{Crew, CrewResult, LiveReport, POLL, Sinks, Source, WorkerCore, WorkerReport};
 use crate::{
     capture::{decode_record, record::record_ip_bytes, ringbuf},
-    detect::{Config, Engine, engine::Totals},
+    detect::{Config, Engine},
     loader::{self, Inline, InlineOptions},
 };
 
@@ -55,8 +55,7 @@ pub fn run(
     stop: &dyn Fn() -> bool,
     sinks: Sinks<'_>,
 ) -> anyhow::Result<LiveReport> {
-    let started = Instant::now();
-    let deadline = duration.map(|d| started + d);
+    let deadline = duration.map(|d| Instant::now() + d);
     let crew = Crew::new(&sinks);
     let mut handles = Vec::new();
     for (i, ring) in std::mem::take(&mut inline.rings).into_iter().enumerate() {
@@ -78,15 +77,13 @@ pub fn run(
         ifindex: inline.ifindex,
     };
     let CrewResult {
-        engines,
+        totals,
         reports: workers,
         detection_latency,
         output_errors,
-        events_sent,
         interface_lost,
+        ran,
     } = crew.output(&cfg, handles, deadline, stop, source, sinks)?;
-    let mut totals = Totals::of(&engines);
-    totals.counters.events = events_sent;
     Ok(LiveReport {
         detection_latency,
         kernel: inline.stats()?,
@@ -96,7 +93,7 @@ pub fn run(
         egress: inline.egress,
         output_errors,
         interface_lost,
-        ran: started.elapsed(),
+        ran,
         xsk: Vec::new(),
     })
 }

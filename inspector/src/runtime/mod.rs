@@ -283,6 +283,8 @@ pub(crate) struct Crew {
     pub want_snapshots: bool,
     /// Bytes of each worker's evidence ring (None: no `--evidence`).
     pub evidence_ring: Option<usize>,
+    /// When the run started (the summary says how long it ran).
+    pub started: Instant,
 }
 
 impl Crew {
@@ -299,6 +301,7 @@ impl Crew {
             want_records: sinks.records.is_some(),
             want_snapshots: sinks.metrics.is_some(),
             evidence_ring: sinks.evidence.as_ref().map(|e| e.1),
+            started: Instant::now(),
         }
     }
 
@@ -347,11 +350,11 @@ impl Crew {
             quit,
             shared,
             clock,
+            started,
             ..
         } = self;
         drop(tx);
         let mut agg = Aggregator::new(Rates::of(cfg), handles.len(), shared);
-        let mut evidence_errors = 0u64;
         let mut latency = latency_histogram();
         let mut take = |m: Msg, agg: &mut Aggregator, sinks: &mut Sinks<'_>| {
             if let Msg::Event(e, _) = &m {
@@ -360,7 +363,7 @@ impl Crew {
                 let _ =
                     latency.record((now.saturating_sub(e.ts_ns) / 1000).clamp(1, 3_600_000_000));
             }
-            evidence_errors += deliver(m, agg, sinks);
+            deliver(m, agg, sinks);
             // Every line reaches its sink within FLUSH_EVERY of being written.
             for w in [&mut sinks.events, &mut sinks.records]
                 .into_iter()
@@ -370,7 +373,10 @@ impl Crew {
             }
         };
         let mut kernel_read = Instant::now();
-        let mut watch = match crate::capture::linkwatch::LinkWatch::new(source.ifindex) {
+        let mut watch = match crate::capture::linkwatch::LinkWatch::new(
+            source.iface,
+            source.ifindex,
+        ) {
             Ok(w) => Some(w),
             Err(e) => {
                 tracing::warn!(error = %e, "cannot watch link events: the loss of the interface would go unnoticed");
@@ -382,15 +388,11 @@ impl Crew {
         }
         sinks.iface = Some(source.iface.to_owned());
         let mut interface_lost = false;
-        // Subscribed now: an interface deleted between the attach and this point is seen here
-        // (its name no longer names the index the programs are on), later ones by the watch.
-        let mut gone_already =
-            nix::net::if_::if_nametoindex(source.iface).ok() != Some(source.ifindex);
         loop {
             if stop() || deadline.is_some_and(|d| Instant::now() >= d) {
                 break;
             }
-            if std::mem::take(&mut gone_already) || watch.as_mut().is_some_and(|w| w.gone()) {
+            if watch.as_mut().is_some_and(|w| w.gone()) {
                 tracing::error!(
                     iface = source.iface,
                     ifindex = source.ifindex,
@@ -488,34 +490,37 @@ impl Crew {
                 m.set_kernel(k);
             }
         }
-        let mut output_errors = evidence_errors;
-        let events_sent = sinks.events_sent;
+        let mut output_errors = sinks.evidence.as_ref().map_or(0, |(w, _)| w.failed);
+        let mut totals = Totals::of(&engines);
+        // What the sinks received, aggregate episodes included.
+        totals.counters.events = sinks.events_sent;
         for w in [sinks.events, sinks.records].into_iter().flatten() {
             w.flush();
             output_errors += w.errors;
         }
         Ok(CrewResult {
-            engines,
+            totals,
             reports,
             detection_latency: latency,
             output_errors,
-            events_sent,
             interface_lost,
+            ran: started.elapsed(),
         })
     }
 }
 
 /// What the output thread hands back when a run ends.
 pub(crate) struct CrewResult {
-    pub engines: Vec<Engine>,
+    /// The workers' engines added up; `events` counts what the sinks received.
+    pub totals: Totals,
     pub reports: Vec<WorkerReport>,
     pub detection_latency: Histogram<u64>,
     /// Failed writes to the sinks and evidence files.
     pub output_errors: u64,
-    /// Events the sinks received: what the summary's `events` counts.
-    pub events_sent: u64,
     /// The interface was deleted during the run.
     pub interface_lost: bool,
+    /// How long the run lasted.
+    pub ran: Duration,
 }
 
 /// One worker's engine and what it reports; the capture loop around it is the mode's own.
@@ -639,24 +644,20 @@ impl WorkerCore {
     }
 }
 
-/// Hands one worker message to the sinks (tallies through the aggregator); returns the
-/// evidence files that could not be written.
-fn deliver(m: Msg, agg: &mut Aggregator, sinks: &mut Sinks<'_>) -> u64 {
+/// Hands one worker message to the sinks (tallies through the aggregator).
+fn deliver(m: Msg, agg: &mut Aggregator, sinks: &mut Sinks<'_>) {
     match m {
         Msg::Snapshot { worker, snap } => {
             if let Some(m) = &sinks.metrics {
                 lock(m).update_worker(worker, *snap);
             }
-            0
         }
         Msg::Event(e, ev) => {
             sinks.events_sent += 1;
-            let mut failed = 0;
             let file = match (&mut sinks.evidence, &ev) {
                 (Some((w, _)), Some(ev)) => match w.write(&e, ev) {
                     Ok(p) => Some(p),
                     Err(err) => {
-                        failed = 1;
                         if w.failed == 1 {
                             tracing::error!(error = %err, "cannot write an evidence file; detection goes on");
                         }
@@ -689,13 +690,11 @@ fn deliver(m: Msg, agg: &mut Aggregator, sinks: &mut Sinks<'_>) -> u64 {
                         .with_iface(sinks.iface.as_deref()),
                 );
             }
-            failed
         }
         Msg::Record(p) => {
             if let Some(w) = sinks.records.as_deref_mut() {
                 w.line(&PacketLine::from(&*p));
             }
-            0
         }
         Msg::Tally {
             worker,
@@ -704,9 +703,9 @@ fn deliver(m: Msg, agg: &mut Aggregator, sinks: &mut Sinks<'_>) -> u64 {
         } => {
             let mut out = Vec::new();
             agg.feed(worker, tallies, watermark, &mut out);
-            out.into_iter()
-                .map(|e| deliver(Msg::Event(e, None), agg, sinks))
-                .sum()
+            for e in out {
+                deliver(Msg::Event(e, None), agg, sinks);
+            }
         }
     }
 }

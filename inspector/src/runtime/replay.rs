@@ -40,8 +40,6 @@ pub struct Replayer<'a> {
     out: Vec<Event>,
     events: Vec<Event>,
     json: Option<&'a mut LineSink>,
-    /// Evidence files that could not be written.
-    evidence_errors: u64,
     evidence: Option<(Recorder, Writer)>,
 }
 
@@ -60,7 +58,6 @@ impl<'a> Replayer<'a> {
             out: Vec::new(),
             events: Vec::new(),
             json,
-            evidence_errors: 0,
             evidence: None,
         }
     }
@@ -123,8 +120,7 @@ impl<'a> Replayer<'a> {
                     match w.write(&e, ev) {
                         Ok(p) => file = Some(p),
                         Err(err) => {
-                            self.evidence_errors += 1;
-                            if self.evidence_errors == 1 {
+                            if w.failed == 1 {
                                 tracing::error!(error = %err, "cannot write an evidence file; detection goes on");
                             }
                         }
@@ -151,7 +147,7 @@ impl<'a> Replayer<'a> {
         }
         Ok(Replay {
             span_ns: self.last_ts.saturating_sub(self.first_ts),
-            evidence_errors: self.evidence_errors,
+            evidence_errors: self.evidence.as_ref().map_or(0, |(_, w)| w.failed),
             engine: self.engine,
             frames: self.frames,
             parse_errors: self.parse_errors,

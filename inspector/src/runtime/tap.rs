@@ -28,7 +28,7 @@ use crate::{
         CapturedPacket,
         pcap::{Frame, parse_frame},
     },
-    detect::{Config, Engine, engine::Totals},
+    detect::{Config, Engine},
     loader::{self, Tap, TapOptions},
     runtime::{Crew, LiveReport, Sinks, WorkerCore, WorkerReport, XskReport},
     wire::{TcpFlags, link::LinkType},
@@ -287,8 +287,7 @@ fn run(
     stop: &dyn Fn() -> bool,
     sinks: Sinks<'_>,
 ) -> anyhow::Result<LiveReport> {
-    let started = Instant::now();
-    let deadline = duration.map(|d| started + d);
+    let deadline = duration.map(|d| Instant::now() + d);
     let crew = Crew::new(&sinks);
     let n = sockets.len();
     let (inbox_tx, inbox_rx): (Vec<_>, Vec<_>) = (0..n)
@@ -330,12 +329,12 @@ fn run(
     }
     drop(inbox_tx);
     let super::CrewResult {
-        engines,
+        totals,
         reports: workers,
         detection_latency,
         output_errors,
-        events_sent,
         interface_lost,
+        ran,
     } = crew.output(
         &cfg,
         handles,
@@ -353,16 +352,12 @@ fn run(
         detection_latency,
         kernel: tap.stats()?,
         workers,
-        totals: {
-            let mut t = Totals::of(&engines);
-            t.counters.events = events_sent;
-            t
-        },
+        totals,
         attach_mode: tap.attach_mode,
         egress: false,
         output_errors,
         interface_lost,
-        ran: started.elapsed(),
+        ran,
         xsk: xsk_reports
             .iter()
             .map(|x| x.lock().map(|g| g.clone()).unwrap_or_default())
