@@ -208,6 +208,14 @@ impl Ctx {
         self.shared.pair_seen(&oth.ip, &subj.ip)
     }
 
+    /// The SYN stream of `conn` is over (answered, refused, given up or replaced): it no longer
+    /// counts in the `syn_retrying` gauge of `server`.
+    pub(super) fn end_syn_retry(&mut self, conn: &mut Conn, server: Endpoint) {
+        if std::mem::take(&mut conn.retrying) {
+            self.endpoints.get(server).syn_retry_ended += 1;
+        }
+    }
+
     /// Emits `kind` for `conn` (once per connection, except `reset`). `subject` is the role
     /// whose packet the verdict is about; `one_way` marks a verdict that needs a direction
     /// the vantage never captured.

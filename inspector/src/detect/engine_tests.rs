@@ -21,8 +21,11 @@ fn seg(b: SegmentBuilder) -> Segment {
 
 impl Sim {
     fn new() -> Self {
+        Self::with(Config::default())
+    }
+    fn with(cfg: Config) -> Self {
         Self {
-            eng: Engine::new(Config::default()),
+            eng: Engine::new(cfg),
             out: Vec::new(),
         }
     }
@@ -64,6 +67,37 @@ fn s(port: u16, flags: TcpFlags, seq: u32, ack: u32) -> SegmentBuilder {
         .seq(seq)
         .ack(ack)
 }
+/// A [`Sim`] whose per-second tallies go through the aggregator (`flood_rate` 1000/s).
+struct Flood {
+    sim: Sim,
+    agg: crate::detect::aggregate::Aggregator,
+}
+
+impl Flood {
+    fn new() -> Self {
+        use crate::detect::aggregate::{Aggregator, Rates};
+        let cfg = Config {
+            flood_rate: 1000,
+            ..Config::default()
+        };
+        let sim = Sim::with(cfg.clone());
+        let agg = Aggregator::new(Rates::of(&cfg), 1, sim.eng.shared().clone());
+        Self { sim, agg }
+    }
+    /// Hands the finished seconds to the aggregator.
+    fn feed(&mut self) {
+        let (t, w) = self.sim.eng.take_tallies();
+        self.agg.feed(0, t, w, &mut self.sim.out);
+    }
+    /// Runs the clock to `ms` and closes open episodes.
+    fn finish(mut self, ms: u64) -> Sim {
+        self.sim.until(ms);
+        self.feed();
+        self.agg.finish(&mut self.sim.out);
+        self.sim
+    }
+}
+
 const SYN: TcpFlags = TcpFlags::SYN;
 const SA: TcpFlags = TcpFlags(0x12);
 const ACK: TcpFlags = TcpFlags::ACK;
@@ -199,13 +233,10 @@ fn the_end_of_the_capture_settles_old_enough_syn_streams_and_counts_young_ones()
 
 #[test]
 fn a_pending_syn_pushed_out_of_a_full_table_is_settled_as_evicted() {
-    let mut sim = Sim {
-        eng: Engine::new(Config {
-            max_flows: 1,
-            ..Config::default()
-        }),
-        out: Vec::new(),
-    };
+    let mut sim = Sim::with(Config {
+        max_flows: 1,
+        ..Config::default()
+    });
     sim.at(0, c(1, SYN, 1000, 0)).at(10, c(2, SYN, 2000, 0));
     let e = sim.one(Kind::SynUnanswered);
     assert_eq!(e.client.unwrap().port, 1);
@@ -561,26 +592,13 @@ fn midstream_rst_is_classified_but_raises_no_handshake_anomaly() {
 
 #[test]
 fn a_flood_folds_the_per_connection_verdicts_of_its_endpoint() {
-    use crate::detect::aggregate::{Aggregator, Rates};
-    let cfg = Config {
-        flood_rate: 1000,
-        ..Config::default()
-    };
-    let mut sim = Sim {
-        eng: Engine::new(cfg.clone()),
-        out: Vec::new(),
-    };
-    let mut agg = Aggregator::new(Rates::of(&cfg), 1, sim.eng.shared().clone());
+    let mut f = Flood::new();
     // 1500 SYNs/s for 2 s, never answered.
     for i in 0..3000u64 {
-        sim.at(i * 2 / 3, c(10_000 + i as u16, SYN, i as u32, 0));
-        let (t, w) = sim.eng.take_tallies();
-        agg.feed(0, t, w, &mut sim.out);
+        f.sim.at(i * 2 / 3, c(10_000 + i as u16, SYN, i as u32, 0));
+        f.feed();
     }
-    sim.until(10_000);
-    let (t, w) = sim.eng.take_tallies();
-    agg.feed(0, t, w, &mut sim.out);
-    agg.finish(&mut sim.out);
+    let sim = f.finish(10_000);
     let k = sim.kinds();
     assert_eq!(
         k.iter().filter(|k| **k == "syn_flood").count(),
@@ -731,13 +749,10 @@ fn an_acceptable_looking_rst_overruled_by_a_completed_handshake_had_no_effect() 
         .at(500, s(1, SA, 5000, 1001));
     assert_eq!(sim.kinds(), ["syn_rejected"]);
     // With all_resets the RST is reported on its own too.
-    let mut sim = Sim {
-        eng: Engine::new(Config {
-            all_resets: true,
-            ..Config::default()
-        }),
-        out: Vec::new(),
-    };
+    let mut sim = Sim::with(Config {
+        all_resets: true,
+        ..Config::default()
+    });
     sim.at(0, c(1, SYN, 1000, 0))
         .at(1, s(1, RA, 0, 1001))
         .until(1000);
@@ -940,31 +955,18 @@ fn capture_times_near_the_end_of_the_clock_do_not_overflow() {
 
 #[test]
 fn a_flood_replaying_the_same_syns_is_counted_in_packets_for_its_whole_length() {
-    use crate::detect::aggregate::{Aggregator, Rates};
-    let cfg = Config {
-        flood_rate: 1000,
-        ..Config::default()
-    };
-    let mut sim = Sim {
-        eng: Engine::new(cfg.clone()),
-        out: Vec::new(),
-    };
-    let mut agg = Aggregator::new(Rates::of(&cfg), 1, sim.eng.shared().clone());
+    let mut f = Flood::new();
     // 500 distinct SYNs, replayed every 250 ms for 4 s: 2000 SYN packets/s.
     for round in 0..16u64 {
         for i in 0..500u64 {
-            sim.at(
+            f.sim.at(
                 round * 250 + i / 2,
                 c(20_000 + i as u16, SYN, i as u32, 0).ip_id(round as u16),
             );
         }
-        let (t, w) = sim.eng.take_tallies();
-        agg.feed(0, t, w, &mut sim.out);
+        f.feed();
     }
-    sim.until(200_000);
-    let (t, w) = sim.eng.take_tallies();
-    agg.feed(0, t, w, &mut sim.out);
-    agg.finish(&mut sim.out);
+    let sim = f.finish(200_000);
     let end = sim
         .out
         .iter()

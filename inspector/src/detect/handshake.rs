@@ -131,9 +131,7 @@ impl Engine {
             let Some(conn) = self.table.get_mut(slot) else {
                 return;
             };
-            if conn.retrying {
-                self.ctx.endpoints.get(server_ep).syn_retry_ended += 1;
-            }
+            self.ctx.end_syn_retry(conn, server_ep);
             let mut fresh = Conn::new(conn.client, State::SynSent, conn.ifindex);
             for (f, o) in fresh.half.iter_mut().zip(&conn.half) {
                 f.seen = o.seen;
@@ -208,14 +206,11 @@ impl Engine {
                 conn.synack_first = now;
                 conn.synack_last = now;
                 conn.synack_count = 1;
-                let retrying = std::mem::take(&mut conn.retrying);
                 let acked_early = conn.half[C]
                     .last
                     .is_some_and(|l| l.has_ack && l.ack == seg.seq.wrapping_add(1));
+                self.ctx.end_syn_retry(conn, server_ep);
                 let ep = self.ctx.endpoints.get(server_ep);
-                if retrying {
-                    ep.syn_retry_ended += 1;
-                }
                 if tfo_accepted {
                     ep.tfo_data_accepted += 1;
                 }
@@ -351,7 +346,7 @@ impl Engine {
         let (syn_first, synack_last) = (conn.syn_first, conn.synack_last);
         conn.state = State::Established;
         conn.ack_ns = now;
-        let retrying = std::mem::take(&mut conn.retrying);
+        self.ctx.end_syn_retry(conn, server_ep);
         self.table.disarm(slot, TimerKind::Syn);
         self.table.disarm(slot, TimerKind::SynAck);
         self.table.set_class(slot, FlowClass::Open);
@@ -362,9 +357,6 @@ impl Engine {
         );
         let st = self.ctx.endpoints.get(server_ep);
         st.established += 1;
-        if retrying {
-            st.syn_retry_ended += 1;
-        }
         st.last_handshake_ns = now;
         if synack_last != 0 {
             st.record(Latency::SynackToAck, now.saturating_sub(synack_last));
@@ -391,12 +383,7 @@ impl Engine {
         };
         match kind {
             TimerKind::Syn if conn.state == State::SynSent && conn.syn_count > 0 => {
-                if std::mem::take(&mut conn.retrying) {
-                    self.ctx
-                        .endpoints
-                        .get(key.get(conn.client.peer()))
-                        .syn_retry_ended += 1;
-                }
+                self.ctx.end_syn_retry(conn, key.get(conn.client.peer()));
                 self.unanswered_syn(slot, at, ended, out);
                 self.table.arm(
                     slot,

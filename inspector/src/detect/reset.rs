@@ -329,9 +329,7 @@ impl Engine {
                 ack,
                 expected_seq: input.expected_seq,
             });
-            if std::mem::take(&mut conn.retrying) {
-                self.ctx.endpoints.get(server_ep).syn_retry_ended += 1;
-            }
+            self.ctx.end_syn_retry(conn, server_ep);
             self.table.disarm(slot, TimerKind::Syn);
             self.table
                 .arm(slot, TimerKind::Settle, now.saturating_add(reorder));
