@@ -191,10 +191,13 @@ fn seed_scenarios_reach_prometheus_and_evidence_pcaps() {
     promtool_check_metrics(&text);
     assert_prometheus_matches_events(&prom, &events, Some(before_end));
     // Inline mode exports the kernel's counters and both workers' engines.
-    let selected = prom.query("synscope_kernel_packets_total{counter=\"selected\"}");
+    // Asked at a time synscope still ran: once it stops, the failed scrape marks its series
+    // stale and a query for "now" may find nothing.
+    let at = |q: &str| prom.query_at(q, Some(before_end));
+    let selected = at("synscope_kernel_packets_total{counter=\"selected\"}");
     assert!(selected[0].1 > 0.0, "{selected:?}");
-    assert_eq!(prom.query("synscope_packets_total").len(), 2);
-    assert_eq!(prom.query("synscope_build_info{mode=\"inline\"}")[0].1, 1.0);
+    assert_eq!(at("synscope_packets_total").len(), 2);
+    assert_eq!(at("synscope_build_info{mode=\"inline\"}")[0].1, 1.0);
     // Evidence: every flagged connection's pcap holds only its packets; the refused one is
     // exactly the SYN and the RST-ACK that refused it.
     let files = assert_evidence_files(&events);
