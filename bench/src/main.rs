@@ -357,7 +357,12 @@ fn main() -> anyhow::Result<()> {
     );
     println!("|---|---|---|---|---|---|---|---|");
     // 10k concurrent flows: 100 rounds of new connections (5.9M packets) for a stable figure.
+    // `engine [FLOWS]`: one size only (for `perf record`).
+    let only: Option<usize> = args.get(2).map(|s| s.parse()).transpose()?;
     for (flows, rounds) in [(10_000usize, 100u64), (1_000_000, 1)] {
+        if only.is_some_and(|n| n != flows) {
+            continue;
+        }
         let pkts = workload(flows)?;
         let (bpps, bbytes) = baseline_rounds(&pkts, rounds);
         let (epps, ebytes, events) = engine(&pkts, flows, rounds);

@@ -2,6 +2,7 @@
 
 pub mod key;
 pub mod table;
+pub mod wheel;
 
 pub use key::{Endpoint, FlowKey, Side};
 pub use table::{EvictReason, FlowTable, TableStats, TimerKind};

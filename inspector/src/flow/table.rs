@@ -3,27 +3,30 @@
 //! - Index: open addressing (`hashbrown::HashTable` of slot numbers) keyed by a randomly
 //!   seeded hash (`foldhash`), since attackers choose 5-tuples. Capacity is reserved up front
 //!   and the table never holds more than `max_flows` entries, so it never grows.
-//! - Slots: flows live in a preallocated arena; a generation number per slot invalidates
-//!   timers and queue entries of a slot that was reused.
-//! - Timers: one min-heap of (deadline, slot, generation, kind). Deadlines differ per flow
-//!   (a SYN stream's deadline follows its client's retransmission backoff), so a FIFO per
-//!   kind would fire them out of order. A slot has at most one live deadline per kind;
-//!   superseded entries are skipped when popped, and a heap that grows past twice the
-//!   table's capacity per kind is rebuilt from its live entries, so memory stays bounded under
-//!   any traffic.
+//! - Slots: one arena entry per flow holds its key, generation, eviction class, armed
+//!   deadlines and state together, so finding a flow and reading it touch the same cache
+//!   lines (they were five parallel arrays: a lookup at 1M flows missed the cache in each).
+//!   The generation invalidates wheel and queue entries of a slot that was reused.
+//! - Timers: a slot has at most one deadline per [`TimerKind`] and one entry in a
+//!   hierarchical timing wheel ([`super::wheel`]) for the earliest of them. Arming a later
+//!   deadline touches only the slot; the wheel entry, when it comes due, finds what is
+//!   really due and queues the slot again for its next deadline. Deadlines fire in exact
+//!   order (a SYN stream's deadline follows its client's backoff, so they differ per flow).
+//!   Entries made stale by re-arming or removal are skipped when popped, and a wheel that
+//!   grows past twice the table's capacity is compacted, so memory stays bounded under any
+//!   traffic.
 //! - Eviction when full (counted by reason): the oldest **closed** flow first (it carries the
 //!   least information), then the oldest **half-open** one (SYN floods must not push out
 //!   established connections), then the oldest remaining flow.
 
-use std::{
-    cmp::Reverse,
-    collections::{BinaryHeap, VecDeque},
-    hash::BuildHasher,
-};
+use std::{collections::VecDeque, hash::BuildHasher};
 
 use hashbrown::HashTable;
 
-use super::FlowKey;
+use super::{
+    FlowKey,
+    wheel::{Entry, Wheel},
+};
 
 /// The timeouts the detectors arm.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -97,31 +100,32 @@ impl TableStats {
     }
 }
 
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-struct Timer {
-    deadline: u64,
-    slot: u32,
-    generation: u32,
-    kind: u8,
-}
-
 #[derive(Clone, Copy)]
 struct Aged {
     slot: u32,
     generation: u32,
 }
 
+/// One flow's place in the arena.
+struct Slot<V> {
+    key: FlowKey,
+    generation: u32,
+    class: FlowClass,
+    /// The deadline of this slot's live wheel entry (0: none). Never later than the earliest
+    /// armed deadline.
+    queued: u64,
+    /// Armed deadline per [`TimerKind`] (0: not armed).
+    armed: [u64; TimerKind::COUNT],
+    val: Option<V>,
+}
+
 /// A bounded flow table holding values of type `V`.
 pub struct FlowTable<V> {
     hasher: foldhash::fast::RandomState,
     index: HashTable<u32>,
-    keys: Vec<FlowKey>,
-    vals: Vec<Option<V>>,
-    gens: Vec<u32>,
-    class: Vec<FlowClass>,
-    armed: Vec<[u64; TimerKind::COUNT]>,
+    slots: Vec<Slot<V>>,
     free: Vec<u32>,
-    timers: BinaryHeap<Reverse<Timer>>,
+    wheel: Wheel,
     queues: [VecDeque<Aged>; 3],
     max: usize,
     stats: TableStats,
@@ -136,13 +140,18 @@ impl<V> FlowTable<V> {
         Self {
             hasher: foldhash::fast::RandomState::default(),
             index: HashTable::with_capacity(max),
-            keys: vec![FlowKey::default(); max],
-            vals: (0..max).map(|_| None).collect(),
-            gens: vec![0; max],
-            class: vec![FlowClass::Open; max],
-            armed: vec![[0; TimerKind::COUNT]; max],
+            slots: (0..max)
+                .map(|_| Slot {
+                    key: FlowKey::default(),
+                    generation: 0,
+                    class: FlowClass::Open,
+                    queued: 0,
+                    armed: [0; TimerKind::COUNT],
+                    val: None,
+                })
+                .collect(),
             free,
-            timers: BinaryHeap::new(),
+            wheel: Wheel::new(),
             queues: std::array::from_fn(|_| VecDeque::new()),
             max,
             stats: TableStats::default(),
@@ -168,25 +177,25 @@ impl<V> FlowTable<V> {
 
     /// The slot of `key`, if present.
     pub fn find(&self, key: &FlowKey) -> Option<u32> {
-        let keys = &self.keys;
+        let slots = &self.slots;
         self.index
-            .find(self.hash(key), |&s| keys[s as usize] == *key)
+            .find(self.hash(key), |&s| slots[s as usize].key == *key)
             .copied()
     }
 
     /// The value in `slot`.
     pub fn get(&self, slot: u32) -> Option<&V> {
-        self.vals.get(slot as usize)?.as_ref()
+        self.slots.get(slot as usize)?.val.as_ref()
     }
 
     /// The value in `slot`, mutably.
     pub fn get_mut(&mut self, slot: u32) -> Option<&mut V> {
-        self.vals.get_mut(slot as usize)?.as_mut()
+        self.slots.get_mut(slot as usize)?.val.as_mut()
     }
 
     /// The key in `slot`.
     pub fn key(&self, slot: u32) -> FlowKey {
-        self.keys[slot as usize]
+        self.slots[slot as usize].key
     }
 
     /// Inserts a new flow (the key must not be present). When the table is full, first
@@ -205,15 +214,15 @@ impl<V> FlowTable<V> {
         let Some(slot) = self.free.pop() else {
             unreachable!("evict_one frees a slot whenever the table is full")
         };
-        let s = slot as usize;
-        self.keys[s] = key;
-        self.vals[s] = Some(val);
-        self.armed[s] = [0; TimerKind::COUNT];
         let h = self.hash(&key);
-        let keys = &self.keys;
-        let hasher = &self.hasher;
+        let s = &mut self.slots[slot as usize];
+        s.key = key;
+        s.val = Some(val);
+        s.armed = [0; TimerKind::COUNT];
+        s.queued = 0;
+        let (slots, hasher) = (&self.slots, &self.hasher);
         self.index
-            .insert_unique(h, slot, |&x| hasher.hash_one(keys[x as usize]));
+            .insert_unique(h, slot, |&x| hasher.hash_one(slots[x as usize].key));
         self.stats.created += 1;
         self.set_class(slot, class);
         (slot, evicted)
@@ -221,14 +230,14 @@ impl<V> FlowTable<V> {
 
     /// Removes the flow in `slot`, returning its key and value.
     pub fn remove(&mut self, slot: u32) -> Option<(FlowKey, V)> {
-        let s = slot as usize;
-        let val = self.vals.get_mut(s)?.take()?;
-        let key = self.keys[s];
+        let s = self.slots.get_mut(slot as usize)?;
+        let val = s.val.take()?;
+        let key = s.key;
+        s.generation = s.generation.wrapping_add(1);
         let h = self.hash(&key);
         if let Ok(e) = self.index.find_entry(h, |&x| x == slot) {
             e.remove();
         }
-        self.gens[s] = self.gens[s].wrapping_add(1);
         self.free.push(slot);
         self.stats.removed += 1;
         Some((key, val))
@@ -236,16 +245,19 @@ impl<V> FlowTable<V> {
 
     /// Puts the flow in eviction class `class` (as of now: it queues behind older ones).
     pub fn set_class(&mut self, slot: u32, class: FlowClass) {
-        let s = slot as usize;
-        self.class[s] = class;
+        let s = &mut self.slots[slot as usize];
+        s.class = class;
         let q = &mut self.queues[class as usize];
         q.push_back(Aged {
             slot,
-            generation: self.gens[s],
+            generation: s.generation,
         });
         if q.len() > 2 * self.max + 16 {
-            let (gens, cls) = (&self.gens, &self.class);
-            q.retain(|a| gens[a.slot as usize] == a.generation && cls[a.slot as usize] == class);
+            let slots = &self.slots;
+            q.retain(|a| {
+                let s = &slots[a.slot as usize];
+                s.generation == a.generation && s.class == class
+            });
         }
     }
 
@@ -256,9 +268,8 @@ impl<V> FlowTable<V> {
             (FlowClass::Open, EvictReason::Oldest),
         ] {
             while let Some(a) = self.queues[class as usize].pop_front() {
-                let s = a.slot as usize;
-                if self.gens[s] == a.generation && self.class[s] == class && self.vals[s].is_some()
-                {
+                let s = &self.slots[a.slot as usize];
+                if s.generation == a.generation && s.class == class && s.val.is_some() {
                     let (k, v) = self.remove(a.slot)?;
                     self.stats.removed -= 1;
                     self.stats.evicted[reason as usize] += 1;
@@ -269,74 +280,94 @@ impl<V> FlowTable<V> {
         None
     }
 
-    /// Arms (or re-arms) timer `kind` of `slot` for `deadline` (ns). Deadline 0 is "never".
-    pub fn arm(&mut self, slot: u32, kind: TimerKind, deadline: u64) {
-        let s = slot as usize;
-        self.armed[s][kind as usize] = deadline;
-        self.timers.push(Reverse(Timer {
+    /// Queues `slot` in the wheel for `deadline`.
+    fn enqueue(&mut self, slot: u32, deadline: u64) {
+        let s = &mut self.slots[slot as usize];
+        s.queued = deadline;
+        self.wheel.push(Entry {
             deadline,
             slot,
-            generation: self.gens[s],
-            kind: kind as u8,
-        }));
-        if self.timers.len() > 2 * TimerKind::COUNT * self.max + 16 {
-            let (gens, armed) = (&self.gens, &self.armed);
-            self.timers.retain(|Reverse(t)| Self::live(gens, armed, t));
+            generation: s.generation,
+        });
+        if self.wheel.len() > 2 * self.max + 16 {
+            let slots = &self.slots;
+            self.wheel.retain(|e| Self::live(slots, e));
         }
     }
 
-    fn live(gens: &[u32], armed: &[[u64; TimerKind::COUNT]], t: &Timer) -> bool {
-        let s = t.slot as usize;
-        gens[s] == t.generation && armed[s][usize::from(t.kind)] == t.deadline
+    fn live(slots: &[Slot<V>], e: &Entry) -> bool {
+        let s = &slots[e.slot as usize];
+        s.generation == e.generation && s.queued == e.deadline && s.val.is_some()
+    }
+
+    /// Arms (or re-arms) timer `kind` of `slot` for `deadline` (ns). Deadline 0 disarms.
+    pub fn arm(&mut self, slot: u32, kind: TimerKind, deadline: u64) {
+        let s = &mut self.slots[slot as usize];
+        s.armed[kind as usize] = deadline;
+        if deadline != 0 && (s.queued == 0 || deadline < s.queued) {
+            self.enqueue(slot, deadline);
+        }
     }
 
     /// The deadline of timer `kind` of `slot`, if armed.
     pub fn deadline(&self, slot: u32, kind: TimerKind) -> Option<u64> {
-        let d = self.armed[slot as usize][kind as usize];
+        let d = self.slots[slot as usize].armed[kind as usize];
         (d != 0).then_some(d)
     }
 
     /// Disarms timer `kind` of `slot`.
     pub fn disarm(&mut self, slot: u32, kind: TimerKind) {
-        self.armed[slot as usize][kind as usize] = 0;
+        self.slots[slot as usize].armed[kind as usize] = 0;
     }
 
     /// Whether timer `kind` of `slot` is armed.
     pub fn is_armed(&self, slot: u32, kind: TimerKind) -> bool {
-        self.armed[slot as usize][kind as usize] != 0
+        self.slots[slot as usize].armed[kind as usize] != 0
     }
 
     /// The earliest live timer due at or before `now`, disarmed and returned as
     /// (kind, slot, deadline).
     pub fn pop_expired(&mut self, now: u64) -> Option<(TimerKind, u32, u64)> {
-        while let Some(&Reverse(t)) = self.timers.peek() {
-            if !Self::live(&self.gens, &self.armed, &t) {
-                self.timers.pop();
+        while let Some(e) = self.wheel.pop(now) {
+            if !Self::live(&self.slots, &e) {
                 continue;
             }
-            if t.deadline > now {
-                return None;
+            let s = &mut self.slots[e.slot as usize];
+            s.queued = 0;
+            // The earliest armed kind (the lowest kind first among equal deadlines).
+            let Some((k, d)) = s
+                .armed
+                .iter()
+                .enumerate()
+                .filter(|&(_, &d)| d != 0)
+                .min_by_key(|&(k, &d)| (d, k))
+                .map(|(k, &d)| (k, d))
+            else {
+                continue;
+            };
+            if d > now {
+                self.enqueue(e.slot, d);
+                continue;
             }
-            self.timers.pop();
-            let kind = TimerKind::ALL[usize::from(t.kind)];
-            self.armed[t.slot as usize][kind as usize] = 0;
-            return Some((kind, t.slot, t.deadline));
+            s.armed[k] = 0;
+            if let Some(next) = s.armed.iter().copied().filter(|&d| d != 0).min() {
+                self.enqueue(e.slot, next);
+            }
+            return Some((TimerKind::ALL[k], e.slot, d));
         }
         None
     }
 
     /// Slots whose timer `kind` is armed (end of input: what is still pending), from the
-    /// heap's live entries: proportional to the timers, not to the table's capacity.
+    /// wheel's entries: proportional to the timers, not to the table's capacity.
     pub fn armed_slots(&self, kind: TimerKind) -> Vec<u32> {
         let mut v: Vec<u32> = self
-            .timers
+            .wheel
             .iter()
-            .filter(|Reverse(t)| {
-                t.kind == kind as u8
-                    && self.vals[t.slot as usize].is_some()
-                    && Self::live(&self.gens, &self.armed, t)
+            .filter(|e| {
+                Self::live(&self.slots, e) && self.slots[e.slot as usize].armed[kind as usize] != 0
             })
-            .map(|Reverse(t)| t.slot)
+            .map(|e| e.slot)
             .collect();
         v.sort_unstable();
         v.dedup();
@@ -344,37 +375,30 @@ impl<V> FlowTable<V> {
     }
 
     /// The most a table of `max_flows` flows can take: its arena and index, with the timer
-    /// heap and eviction queues at the size where they are compacted.
+    /// wheel and eviction queues at the size where they are compacted.
     pub fn bound_bytes(max_flows: usize) -> usize {
         use std::mem::size_of;
         let per_flow = (size_of::<u32>() + 1) * 8 / 7 // index at hashbrown's load factor
-            + size_of::<FlowKey>()
-            + size_of::<Option<V>>()
-            + size_of::<u32>() * 2
-            + size_of::<FlowClass>()
-            + size_of::<[u64; TimerKind::COUNT]>()
-            + 2 * TimerKind::COUNT * size_of::<Timer>()
+            + size_of::<Slot<V>>()
+            + 2 * size_of::<Entry>()
             + 2 * 3 * size_of::<Aged>();
-        max_flows.max(1).saturating_mul(per_flow)
+        max_flows
+            .max(1)
+            .saturating_mul(per_flow)
+            .saturating_add(Wheel::new().memory_bytes())
     }
 
-    /// Bytes this table allocated (index, arena, timer and eviction queues).
+    /// Bytes this table allocated (index, arena, timer wheel and eviction queues).
     pub fn memory_bytes(&self) -> usize {
         use std::mem::size_of;
         let index = self.index.capacity() * (size_of::<u32>() + 1);
-        let arena = self.max
-            * (size_of::<FlowKey>()
-                + size_of::<Option<V>>()
-                + size_of::<u32>() * 2
-                + size_of::<FlowClass>()
-                + size_of::<[u64; TimerKind::COUNT]>());
-        let timers = self.timers.capacity() * size_of::<Timer>();
+        let arena = self.slots.capacity() * size_of::<Slot<V>>();
         let queues: usize = self
             .queues
             .iter()
             .map(|q| q.capacity() * size_of::<Aged>())
             .sum();
-        index + arena + timers + queues
+        index + arena + self.wheel.memory_bytes() + queues
     }
 }
 
@@ -474,7 +498,7 @@ mod tests {
             let (s, _) = t.insert(key(i as u16), (), FlowClass::HalfOpen);
             t.arm(s, TimerKind::Syn, 1_000_000 + u64::from(i));
         }
-        assert!(t.timers.len() <= 2 * TimerKind::COUNT * 8 + 17);
+        assert!(t.wheel.len() <= 2 * 8 + 17);
         assert!(t.queues[1].len() <= 2 * 8 + 17);
         assert_eq!(t.stats().live, 8);
         assert_eq!(t.stats().evicted[1], 10_000 - 8);
