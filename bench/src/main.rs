@@ -14,13 +14,22 @@ use synscope::{
     wire::{Segment, TcpFlags, emit::SegmentBuilder, parse_ip_tcp},
 };
 
-fn seg(b: SegmentBuilder) -> anyhow::Result<Segment> {
-    parse_ip_tcp(&synscope::wire::emit::ip_tcp(&b)).context("emitted packet must parse")
+fn seg(b: SegmentBuilder) -> Vec<u8> {
+    synscope::wire::emit::ip_tcp(&b)
+}
+
+/// [`workload_ip`] parsed.
+fn workload(flows: usize) -> anyhow::Result<Vec<Segment>> {
+    workload_ip(flows)?
+        .iter()
+        .map(|ip| parse_ip_tcp(ip).context("emitted packet must parse"))
+        .collect()
 }
 
 /// `flows` concurrent connections, interleaved phase by phase so all are open at once:
 /// 97% complete (SYN, SYN-ACK, ACK, FIN, FIN, ACK), 2% refused (SYN, RST|ACK), 1% SYN only.
-fn workload(flows: usize) -> anyhow::Result<Vec<Segment>> {
+/// Each packet from its IP header on.
+fn workload_ip(flows: usize) -> anyhow::Result<Vec<Vec<u8>>> {
     let addr = |i: usize| -> ([u8; 4], u16) {
         (
             [10, (i >> 16) as u8, (i >> 8) as u8, i as u8],
@@ -28,7 +37,7 @@ fn workload(flows: usize) -> anyhow::Result<Vec<Segment>> {
         )
     };
     let server = [192, 0, 2, 2];
-    let mut phases: Vec<Vec<Segment>> = vec![Vec::new(); 6];
+    let mut phases: Vec<Vec<Vec<u8>>> = vec![Vec::new(); 6];
     for i in 0..flows {
         let (cip, cport) = addr(i);
         let isn = (i as u32).wrapping_mul(2_654_435_761);
@@ -45,20 +54,111 @@ fn workload(flows: usize) -> anyhow::Result<Vec<Segment>> {
                 .seq(seq)
                 .ack(ack)
         };
-        phases[0].push(seg(c(TcpFlags::SYN, isn, 0))?);
+        phases[0].push(seg(c(TcpFlags::SYN, isn, 0)));
         match i % 100 {
-            0 | 1 => phases[1].push(seg(s(TcpFlags(0x14), 0, isn.wrapping_add(1)))?),
+            0 | 1 => phases[1].push(seg(s(TcpFlags(0x14), 0, isn.wrapping_add(1)))),
             2 => {}
             _ => {
-                phases[1].push(seg(s(TcpFlags(0x12), 7, isn.wrapping_add(1)))?);
-                phases[2].push(seg(c(TcpFlags::ACK, isn.wrapping_add(1), 8))?);
-                phases[3].push(seg(c(TcpFlags(0x11), isn.wrapping_add(1), 8))?);
-                phases[4].push(seg(s(TcpFlags(0x11), 8, isn.wrapping_add(2)))?);
-                phases[5].push(seg(c(TcpFlags::ACK, isn.wrapping_add(2), 9))?);
+                phases[1].push(seg(s(TcpFlags(0x12), 7, isn.wrapping_add(1))));
+                phases[2].push(seg(c(TcpFlags::ACK, isn.wrapping_add(1), 8)));
+                phases[3].push(seg(c(TcpFlags(0x11), isn.wrapping_add(1), 8)));
+                phases[4].push(seg(s(TcpFlags(0x11), 8, isn.wrapping_add(2))));
+                phases[5].push(seg(c(TcpFlags::ACK, isn.wrapping_add(2), 9)));
             }
         }
     }
     Ok(phases.into_iter().flatten().collect())
+}
+
+/// The worker's path for ring-buffer records, as `runtime::inline` runs it: decode the
+/// record the BPF program wrote, keep its bytes in the evidence ring (`--evidence`), run the
+/// engine. `stages` says how far to go (1 decode, 2 + evidence, 3 + engine). Returns
+/// records/s.
+fn worker_path(records: &[Vec<u8>], flows: usize, rounds: u64, stages: u8) -> f64 {
+    use synscope::{
+        capture::{decode_record, record::record_ip_bytes},
+        output::evidence::{Recorder, conn_key},
+    };
+    let mut e = Engine::new(Config {
+        max_flows: flows + flows / 4,
+        ..Config::default()
+    });
+    let mut recorder = Recorder::new(64 << 20);
+    let mut out = Vec::with_capacity(1024);
+    let t0 = 1_800_000_000_000_000_000i128;
+    let t = Instant::now();
+    for r in 0..rounds {
+        let base = t0 + i128::from(r) * 61_000_000_000;
+        for (n, bytes) in records.iter().enumerate() {
+            let Ok(p) = decode_record(bytes, |ns| base + i128::from(ns) + n as i128 * 100) else {
+                continue;
+            };
+            let ts = u64::try_from(p.ts_unix_ns).unwrap_or(0);
+            if stages >= 2 {
+                let key = conn_key(&p.segment.src.into(), &p.segment.dst.into());
+                recorder.push(key, ts, record_ip_bytes(bytes));
+            }
+            if stages >= 3 {
+                e.process(
+                    &Packet {
+                        ts_ns: ts,
+                        ifindex: p.ifindex,
+                        seg: &p.segment,
+                    },
+                    &mut out,
+                );
+                out.clear();
+            }
+            black_box(&p);
+        }
+    }
+    records.len() as f64 * rounds as f64 / t.elapsed().as_secs_f64()
+}
+
+/// `worker [FLOWS]`: [`worker_path`] stage by stage, and the engine alone, at 10k flows.
+fn worker_bench(flows: usize) -> anyhow::Result<()> {
+    let ips = workload_ip(flows)?;
+    let records: Vec<Vec<u8>> = ips
+        .iter()
+        .map(|ip| {
+            let mut data = [0u8; synscope_common::SNAP_LEN];
+            let n = ip.len().min(data.len());
+            data[..n].copy_from_slice(&ip[..n]);
+            synscope::capture::record::encode_record(&synscope_common::PacketRecord {
+                ts_ns: 0,
+                flow_hash: 0,
+                ifindex: 1,
+                rx_queue: 0,
+                wire_len: (ip.len() + 14) as u16,
+                cap_len: n as u16,
+                direction: 0,
+                reason: 1,
+                family: 4,
+                vlan_depth: 0,
+                _pad: [0; 4],
+                data,
+            })
+        })
+        .collect();
+    let rounds = (60_000_000 / records.len()).max(1) as u64;
+    println!(
+        "worker path, {flows} concurrent flows, {} records:\n",
+        records.len() as u64 * rounds
+    );
+    println!("| stages | M records/s/core |");
+    println!("|---|---|");
+    for (stages, name) in [
+        (1, "decode"),
+        (2, "decode + evidence ring"),
+        (3, "decode + evidence ring + engine (the worker path)"),
+    ] {
+        let rate = worker_path(&records, flows, rounds, stages);
+        println!("| {name} | {:.2} |", rate / 1e6);
+    }
+    let pkts = workload(flows)?;
+    let (epps, _, _) = engine(&pkts, flows, rounds);
+    println!("| engine alone (decoded packets) | {:.2} |", epps / 1e6);
+    Ok(())
 }
 
 /// The baseline: what one writes first. A std HashMap keyed by the sorted endpoint pair,
@@ -309,6 +409,10 @@ fn main() -> anyhow::Result<()> {
     match what.as_str() {
         "engine" => {}
         "pcap" => return pcap_bench(),
+        "worker" => {
+            let flows = args.get(2).map_or(Ok(10_000), |s| s.parse())?;
+            return worker_bench(flows);
+        }
         "gen" => return gen_cmd(&args[2..]),
         "connrate" => {
             // connrate [ROUNDS] [SECS]
@@ -349,7 +453,7 @@ fn main() -> anyhow::Result<()> {
             );
         }
         _ => bail!(
-            "unknown benchmark `{what}`: available: engine, pcap, gen, capture, connrate, xdp-drop"
+            "unknown benchmark `{what}`: available: engine, worker, pcap, gen, capture, connrate, xdp-drop"
         ),
     }
     println!(
