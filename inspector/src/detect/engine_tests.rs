@@ -981,3 +981,70 @@ fn a_flood_replaying_the_same_syns_is_counted_in_packets_for_its_whole_length() 
     let st = sim.eng.endpoints().iter().next().unwrap().1;
     assert_eq!(st.syns, 8000);
 }
+
+/// `process_batch` is `process` packet by packet: the same events in the same order and the
+/// same counters, on a random mix of segments over more flows than the table holds (evictions,
+/// slot reuse, timers firing mid-batch), in batches of every size.
+#[test]
+fn batches_decide_exactly_what_packets_one_by_one_do() {
+    let cfg = Config {
+        max_flows: 64,
+        ..Config::default()
+    };
+    let mut x: u64 = 0x853c_49e6_748f_ea9b;
+    let mut rnd = move |n: u64| {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x % n
+    };
+    let flags = [0x02, 0x12, 0x10, 0x14, 0x04, 0x11, 0x18];
+    let mut segs = Vec::new();
+    let mut times = Vec::new();
+    let mut ms = 0;
+    for _ in 0..20_000 {
+        ms += rnd(400);
+        let port = 1024 + rnd(300) as u16;
+        let f = TcpFlags(flags[rnd(flags.len() as u64) as usize]);
+        let (seq, ack) = (rnd(4) as u32 * 1000, rnd(4) as u32 * 1000);
+        let b = if rnd(2) == 0 {
+            c(port, f, seq, ack)
+        } else {
+            s(port, f, seq, ack)
+        };
+        segs.push(seg(b.timestamps(rnd(1000) as u32, 0)));
+        times.push(T0 + ms * MS);
+    }
+    let pkts: Vec<Packet> = segs
+        .iter()
+        .zip(&times)
+        .map(|(s, &t)| Packet {
+            ts_ns: t,
+            ifindex: 3,
+            seg: s,
+        })
+        .collect();
+    let mut one = Sim::with(cfg.clone());
+    for p in &pkts {
+        one.eng.process(p, &mut one.out);
+    }
+    let mut batched = Sim::with(cfg);
+    let mut rest = &pkts[..];
+    while !rest.is_empty() {
+        let n = (1 + rnd(40) as usize).min(rest.len());
+        batched.eng.process_batch(&rest[..n], &mut batched.out);
+        rest = &rest[n..];
+    }
+    for sim in [&mut one, &mut batched] {
+        sim.eng.finish(T0 + (ms + 600_000) * MS, &mut sim.out);
+    }
+    assert!(
+        one.out.len() > 100,
+        "the mix decides things: {}",
+        one.out.len()
+    );
+    assert!(one.eng.table_stats().evicted.iter().sum::<u64>() > 100);
+    assert_eq!(one.out, batched.out);
+    assert_eq!(one.eng.counters(), batched.eng.counters());
+    assert_eq!(one.eng.table_stats(), batched.eng.table_stats());
+}

@@ -1,8 +1,9 @@
 //! The per-worker flow table: preallocated, bounded, single-writer, with O(1) timers.
 //!
-//! - Index: open addressing (`hashbrown::HashTable` of slot numbers) keyed by a randomly
-//!   seeded hash (`foldhash`), since attackers choose 5-tuples. Capacity is reserved up front
-//!   and the table never holds more than `max_flows` entries, so it never grows.
+//! - Index: open addressing ([`super::index`]) keyed by a randomly seeded hash (`foldhash`),
+//!   since attackers choose 5-tuples. It is sized up front and the table never holds more
+//!   than `max_flows` entries, so it never grows. [`FlowTable::prefetch`] lets a batch of
+//!   packets bring their flows' cache lines in before they are processed.
 //! - Slots: one arena entry per flow holds its key, generation, eviction class, armed
 //!   deadlines and state together, so finding a flow and reading it touch the same cache
 //!   lines (they were five parallel arrays: a lookup at 1M flows missed the cache in each).
@@ -21,10 +22,9 @@
 
 use std::{collections::VecDeque, hash::BuildHasher};
 
-use hashbrown::HashTable;
-
 use super::{
     FlowKey,
+    index::{Index, prefetch_addr},
     wheel::{Entry, Wheel},
 };
 
@@ -122,7 +122,7 @@ struct Slot<V> {
 /// A bounded flow table holding values of type `V`.
 pub struct FlowTable<V> {
     hasher: foldhash::fast::RandomState,
-    index: HashTable<u32>,
+    index: Index,
     slots: Vec<Slot<V>>,
     free: Vec<u32>,
     wheel: Wheel,
@@ -139,7 +139,7 @@ impl<V> FlowTable<V> {
         free.reverse();
         Self {
             hasher: foldhash::fast::RandomState::default(),
-            index: HashTable::with_capacity(max),
+            index: Index::new(max),
             slots: (0..max)
                 .map(|_| Slot {
                     key: FlowKey::default(),
@@ -171,16 +171,40 @@ impl<V> FlowTable<V> {
         self.max
     }
 
-    fn hash(&self, key: &FlowKey) -> u64 {
+    /// The table's (seeded) hash of `key`.
+    pub fn hash(&self, key: &FlowKey) -> u64 {
         self.hasher.hash_one(key)
     }
 
     /// The slot of `key`, if present.
     pub fn find(&self, key: &FlowKey) -> Option<u32> {
+        self.find_hashed(key, self.hash(key))
+    }
+
+    /// [`FlowTable::find`] with the key's hash at hand.
+    pub fn find_hashed(&self, key: &FlowKey, hash: u64) -> Option<u32> {
         let slots = &self.slots;
-        self.index
-            .find(self.hash(key), |&s| slots[s as usize].key == *key)
-            .copied()
+        self.index.find(hash, |s| slots[s as usize].key == *key)
+    }
+
+    /// First step of a lookup ahead of time: brings the index line of `hash` into the cache.
+    pub fn prefetch_index(&self, hash: u64) {
+        self.index.prefetch(hash);
+    }
+
+    /// Second step, once the index line has arrived: brings in the first cache lines of the
+    /// flow `hash` most likely names (nothing when no entry matches).
+    pub fn prefetch_slot(&self, hash: u64) {
+        if let Some(s) = self.index.candidate(hash)
+            && let Some(slot) = self.slots.get(s as usize)
+        {
+            // Every line of the slot (key, deadlines, the state the rules read), by address:
+            // reading the slot here would wait for it.
+            let base: *const Slot<V> = slot;
+            for line in (0..std::mem::size_of::<Slot<V>>()).step_by(64) {
+                prefetch_addr(base.cast::<u8>().wrapping_add(line));
+            }
+        }
     }
 
     /// The value in `slot`.
@@ -220,9 +244,7 @@ impl<V> FlowTable<V> {
         s.val = Some(val);
         s.armed = [0; TimerKind::COUNT];
         s.queued = 0;
-        let (slots, hasher) = (&self.slots, &self.hasher);
-        self.index
-            .insert_unique(h, slot, |&x| hasher.hash_one(slots[x as usize].key));
+        self.index.insert(h, slot);
         self.stats.created += 1;
         self.set_class(slot, class);
         (slot, evicted)
@@ -234,10 +256,7 @@ impl<V> FlowTable<V> {
         let val = s.val.take()?;
         let key = s.key;
         s.generation = s.generation.wrapping_add(1);
-        let h = self.hash(&key);
-        if let Ok(e) = self.index.find_entry(h, |&x| x == slot) {
-            e.remove();
-        }
+        self.index.remove(self.hash(&key), slot);
         self.free.push(slot);
         self.stats.removed += 1;
         Some((key, val))
@@ -378,7 +397,7 @@ impl<V> FlowTable<V> {
     /// wheel and eviction queues at the size where they are compacted.
     pub fn bound_bytes(max_flows: usize) -> usize {
         use std::mem::size_of;
-        let per_flow = (size_of::<u32>() + 1) * 8 / 7 // index at hashbrown's load factor
+        let per_flow = 2 * size_of::<u64>() // the index, at load ½
             + size_of::<Slot<V>>()
             + 2 * size_of::<Entry>()
             + 2 * 3 * size_of::<Aged>();
@@ -391,7 +410,7 @@ impl<V> FlowTable<V> {
     /// Bytes this table allocated (index, arena, timer wheel and eviction queues).
     pub fn memory_bytes(&self) -> usize {
         use std::mem::size_of;
-        let index = self.index.capacity() * (size_of::<u32>() + 1);
+        let index = self.index.memory_bytes();
         let arena = self.slots.capacity() * size_of::<Slot<V>>();
         let queues: usize = self
             .queues
