@@ -60,7 +60,7 @@ impl Engine {
         };
         if conn.half[peer].fin_ns != 0 {
             if conn.state == State::Established {
-                self.ctx.endpoints.get(server_ep).closed_normally += 1;
+                self.ctx.stats(conn, server_ep).closed_normally += 1;
             }
             self.close(slot, now);
         }

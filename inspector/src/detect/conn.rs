@@ -86,6 +86,8 @@ pub(super) struct HeldRst {
 #[derive(Clone, Debug)]
 pub(super) struct Conn {
     pub client: Side,
+    /// The server endpoint's stats id ([`super::stats::Endpoints::id`]), taken on first use.
+    pub ep: Option<u32>,
     pub state: State,
     pub ifindex: u32,
     pub half: [Half; 2],
@@ -163,6 +165,7 @@ impl Conn {
     pub(super) fn new(client: Side, state: State, ifindex: u32) -> Self {
         Self {
             client,
+            ep: None,
             state,
             ifindex,
             half: [Half::default(); 2],

@@ -28,7 +28,7 @@ use super::{
     reset::LastSeg,
     seq::seq_lt,
     shared::Shared,
-    stats::Endpoints,
+    stats::{EndpointStats, Endpoints},
 };
 use crate::{
     flow::{Endpoint, FlowKey, FlowTable, TimerKind, table::FlowClass},
@@ -208,11 +208,17 @@ impl Ctx {
         self.shared.pair_seen(&oth.ip, &subj.ip)
     }
 
+    /// The stats of `conn`'s server endpoint, `server`.
+    pub(super) fn stats(&mut self, conn: &mut Conn, server: Endpoint) -> &mut EndpointStats {
+        let id = *conn.ep.get_or_insert_with(|| self.endpoints.id(server));
+        self.endpoints.at(id)
+    }
+
     /// The SYN stream of `conn` is over (answered, refused, given up or replaced): it no longer
     /// counts in the `syn_retrying` gauge of `server`.
     pub(super) fn end_syn_retry(&mut self, conn: &mut Conn, server: Endpoint) {
         if std::mem::take(&mut conn.retrying) {
-            self.endpoints.get(server).syn_retry_ended += 1;
+            self.stats(conn, server).syn_retry_ended += 1;
         }
     }
 
@@ -249,7 +255,7 @@ impl Ctx {
         let client = key.get(conn.client);
         let server = key.get(conn.client.peer());
         let reverse_seen = self.reverse_seen(key, conn, subject);
-        self.endpoints.get(server).anomalies[kind as usize] += 1;
+        self.stats(conn, server).anomalies[kind as usize] += 1;
         // While an aggregate episode lasts, its per-connection verdicts are counted, not sent.
         let folded = match kind {
             Kind::SynUnanswered

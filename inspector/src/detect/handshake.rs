@@ -73,7 +73,7 @@ impl Engine {
             };
             if gap < 200 * MS {
                 conn.syn_count = conn.syn_count.saturating_add(1);
-                let ep = self.ctx.endpoints.get(server_ep);
+                let ep = self.ctx.stats(conn, server_ep);
                 ep.syns += 1;
                 ep.syn_retransmits += 1;
                 return;
@@ -81,7 +81,7 @@ impl Engine {
             conn.syn_count = conn.syn_count.saturating_add(1);
             conn.syn_gap = gap;
             conn.syn_last = now;
-            let ep = self.ctx.endpoints.get(server_ep);
+            let ep = self.ctx.stats(conn, server_ep);
             ep.syns += 1;
             ep.syn_retransmits += 1;
             if conn.state == State::SynSent && !conn.retrying {
@@ -104,7 +104,7 @@ impl Engine {
             // The SYN of a handshake whose SYN-ACK was captured first (a tap whose RX queues
             // or mirror paths reorder the two directions): the same connection, not a reuse.
             record_syn(conn, now, seg.seq, tsval, data, seg.options.fastopen);
-            self.ctx.endpoints.get(server_ep).syns += 1;
+            self.ctx.stats(conn, server_ep).syns += 1;
             return;
         }
         if conn.syn_count > 0 || conn.state != State::SynSent {
@@ -148,7 +148,7 @@ impl Engine {
             return;
         };
         record_syn(conn, now, seg.seq, tsval, data, seg.options.fastopen);
-        let ep = self.ctx.endpoints.get(server_ep);
+        let ep = self.ctx.stats(conn, server_ep);
         ep.syns += 1;
         if seg.options.fastopen.is_some() {
             ep.tfo_syns += 1;
@@ -210,7 +210,7 @@ impl Engine {
                     .last
                     .is_some_and(|l| l.has_ack && l.ack == seg.seq.wrapping_add(1));
                 self.ctx.end_syn_retry(conn, server_ep);
-                let ep = self.ctx.endpoints.get(server_ep);
+                let ep = self.ctx.stats(conn, server_ep);
                 if tfo_accepted {
                     ep.tfo_data_accepted += 1;
                 }
@@ -347,15 +347,7 @@ impl Engine {
         conn.state = State::Established;
         conn.ack_ns = now;
         self.ctx.end_syn_retry(conn, server_ep);
-        self.table.disarm(slot, TimerKind::Syn);
-        self.table.disarm(slot, TimerKind::SynAck);
-        self.table.set_class(slot, FlowClass::Open);
-        self.table.arm(
-            slot,
-            TimerKind::Expire,
-            now.saturating_add(self.ctx.cfg.established_idle),
-        );
-        let st = self.ctx.endpoints.get(server_ep);
+        let st = self.ctx.stats(conn, server_ep);
         st.established += 1;
         st.last_handshake_ns = now;
         if synack_last != 0 {
@@ -365,6 +357,14 @@ impl Engine {
             st.record(Latency::ConnectTotal, now.saturating_sub(syn_first));
         }
         self.ctx.shared.handshake_done(&server_ep, now);
+        self.table.disarm(slot, TimerKind::Syn);
+        self.table.disarm(slot, TimerKind::SynAck);
+        self.table.set_class(slot, FlowClass::Open);
+        self.table.arm(
+            slot,
+            TimerKind::Expire,
+            now.saturating_add(self.ctx.cfg.established_idle),
+        );
     }
 
     /// A SYN or SYN-ACK stream's deadline passed (or the input ended, or the flow was

@@ -248,42 +248,70 @@ impl EndpointStats {
 }
 
 /// Stats per server endpoint, bounded: beyond `max` endpoints, new ones fold into `other`.
+///
+/// Each endpoint has a small id ([`Endpoints::id`]) that a connection keeps, so the rules
+/// reach its counters by index instead of hashing the endpoint for every packet.
 #[derive(Debug)]
 pub struct Endpoints {
-    /// Looked up for most packets: a seeded foldhash, not SipHash (the map is bounded).
-    map: HashMap<Endpoint, EndpointStats, foldhash::fast::RandomState>,
+    ids: HashMap<Endpoint, u32, foldhash::fast::RandomState>,
+    stats: Vec<(Endpoint, EndpointStats)>,
     other: EndpointStats,
     max: usize,
 }
 
 impl Endpoints {
+    /// The id of the `other` bucket.
+    pub const OTHER: u32 = u32::MAX;
+
     pub fn new(max: usize) -> Self {
         Self {
-            map: HashMap::default(),
+            ids: HashMap::default(),
+            stats: Vec::new(),
             other: EndpointStats::new(),
             max,
         }
     }
 
+    /// The id of `ep`'s stats ([`Endpoints::OTHER`] when the table is full), created on first
+    /// use. An endpoint keeps its id for good.
+    pub fn id(&mut self, ep: Endpoint) -> u32 {
+        if let Some(&id) = self.ids.get(&ep) {
+            return id;
+        }
+        if self.stats.len() >= self.max || self.stats.len() >= Self::OTHER as usize {
+            return Self::OTHER;
+        }
+        let id = self.stats.len() as u32;
+        self.stats.push((ep, EndpointStats::new()));
+        self.ids.insert(ep, id);
+        id
+    }
+
+    /// The stats with id `id`.
+    pub fn at(&mut self, id: u32) -> &mut EndpointStats {
+        match self.stats.get_mut(id as usize) {
+            Some((_, st)) => st,
+            None => &mut self.other,
+        }
+    }
+
     /// The stats of `ep` (or of `other` when the table is full).
     pub fn get(&mut self, ep: Endpoint) -> &mut EndpointStats {
-        if !self.map.contains_key(&ep) && self.map.len() >= self.max {
-            return &mut self.other;
-        }
-        self.map.entry(ep).or_insert_with(EndpointStats::new)
+        let id = self.id(ep);
+        self.at(id)
     }
 
     /// Last completed handshake on `ep`, if known (never creates an entry).
     pub fn last_handshake(&self, ep: &Endpoint) -> Option<u64> {
-        self.map
+        self.ids
             .get(ep)
-            .map(|s| s.last_handshake_ns)
+            .map(|&id| self.stats[id as usize].1.last_handshake_ns)
             .filter(|&t| t != 0)
     }
 
     /// Adds another worker's endpoints (the same `max` bound applies).
     pub fn merge(&mut self, o: &Endpoints) {
-        for (ep, st) in &o.map {
+        for (ep, st) in &o.stats {
             self.get(*ep).merge(st);
         }
         self.other.merge(&o.other);
@@ -291,7 +319,7 @@ impl Endpoints {
 
     /// Every endpoint's exported counters (None: the `other` bucket), in no order.
     pub fn export(&self) -> Vec<(Option<Endpoint>, EndpointCounters)> {
-        self.map
+        self.stats
             .iter()
             .map(|(k, s)| (Some(*k), s.counters))
             .chain(std::iter::once((None, self.other.counters)))
@@ -300,7 +328,7 @@ impl Endpoints {
 
     /// Endpoints sorted by address, then the `other` bucket if it saw anything.
     pub fn iter(&self) -> impl Iterator<Item = (Option<&Endpoint>, &EndpointStats)> {
-        let mut v: Vec<_> = self.map.iter().collect();
+        let mut v: Vec<_> = self.stats.iter().map(|(k, s)| (k, s)).collect();
         v.sort_by_key(|(k, _)| **k);
         let other = (self.other.syns + self.other.rsts.iter().flatten().flatten().sum::<u64>() > 0)
             .then_some((None, &self.other));

@@ -320,6 +320,7 @@ impl Crew {
         WorkerCore {
             index,
             engine: Engine::with_shared(cfg, self.shared.clone()),
+            pending: Vec::with_capacity(BATCH),
             out: Vec::new(),
             tx: self.tx.clone(),
             clock: self.clock,
@@ -523,10 +524,16 @@ pub(crate) struct CrewResult {
     pub ran: Duration,
 }
 
+/// Packets a worker hands its engine at once: enough for the engine to overlap the flow
+/// lookups' cache misses, few enough that a tick never waits on a long queue.
+const BATCH: usize = 64;
+
 /// One worker's engine and what it reports; the capture loop around it is the mode's own.
 pub(crate) struct WorkerCore {
     index: usize,
     engine: Engine,
+    /// Packets waiting for the engine: it takes them [`BATCH`] at a time.
+    pending: Vec<CapturedPacket>,
     out: Vec<Event>,
     tx: Sender<Msg>,
     clock: MonoToWall,
@@ -566,25 +573,38 @@ impl WorkerCore {
     }
 
     /// One captured packet through the engine (and to `--records`, and — for packets that
-    /// carry their bytes, i.e. tap mode's — the evidence ring).
+    /// carry their bytes, i.e. tap mode's — the evidence ring). The engine takes packets in
+    /// batches ([`Engine::process_batch`]); [`WorkerCore::tick`] hands it the rest first.
     pub fn packet(&mut self, mut p: CapturedPacket) {
         if let Some(ip) = p.ip.take() {
             self.keep_evidence(&p, &ip);
         }
-        self.engine.process(
-            &Packet {
+        self.pending.push(p);
+        if self.pending.len() >= BATCH {
+            self.flush();
+        }
+    }
+
+    /// The waiting packets through the engine, in order, then to `--records`.
+    fn flush(&mut self) {
+        let batch: Vec<Packet<'_>> = self
+            .pending
+            .iter()
+            .map(|p| Packet {
                 ts_ns: u64::try_from(p.ts_unix_ns).unwrap_or(0),
                 ifindex: p.ifindex,
                 seg: &p.segment,
-            },
-            &mut self.out,
-        );
-        if self.want_records {
-            send(
-                &self.tx,
-                Msg::Record(Box::new(p)),
-                &mut self.report.dropped_messages,
-            );
+            })
+            .collect();
+        self.engine.process_batch(&batch, &mut self.out);
+        for p in self.pending.drain(..) {
+            if self.want_records {
+                send(
+                    &self.tx,
+                    Msg::Record(Box::new(p)),
+                    &mut self.report.dropped_messages,
+                );
+            }
         }
     }
 
@@ -596,6 +616,7 @@ impl WorkerCore {
     /// `tick`, or at the end of the run (`end`): then the engine also settles what the end
     /// of input decides (handshakes still waiting for an answer, RSTs held for reordering).
     fn tick_or_end(&mut self, end: bool) {
+        self.flush();
         let now = self.clock.to_unix_ns(MonoToWall::monotonic_now_ns());
         let now = u64::try_from(now)
             .unwrap_or(0)
