@@ -436,6 +436,12 @@ fn main() -> anyhow::Result<()> {
     match what.as_str() {
         "engine" => {}
         "pcap" => return pcap_bench(),
+        "pcap-file" => {
+            // pcap-file: writes the `pcap` benchmark's capture and prints its path (profiling).
+            let flows = 500_000;
+            println!("{}", write_pcap(&workload(flows)?, flows)?.display());
+            return Ok(());
+        }
         "worker" => {
             let flows = args.get(2).map_or(Ok(10_000), |s| s.parse())?;
             return worker_bench(flows);

@@ -93,7 +93,10 @@ impl std::hash::Hash for FlowKey {
 impl FlowKey {
     /// The key of a packet from `src` to `dst`, and which side `src` is.
     pub fn of(src: Endpoint, dst: Endpoint) -> (FlowKey, Side) {
-        if src <= dst {
+        // The derived order (address bytes, then port) as two integer compares: this runs
+        // for every packet.
+        let rank = |e: &Endpoint| (u128::from_be_bytes(e.ip), e.port);
+        if rank(&src) <= rank(&dst) {
             (FlowKey { lo: src, hi: dst }, Side::Lo)
         } else {
             (FlowKey { lo: dst, hi: src }, Side::Hi)
@@ -121,6 +124,17 @@ mod tests {
         assert_eq!(k1, k2);
         assert_eq!(s1, s2.peer());
         assert_eq!(k1.get(s1), a);
+        // The canonical order is the derived one, whatever the bytes.
+        for (x, y) in [
+            ("[2001:db8::1]:80", "[2001:db8::1]:81"),
+            ("[ff00::]:1", "[::ff]:2"),
+            ("10.0.0.2:1", "10.0.0.1:2"),
+            ("10.0.0.1:9", "10.0.0.1:9"),
+        ] {
+            let x = Endpoint::from(x.parse::<SocketAddr>().unwrap());
+            let y = Endpoint::from(y.parse::<SocketAddr>().unwrap());
+            assert_eq!(FlowKey::of(x, y).0.lo, x.min(y));
+        }
         assert_eq!(a.to_string(), "192.0.2.1:40000");
     }
 }
