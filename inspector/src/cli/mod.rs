@@ -581,7 +581,7 @@ fn run_pcap(a: &PcapArgs) -> anyhow::Result<()> {
     let output_errors = out.as_ref().map_or(0, |o| o.errors) + r.evidence_errors;
     let mut totals = crate::detect::engine::Totals::of([&r.engine]);
     // Aggregate episodes included: the summary counts what the sinks received.
-    totals.counters.events = r.events.len() as u64;
+    totals.counters.events = r.events;
     let mut summary = format!(
         "capture: {} file{}, {:.1} s of capture time\n",
         a.files.len(),
@@ -609,7 +609,7 @@ fn run_pcap(a: &PcapArgs) -> anyhow::Result<()> {
                 ..Default::default()
             };
             m.update_worker(0, report.snapshot(&r.engine));
-            r.events.iter().for_each(|e| m.count_event(e));
+            r.episodes.iter().for_each(|e| m.count_event(e));
             m.evidence_files = r.evidence_files;
         }
         tracing::info!(addr = %server.addr, "files read; serving metrics until Ctrl-C/SIGTERM");

@@ -19,7 +19,12 @@ pub struct Replay {
     pub engine: Engine,
     pub frames: u64,
     pub parse_errors: BTreeMap<&'static str, u64>,
-    pub events: Vec<Event>,
+    /// Events settled (aggregate episodes included).
+    pub events: u64,
+    /// The aggregate episodes among them (`syn_flood`, `reset_storm`), for the metrics. The
+    /// per-connection events went to the outputs and are not kept: a capture of any size
+    /// replays in bounded memory.
+    pub episodes: Vec<Event>,
     /// Evidence pcaps written, and those that could not be.
     pub evidence_files: u64,
     pub evidence_errors: u64,
@@ -27,6 +32,9 @@ pub struct Replay {
     pub span_ns: u64,
     pub error: Option<PcapError>,
 }
+
+/// Segments the engine takes at once (see [`Engine::process_batch`]).
+const BATCH: usize = 64;
 
 /// Frames in capture order through one engine and the aggregator; settled events are kept and
 /// written as NDJSON as they come (the first write error is kept for [`Replayer::finish`]).
@@ -37,8 +45,11 @@ pub struct Replayer<'a> {
     parse_errors: BTreeMap<&'static str, u64>,
     last_ts: u64,
     first_ts: u64,
+    /// Parsed segments waiting for the engine, which takes them [`BATCH`] at a time.
+    pending: Vec<(crate::wire::Segment, u64, u32)>,
     out: Vec<Event>,
-    events: Vec<Event>,
+    events: u64,
+    episodes: Vec<Event>,
     json: Option<&'a mut LineSink>,
     evidence: Option<(Recorder, Writer)>,
 }
@@ -55,8 +66,10 @@ impl<'a> Replayer<'a> {
             parse_errors: BTreeMap::new(),
             last_ts: 0,
             first_ts: 0,
+            pending: Vec::with_capacity(BATCH),
             out: Vec::new(),
-            events: Vec::new(),
+            events: 0,
+            episodes: Vec::new(),
             json,
             evidence: None,
         }
@@ -82,28 +95,50 @@ impl<'a> Replayer<'a> {
     /// One frame of the capture.
     pub fn frame(&mut self, frame: &Frame<'_>) {
         self.frames += 1;
-        // Every frame moves capture time on, TCP or not, so timeouts fire in order.
-        self.last_ts = self.last_ts.max(frame.ts_ns);
         if self.first_ts == 0 {
             self.first_ts = frame.ts_ns;
         }
-        self.engine.advance(self.last_ts, &mut self.out);
         match parse_frame(frame) {
             Ok((seg, _, ip)) => {
                 if let Some((rec, _)) = &mut self.evidence {
                     rec.push(conn_key(&seg.src.into(), &seg.dst.into()), frame.ts_ns, ip);
                 }
-                self.engine.process(
-                    &Packet {
-                        ts_ns: frame.ts_ns,
-                        ifindex: frame.ifindex,
-                        seg: &seg,
-                    },
-                    &mut self.out,
-                )
+                // Each packet moves the engine's clock on (never back), as a frame of another
+                // protocol does below.
+                self.last_ts = self.last_ts.max(frame.ts_ns);
+                self.pending.push((seg, frame.ts_ns, frame.ifindex));
+                if self.pending.len() >= BATCH {
+                    self.flush();
+                }
             }
-            Err(e) => *self.parse_errors.entry(e.reason()).or_default() += 1,
+            Err(e) => {
+                *self.parse_errors.entry(e.reason()).or_default() += 1;
+                // Every frame moves capture time on, TCP or not, so timeouts fire in order.
+                self.flush();
+                self.last_ts = self.last_ts.max(frame.ts_ns);
+                self.engine.advance(self.last_ts, &mut self.out);
+                self.settle();
+            }
         }
+    }
+
+    /// The waiting segments through the engine, then what they settled to the outputs.
+    fn flush(&mut self) {
+        if self.pending.is_empty() {
+            return;
+        }
+        let batch: Vec<Packet<'_>> = self
+            .pending
+            .iter()
+            .map(|(seg, ts_ns, ifindex)| Packet {
+                ts_ns: *ts_ns,
+                ifindex: *ifindex,
+                seg,
+            })
+            .collect();
+        self.engine.process_batch(&batch, &mut self.out);
+        drop(batch);
+        self.pending.clear();
         self.settle();
     }
 
@@ -131,12 +166,19 @@ impl<'a> Replayer<'a> {
                 w.line(&EventLine::from(&e).with_evidence(file.as_deref(), ev.as_ref()));
                 w.flush_if_due();
             }
-            self.events.push(e);
+            self.events += 1;
+            if matches!(
+                e.kind,
+                crate::detect::Kind::SynFlood | crate::detect::Kind::ResetStorm
+            ) {
+                self.episodes.push(e);
+            }
         }
     }
 
     /// End of input: fires what is due at the last capture time, closes open episodes.
     pub fn finish(mut self, error: Option<PcapError>) -> std::io::Result<Replay> {
+        self.flush();
         self.engine.finish(self.last_ts, &mut self.out);
         let (tallies, watermark) = self.engine.take_tallies();
         self.agg.feed(0, tallies, watermark, &mut self.out);
@@ -152,6 +194,7 @@ impl<'a> Replayer<'a> {
             frames: self.frames,
             parse_errors: self.parse_errors,
             events: self.events,
+            episodes: self.episodes,
             evidence_files: self.evidence.map_or(0, |(_, w)| w.written),
             error,
         })
