@@ -72,9 +72,14 @@ fn workload_ip(flows: usize) -> anyhow::Result<Vec<Vec<u8>>> {
 
 /// The worker's path for ring-buffer records, as `runtime::inline` runs it: decode the
 /// record the BPF program wrote, keep its bytes in the evidence ring (`--evidence`), run the
-/// engine. `stages` says how far to go (1 decode, 2 + evidence, 3 + engine). Returns
-/// records/s.
-fn worker_path(records: &[Vec<u8>], flows: usize, rounds: u64, stages: u8) -> f64 {
+/// engine; `evidence` and `engine` say which of the last two run. Returns records/s.
+fn worker_path(
+    records: &[Vec<u8>],
+    flows: usize,
+    rounds: u64,
+    evidence: bool,
+    engine: bool,
+) -> f64 {
     use synscope::{
         capture::{decode_record, record::record_ip_bytes},
         output::evidence::{Recorder, conn_key},
@@ -94,12 +99,12 @@ fn worker_path(records: &[Vec<u8>], flows: usize, rounds: u64, stages: u8) -> f6
             let Ok(p) = decode_record(bytes, |ns| base + i128::from(ns) + n as i128 * 100) else {
                 continue;
             };
-            if stages >= 2 {
+            if evidence {
                 let key = conn_key(&p.segment.src.into(), &p.segment.dst.into());
                 let ts = u64::try_from(p.ts_unix_ns).unwrap_or(0);
                 recorder.push(key, ts, record_ip_bytes(bytes));
             }
-            if stages < 3 {
+            if !engine {
                 black_box(&p);
                 continue;
             }
@@ -156,12 +161,21 @@ fn worker_bench(flows: usize) -> anyhow::Result<()> {
     );
     println!("| stages | M records/s/core |");
     println!("|---|---|");
-    for (stages, name) in [
-        (1, "decode"),
-        (2, "decode + evidence ring"),
-        (3, "decode + evidence ring + engine (the worker path)"),
+    for (evidence, engine, name) in [
+        (false, false, "decode"),
+        (true, false, "decode + evidence ring"),
+        (
+            false,
+            true,
+            "decode + engine (the worker path, default flags)",
+        ),
+        (
+            true,
+            true,
+            "decode + evidence ring + engine (the worker path with `--evidence`)",
+        ),
     ] {
-        let rate = worker_path(&records, flows, rounds, stages);
+        let rate = worker_path(&records, flows, rounds, evidence, engine);
         println!("| {name} | {:.2} |", rate / 1e6);
     }
     let pkts = workload(flows)?;

@@ -110,25 +110,33 @@ impl Recorder {
         self.next += 1;
         let i = ((seq - 1) % self.cap as u64) as usize;
         let len = ip.len().min(SNAP);
-        let mut slot = Slot {
-            seq,
-            key,
-            prev: self.last.insert(key, seq).unwrap_or(0),
-            ts_ns,
-            orig_len: ip_len(ip),
-            len: len as u16,
-            data: [0; SNAP],
-        };
-        slot.data[..len].copy_from_slice(&ip[..len]);
-        if i < self.slots.len() {
-            let old = std::mem::replace(&mut self.slots[i], slot);
+        let prev = self.last.insert(key, seq).unwrap_or(0);
+        if i == self.slots.len() {
+            self.slots.push(Slot {
+                seq: 0,
+                key,
+                prev: 0,
+                ts_ns: 0,
+                orig_len: 0,
+                len: 0,
+                data: [0; SNAP],
+            });
+        } else {
             // The overwritten packet was its connection's newest: that connection is gone.
+            let old = &self.slots[i];
             if old.key != key && self.last.get(&old.key) == Some(&old.seq) {
                 self.last.remove(&old.key);
             }
-        } else {
-            self.slots.push(slot);
         }
+        // Filled in place: this runs for every packet with `--evidence`.
+        let slot = &mut self.slots[i];
+        slot.seq = seq;
+        slot.key = key;
+        slot.prev = prev;
+        slot.ts_ns = ts_ns;
+        slot.orig_len = ip_len(ip);
+        slot.len = len as u16;
+        slot.data[..len].copy_from_slice(&ip[..len]);
     }
 
     /// The packets of connection `key` still in the ring, oldest first (the newest
