@@ -46,6 +46,11 @@ impl Index {
         ((u64::from(tag) * self.entries.len() as u64) >> 32) as usize
     }
 
+    /// Where the probe for `hash` starts.
+    pub fn home_of(&self, hash: u64) -> usize {
+        self.home(tag(hash))
+    }
+
     fn next(&self, i: usize) -> usize {
         if i + 1 == self.entries.len() {
             0

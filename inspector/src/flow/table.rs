@@ -121,7 +121,7 @@ struct Slot<V> {
 
 /// A bounded flow table holding values of type `V`.
 pub struct FlowTable<V> {
-    hasher: foldhash::fast::RandomState,
+    hasher: foldhash::fast::SeedableRandomState,
     index: Index,
     slots: Vec<Slot<V>>,
     free: Vec<u32>,
@@ -132,13 +132,35 @@ pub struct FlowTable<V> {
 }
 
 impl<V> FlowTable<V> {
-    /// A table for at most `max_flows` flows (at least 1), allocated now.
+    /// A table for at most `max_flows` flows (at least 1), allocated now, with a random
+    /// hash seed.
     pub fn new(max_flows: usize) -> Self {
+        Self::with_hasher(max_flows, foldhash::fast::SeedableRandomState::random())
+    }
+
+    /// A table whose hash seed is `seed`: what an attacker who knew the seed could flood.
+    /// For benchmarks of hash flooding only; the engine's tables are always [`FlowTable::new`].
+    pub fn with_known_seed(max_flows: usize, seed: u64) -> Self {
+        Self::with_hasher(
+            max_flows,
+            foldhash::fast::SeedableRandomState::with_seed(
+                seed,
+                foldhash::SharedSeed::global_fixed(),
+            ),
+        )
+    }
+
+    /// Where the index probe for `key` starts (benchmarks of hash flooding).
+    pub fn probe_start(&self, key: &FlowKey) -> usize {
+        self.index.home_of(self.hash(key))
+    }
+
+    fn with_hasher(max_flows: usize, hasher: foldhash::fast::SeedableRandomState) -> Self {
         let max = max_flows.max(1);
         let mut free: Vec<u32> = (0..max as u32).collect();
         free.reverse();
         Self {
-            hasher: foldhash::fast::RandomState::default(),
+            hasher,
             index: Index::new(max),
             slots: (0..max)
                 .map(|_| Slot {
