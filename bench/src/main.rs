@@ -429,7 +429,7 @@ fn hashflood() -> anyhow::Result<()> {
     use synscope::flow::{Endpoint, FlowKey, FlowTable, table::FlowClass};
     const MAX: usize = 16_384;
     const N: usize = 4_000;
-    const SEED: u64 = 0x5eed_0f_a77ac;
+    const SEED: u64 = 0x05ee_d0fa_77ac;
     let key = |i: u32| {
         let c = Endpoint {
             ip: std::net::Ipv4Addr::from(0x0a00_0000 | (i >> 8))
