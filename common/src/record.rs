@@ -122,3 +122,50 @@ impl TapMeta {
     pub const SIZE: usize = core::mem::size_of::<TapMeta>();
     pub const MAGIC: u8 = 0x5c;
 }
+
+/// What the kernel said about a connection, from a tracing program on the host's TCP stack:
+/// a RST it sent (`tcp:tcp_send_reset`, with its `sk_rst_reason`) or a TCP packet it dropped
+/// (`skb:kfree_skb`, with its `skb_drop_reason`). Written into the same worker ring as the
+/// flow's packet records (the flow hash picks it), so it reaches the worker in order with
+/// them: after the packet it is about, before the RST it announces.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct KernelRecord {
+    /// `bpf_ktime_get_ns()`: CLOCK_MONOTONIC nanoseconds.
+    pub ts_ns: u64,
+    /// `KERNEL_SEND_RESET` or `KERNEL_DROP`.
+    pub kind: u8,
+    /// 4 or 6.
+    pub family: u8,
+    /// The dropped packet's TCP flags (drops; 0 for a RST sent).
+    pub tcp_flags: u8,
+    /// The socket's state (`TCP_*` as the kernel numbers them), 0 when no socket.
+    pub state: u8,
+    /// `sk_rst_reason` or `skb_drop_reason`, as this kernel numbers them.
+    pub reason: u32,
+    /// Source and destination of the packet concerned: the RST sent, or the packet dropped.
+    /// IPv4 addresses in the first 4 bytes.
+    pub saddr: [u8; 16],
+    pub daddr: [u8; 16],
+    pub sport: u16,
+    pub dport: u16,
+    pub _pad: [u8; 4],
+}
+
+/// [`KernelRecord::kind`]: a RST the host sent.
+pub const KERNEL_SEND_RESET: u8 = 1;
+/// [`KernelRecord::kind`]: a TCP packet the host dropped.
+pub const KERNEL_DROP: u8 = 2;
+
+const _: () = assert!(core::mem::size_of::<KernelRecord>() == 56);
+const _: () = assert!(core::mem::size_of::<KernelRecord>() != core::mem::size_of::<PacketRecord>());
+
+impl KernelRecord {
+    /// Size of a record in bytes, as the ring buffer carries it.
+    pub const SIZE: usize = core::mem::size_of::<KernelRecord>();
+}
+
+#[cfg(feature = "user")]
+// SAFETY: KernelRecord is repr(C), Copy, its padding is an explicit field (size asserted
+// above) and every bit pattern is a valid value of each field.
+unsafe impl aya::Pod for KernelRecord {}

@@ -7,6 +7,8 @@
 #![cfg_attr(target_arch = "bpf", allow(internal_features))]
 
 #[cfg(target_arch = "bpf")]
+mod kernel;
+#[cfg(target_arch = "bpf")]
 mod maps;
 #[cfg(target_arch = "bpf")]
 mod parse;
@@ -19,8 +21,8 @@ mod tap;
 mod entry {
     use aya_ebpf::{
         bindings::{TC_ACT_UNSPEC, xdp_action},
-        macros::{classifier, xdp},
-        programs::{TcContext, XdpContext},
+        macros::{classifier, raw_tracepoint, xdp},
+        programs::{RawTracePointContext, TcContext, XdpContext},
     };
     use synscope_common::Direction;
 
@@ -100,6 +102,20 @@ mod entry {
             },
         );
         TC_ACT_UNSPEC
+    }
+
+    /// Inline mode on the host itself: why the TCP stack sent a RST.
+    #[raw_tracepoint(tracepoint = "tcp_send_reset")]
+    pub fn synscope_send_reset(ctx: RawTracePointContext) -> i32 {
+        crate::kernel::send_reset(&ctx);
+        0
+    }
+
+    /// Inline mode on the host itself: why the TCP stack dropped a packet.
+    #[raw_tracepoint(tracepoint = "kfree_skb")]
+    pub fn synscope_kfree_skb(ctx: RawTracePointContext) -> i32 {
+        crate::kernel::kfree_skb(&ctx);
+        0
     }
 
     #[panic_handler]

@@ -4,7 +4,7 @@ use aya_ebpf::{
     macros::map,
     maps::{Array, PerCpuArray, RingBuf, XskMap, ring_buf::RingBufEntry},
 };
-use synscope_common::{MAX_WORKERS, PacketRecord, stats};
+use synscope_common::{KernelRecord, MAX_WORKERS, PacketRecord, stats};
 
 /// Number of userspace workers (rings in use), set by the loader; 1 ≤ N ≤ MAX_WORKERS.
 #[unsafe(no_mangle)]
@@ -103,6 +103,15 @@ macro_rules! worker_rings {
         pub fn reserve(w: u32) -> Option<RingBufEntry<PacketRecord>> {
             match w {
                 $( $i => $name.reserve::<PacketRecord>(0), )*
+                _ => None,
+            }
+        }
+
+        /// Reserves a kernel-reason record in worker `w`'s ring.
+        #[inline(always)]
+        pub fn reserve_kernel(w: u32) -> Option<RingBufEntry<KernelRecord>> {
+            match w {
+                $( $i => $name.reserve::<KernelRecord>(0), )*
                 _ => None,
             }
         }

@@ -1,8 +1,16 @@
 //! Decoding the fixed-size records the BPF selectors write (`synscope_common::PacketRecord`).
 
-use synscope_common::{Direction, PacketRecord, Reason, SNAP_LEN};
+use std::net::{IpAddr, SocketAddr};
 
-use crate::wire::{Segment, WireError, parse_ip_tcp};
+use synscope_common::{
+    Direction, KERNEL_DROP, KERNEL_SEND_RESET, KernelRecord, PacketRecord, Reason, SNAP_LEN,
+};
+
+use crate::{
+    detect::kernel::{KernelFact, Said},
+    flow::Endpoint,
+    wire::{Segment, WireError, parse_ip_tcp},
+};
 
 /// A record that could not be decoded; counted by reason, never fatal.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -15,6 +23,8 @@ pub enum RecordError {
     BadReason(u8),
     #[error("record cap_len {0} beyond the snap length")]
     BadCapLen(u16),
+    #[error("kernel-reason record with kind or family {0} unknown")]
+    BadKernel(u8),
     #[error("record payload: {0}")]
     Wire(#[from] WireError),
 }
@@ -27,6 +37,7 @@ impl RecordError {
             Self::BadDirection(_) => "record_direction",
             Self::BadReason(_) => "record_reason",
             Self::BadCapLen(_) => "record_cap_len",
+            Self::BadKernel(_) => "record_kernel",
             Self::Wire(w) => w.reason(),
         }
     }
@@ -103,6 +114,42 @@ pub fn decode_record(
         vlan_depth: byte(offset_of!(PacketRecord, vlan_depth)),
         segment,
         ip: None,
+    })
+}
+
+/// Decodes one kernel-reason record ([`KernelRecord`]); `to_unix_ns` converts its timestamp.
+pub fn decode_kernel_record(
+    bytes: &[u8],
+    to_unix_ns: impl Fn(u64) -> i128,
+) -> Result<KernelFact, RecordError> {
+    if bytes.len() != KernelRecord::SIZE {
+        return Err(RecordError::BadSize(bytes.len()));
+    }
+    // SAFETY: the length equals size_of::<KernelRecord>(), KernelRecord is Pod (every bit
+    // pattern valid), and read_unaligned imposes no alignment on the source.
+    let rec: KernelRecord = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) };
+    let said = match rec.kind {
+        KERNEL_SEND_RESET => Said::SendReset,
+        KERNEL_DROP => Said::Drop,
+        other => return Err(RecordError::BadKernel(other)),
+    };
+    let ep = |a: [u8; 16], port: u16| {
+        let ip = match rec.family {
+            4 => IpAddr::from([a[0], a[1], a[2], a[3]]),
+            _ => IpAddr::from(a),
+        };
+        Endpoint::from(SocketAddr::new(ip, port))
+    };
+    if !matches!(rec.family, 4 | 6) {
+        return Err(RecordError::BadKernel(rec.family));
+    }
+    Ok(KernelFact {
+        ts_ns: u64::try_from(to_unix_ns(rec.ts_ns)).unwrap_or(0),
+        said,
+        reason: rec.reason,
+        src: ep(rec.saddr, rec.sport),
+        dst: ep(rec.daddr, rec.dport),
+        tcp_flags: rec.tcp_flags,
     })
 }
 

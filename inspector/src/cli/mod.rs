@@ -145,6 +145,11 @@ pub struct LiveArgs {
     /// so handshake verdicts are off; for one-way vantage points).
     #[arg(long)]
     pub no_egress: bool,
+    /// Do not ask the host's TCP stack why it sent a RST or dropped a packet (raw tracepoints
+    /// `tcp_send_reset` and `kfree_skb`; they need the kernel's BTF and the CAP_BPF +
+    /// CAP_PERFMON inline mode has). Inline mode only.
+    #[arg(long)]
+    pub no_kernel_reasons: bool,
     #[command(flatten)]
     pub engine: EngineArgs,
     #[command(flatten)]
@@ -635,6 +640,7 @@ fn run_live(a: &LiveArgs) -> anyhow::Result<()> {
         follow_budget: a.follow,
         follow_slots: a.follow_slots,
         egress: !a.no_egress,
+        kernel_reasons: !a.no_kernel_reasons,
         ..crate::loader::InlineOptions::new(&a.iface)
     };
     let evidence_ring = if a.report.evidence.is_some() {

@@ -145,6 +145,8 @@ pub(super) struct Rare {
     pub bare_ack: Option<(u32, u32)>,
     /// The encapsulation the connection was seen in.
     pub tunnel: Option<crate::wire::Tunnel>,
+    /// What the host's kernel said about the connection's packets (inline mode).
+    pub kernel: Vec<super::kernel::Note>,
 }
 
 impl Conn {

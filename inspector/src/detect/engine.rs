@@ -74,6 +74,9 @@ pub struct Config {
     /// Also report a `reset` event for a RST that refused a SYN (by default it is folded into
     /// the connection's `syn_rejected`, which carries its details).
     pub all_resets: bool,
+    /// The names of the running kernel's RST and drop reasons, when its word is taken
+    /// (inline mode with kernel reasons).
+    pub kernel_names: Option<Arc<super::kernel::KernelNames>>,
 }
 
 impl Default for Config {
@@ -97,6 +100,7 @@ impl Default for Config {
             rst_rate: 1000,
             full_visibility: true,
             all_resets: false,
+            kernel_names: None,
         }
     }
 }
@@ -116,6 +120,9 @@ pub struct EngineCounters {
     pub evicted_pending: u64,
     /// Handshakes still open when the input ended, too young for a verdict.
     pub undecided: u64,
+    /// Kernel reasons kept with their connection, and those whose flow was not in the table.
+    pub kernel_joined: u64,
+    pub kernel_unmatched: u64,
 }
 
 impl EngineCounters {
@@ -128,6 +135,8 @@ impl EngineCounters {
         self.folded += o.folded;
         self.evicted_pending += o.evicted_pending;
         self.undecided += o.undecided;
+        self.kernel_joined += o.kernel_joined;
+        self.kernel_unmatched += o.kernel_unmatched;
     }
 }
 
@@ -136,6 +145,8 @@ pub struct Totals {
     pub endpoints: Endpoints,
     pub counters: EngineCounters,
     pub table: crate::flow::TableStats,
+    /// What the kernel said (inline mode with kernel reasons): (what, reason name) → count.
+    pub kernel: std::collections::BTreeMap<(&'static str, String), u64>,
 }
 
 impl Totals {
@@ -147,15 +158,29 @@ impl Totals {
                 endpoints: Endpoints::new(e.ctx.cfg.max_endpoints),
                 counters: EngineCounters::default(),
                 table: Default::default(),
+                kernel: Default::default(),
             });
             t.endpoints.merge(&e.ctx.endpoints);
             t.counters.add(&e.ctx.counters);
             t.table.add(&e.table.stats());
+            let names = e
+                .ctx
+                .cfg
+                .kernel_names
+                .as_deref()
+                .cloned()
+                .unwrap_or_default();
+            for (&(said, reason), &n) in &e.ctx.kernel_said {
+                *t.kernel
+                    .entry((said.as_str(), names.name(said, reason)))
+                    .or_default() += n;
+            }
         }
         t.unwrap_or_else(|| Totals {
             endpoints: Endpoints::new(0),
             counters: EngineCounters::default(),
             table: Default::default(),
+            kernel: Default::default(),
         })
     }
 }
@@ -190,6 +215,8 @@ pub(super) struct Ctx {
     pub counters: EngineCounters,
     /// Counts of the current capture-time second for the aggregate anomalies.
     pub tally: Tally,
+    /// What the kernel said, by what and reason (inline mode with kernel reasons).
+    pub kernel_said: std::collections::BTreeMap<(super::kernel::Said, u32), u64>,
 }
 
 /// One fixed hash for the distinct-source sketches, so every worker's sketches can be merged.
@@ -237,6 +264,15 @@ impl Ctx {
         ts: u64,
         mut evidence: serde_json::Map<String, Value>,
     ) {
+        if let Some(k) = super::kernel::evidence(conn, self.cfg.kernel_names.as_ref()) {
+            evidence.insert("kernel".into(), k);
+        }
+        if kind == Kind::Reset
+            && let Some(r) =
+                super::kernel::reset_reason(conn, subject, self.cfg.kernel_names.as_ref())
+        {
+            evidence.insert("kernel_reason".into(), Value::String(r));
+        }
         if let Some(t) = conn.tunnel() {
             let (src, dst) = t.outer.map_or((None, None), |(s, d)| {
                 (Some(s.to_string()), Some(d.to_string()))
@@ -363,6 +399,7 @@ impl Engine {
                 shared,
                 counters: EngineCounters::default(),
                 tally: Tally::default(),
+                kernel_said: Default::default(),
                 cfg,
             },
             now: 0,

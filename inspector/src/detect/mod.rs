@@ -8,6 +8,7 @@ mod conn;
 pub mod engine;
 pub mod event;
 mod handshake;
+pub mod kernel;
 mod overflow;
 mod paws;
 mod probe;

@@ -9,10 +9,15 @@ use std::{
 
 use anyhow::Context;
 use aya::maps::{MapData, RingBuf};
+use synscope_common::KernelRecord;
 
 use super::{Crew, CrewResult, LiveReport, POLL, Sinks, Source, WorkerCore, WorkerReport};
 use crate::{
-    capture::{decode_record, record::record_ip_bytes, ringbuf},
+    capture::{
+        decode_record,
+        record::{decode_kernel_record, record_ip_bytes},
+        ringbuf,
+    },
     detect::{Config, Engine},
     loader::{self, Inline, InlineOptions},
 };
@@ -56,6 +61,10 @@ pub fn run(
     sinks: Sinks<'_>,
 ) -> anyhow::Result<LiveReport> {
     let deadline = duration.map(|d| Instant::now() + d);
+    let cfg = Config {
+        kernel_names: inline.kernel_names.clone(),
+        ..cfg
+    };
     let crew = Crew::new(&sinks);
     let mut handles = Vec::new();
     for (i, ring) in std::mem::take(&mut inline.rings).into_iter().enumerate() {
@@ -111,6 +120,13 @@ fn ring_worker(
             if done { Duration::ZERO } else { POLL },
             |bytes| {
                 core.report.records += 1;
+                if bytes.len() == KernelRecord::SIZE {
+                    match decode_kernel_record(bytes, |ns| core.unix_ns(ns)) {
+                        Ok(f) => core.kernel_fact(&f),
+                        Err(e) => *core.report.decode_errors.entry(e.reason()).or_default() += 1,
+                    }
+                    return;
+                }
                 match decode_record(bytes, |ns| core.unix_ns(ns)) {
                     Ok(p) => {
                         core.keep_evidence(&p, record_ip_bytes(bytes));

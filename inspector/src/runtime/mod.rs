@@ -585,6 +585,13 @@ impl WorkerCore {
         }
     }
 
+    /// What the kernel said about a packet (inline mode): after the packets before it, so the
+    /// engine sees both in ring order.
+    pub fn kernel_fact(&mut self, f: &crate::detect::kernel::KernelFact) {
+        self.flush();
+        self.engine.kernel_fact(f);
+    }
+
     /// The waiting packets through the engine, in order, then to `--records`.
     fn flush(&mut self) {
         let batch: Vec<Packet<'_>> = self

@@ -4,6 +4,9 @@
 //! through a tcx link (never the legacy netlink attachments), so the kernel removes both when
 //! the process dies, even on `kill -9`.
 
+pub mod btf;
+pub mod kernel;
+
 use std::{io, process::Command};
 
 use aya::{
@@ -138,6 +141,9 @@ pub struct InlineOptions {
     pub follow_slots: u32,
     /// Attach the TC egress selector too (the host's own SYN-ACKs and RSTs).
     pub egress: bool,
+    /// Attach the kernel-reason programs (why the host's TCP stack sent a RST or dropped a
+    /// packet); without the kernel's BTF or the privilege they are left out with a log line.
+    pub kernel_reasons: bool,
 }
 
 impl InlineOptions {
@@ -152,6 +158,7 @@ impl InlineOptions {
             follow_budget: synscope_common::DEFAULT_FOLLOW_BUDGET,
             follow_slots: 1 << 18,
             egress: true,
+            kernel_reasons: true,
         }
     }
 }
@@ -176,6 +183,8 @@ pub struct Inline {
     pub egress: bool,
     /// Kernel ids of the XDP and (when attached) TC programs, for `bpftool`.
     pub prog_ids: (u32, Option<u32>),
+    /// The names of the kernel's reasons, when the kernel-reason programs are attached.
+    pub kernel_names: Option<std::sync::Arc<crate::detect::kernel::KernelNames>>,
 }
 
 impl Inline {
@@ -461,7 +470,20 @@ pub fn attach_inline(opts: &InlineOptions) -> Result<Inline, LoadError> {
     let workers = opts.workers.clamp(1, MAX_WORKERS);
     let ring_names: Vec<String> = (0..MAX_WORKERS).map(|i| format!("RECORDS_{i}")).collect();
     let follow = Follow::new(opts.follow_budget, opts.follow_slots);
+    let layout = opts
+        .kernel_reasons
+        .then(|| {
+            kernel::Layout::from_kernel()
+                .inspect_err(|e| {
+                    tracing::warn!(error = %e, "kernel reasons off: the kernel's BTF does not say what they need")
+                })
+                .ok()
+        })
+        .flatten();
     let mut loader = EbpfLoader::new();
+    if let Some(l) = &layout {
+        l.set_globals(&mut loader);
+    }
     for (i, name) in ring_names.iter().enumerate() {
         // Rings beyond the workers in use stay at one page.
         let size = if (i as u32) < workers {
@@ -509,6 +531,13 @@ pub fn attach_inline(opts: &InlineOptions) -> Result<Inline, LoadError> {
         rings.push(ring);
     }
     let stats = take_stats(&mut ebpf)?;
+    let kernel_names = layout.and_then(|l| match kernel::attach(&mut ebpf) {
+        Ok(()) => Some(l.names),
+        Err(e) => {
+            tracing::warn!(error = %e, "kernel reasons off: cannot attach to the TCP tracepoints");
+            None
+        }
+    });
     Ok(Inline {
         rings,
         stats,
@@ -520,6 +549,7 @@ pub fn attach_inline(opts: &InlineOptions) -> Result<Inline, LoadError> {
         attach_mode,
         egress,
         prog_ids: (prog_id, egress_id),
+        kernel_names,
     })
 }
 

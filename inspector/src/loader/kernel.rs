@@ -1,0 +1,114 @@
+//! Attaching the kernel-reason programs (`synscope_send_reset` on `tcp_send_reset`,
+//! `synscope_kfree_skb` on `kfree_skb`, both raw tracepoints): the struct offsets they read and
+//! the reason names come from the running kernel's BTF. Raw tracepoints are attached by name
+//! (no tracefs, which a service without CAP_DAC_READ_SEARCH cannot read) with the CAP_BPF and
+//! CAP_PERFMON inline mode already has.
+
+use std::sync::Arc;
+
+use aya::{EbpfLoader, programs::RawTracePoint};
+
+use super::btf::{Btf, BtfError};
+use crate::detect::kernel::KernelNames;
+
+/// The `skb_drop_reason`s reported (the others — every dropped packet of every protocol —
+/// are filtered in the kernel): the ones a handshake, a RST or a PAWS check can meet.
+const DROP_REASONS: &[&str] = &[
+    "NO_SOCKET",
+    "SOCKET_BACKLOG",
+    "TCP_FLAGS",
+    "TCP_RFC7323_PAWS",
+    "TCP_RFC7323_PAWS_ACK",
+    "TCP_RFC7323_TW_PAWS",
+    "TCP_RFC7323_TSECR",
+    "TCP_LISTEN_OVERFLOW",
+    "TCP_OLD_SEQUENCE",
+    "TCP_INVALID_SEQUENCE",
+    "TCP_INVALID_END_SEQUENCE",
+    "TCP_INVALID_ACK_SEQUENCE",
+    "TCP_RESET",
+    "TCP_INVALID_SYN",
+    "TCP_CLOSE",
+    "TCP_OLD_ACK",
+    "TCP_TOO_OLD_ACK",
+    "TCP_ACK_UNSENT_DATA",
+    "TCP_MINTTL",
+];
+
+/// The globals the programs read, from the kernel's BTF, and the reasons' names.
+pub struct Layout {
+    offsets: Vec<(&'static str, u32)>,
+    drop_mask: [u64; 4],
+    pub names: Arc<KernelNames>,
+}
+
+impl Layout {
+    /// Reads the running kernel's BTF.
+    pub fn from_kernel() -> Result<Self, BtfError> {
+        Self::from_btf(&Btf::from_sys_fs()?)
+    }
+
+    fn from_btf(btf: &Btf) -> Result<Self, BtfError> {
+        let mut offsets = Vec::new();
+        for (global, st, member) in [
+            ("SKB_HEAD", "sk_buff", "head"),
+            ("SKB_NETWORK_HEADER", "sk_buff", "network_header"),
+            ("SKB_TRANSPORT_HEADER", "sk_buff", "transport_header"),
+            ("SKC_DADDR", "sock_common", "skc_daddr"),
+            ("SKC_RCV_SADDR", "sock_common", "skc_rcv_saddr"),
+            ("SKC_DPORT", "sock_common", "skc_dport"),
+            ("SKC_NUM", "sock_common", "skc_num"),
+            ("SKC_FAMILY", "sock_common", "skc_family"),
+            ("SKC_STATE", "sock_common", "skc_state"),
+            ("SKC_V6_DADDR", "sock_common", "skc_v6_daddr"),
+            ("SKC_V6_RCV_SADDR", "sock_common", "skc_v6_rcv_saddr"),
+        ] {
+            offsets.push((global, btf.offset(st, member)?));
+        }
+        let rst = btf.enum_names("sk_rst_reason", "SK_RST_REASON_")?;
+        let drop = btf.enum_names("skb_drop_reason", "SKB_DROP_REASON_")?;
+        let mut drop_mask = [0u64; 4];
+        for (v, name) in &drop {
+            if *v < 256 && DROP_REASONS.contains(&name.as_str()) {
+                drop_mask[(*v / 64) as usize] |= 1 << (v % 64);
+            }
+        }
+        let to_map = |v: Vec<(u64, String)>| {
+            v.into_iter()
+                .filter_map(|(k, n)| Some((u32::try_from(k).ok()?, n)))
+                .collect()
+        };
+        Ok(Self {
+            offsets,
+            drop_mask,
+            names: Arc::new(KernelNames {
+                rst: to_map(rst),
+                drop: to_map(drop),
+            }),
+        })
+    }
+
+    /// Sets the programs' globals on `loader` (before the object is loaded).
+    pub fn set_globals<'a>(&'a self, loader: &mut EbpfLoader<'a>) {
+        for (name, value) in &self.offsets {
+            loader.override_global(name, value, true);
+        }
+        loader.override_global("DROP_REASONS", &self.drop_mask, true);
+    }
+}
+
+/// Loads and attaches both programs of `ebpf`; the links live as long as `ebpf`.
+pub fn attach(ebpf: &mut aya::Ebpf) -> Result<(), aya::programs::ProgramError> {
+    for (prog, tracepoint) in [
+        ("synscope_send_reset", "tcp_send_reset"),
+        ("synscope_kfree_skb", "kfree_skb"),
+    ] {
+        let p: &mut RawTracePoint = ebpf
+            .program_mut(prog)
+            .ok_or(aya::programs::ProgramError::NotLoaded)?
+            .try_into()?;
+        p.load()?;
+        p.attach(tracepoint)?;
+    }
+    Ok(())
+}
