@@ -28,8 +28,10 @@ static SKC_DADDR: u32 = 0;
 static SKC_RCV_SADDR: u32 = 0;
 #[unsafe(no_mangle)]
 static SKC_DPORT: u32 = 0;
+/// `inet_sock.inet_sport` (network order): unlike `skc_num` it survives the unhashing a
+/// socket goes through when it closes before sending its RST (SO_LINGER 0).
 #[unsafe(no_mangle)]
-static SKC_NUM: u32 = 0;
+static INET_SPORT: u32 = 0;
 #[unsafe(no_mangle)]
 static SKC_FAMILY: u32 = 0;
 #[unsafe(no_mangle)]
@@ -103,7 +105,8 @@ fn from_skb(skb: u64, rec: &mut KernelRecord) -> Option<()> {
     Some(())
 }
 
-/// The local → remote addresses and ports of socket `sk` (`struct sock_common`).
+/// The local → remote addresses and ports of socket `sk` (`struct sock_common`, and the
+/// local port from `struct inet_sock`).
 #[inline(always)]
 fn from_sock(sk: u64, rec: &mut KernelRecord) -> Option<()> {
     let family: u16 = read(sk + global(&SKC_FAMILY));
@@ -122,7 +125,7 @@ fn from_sock(sk: u64, rec: &mut KernelRecord) -> Option<()> {
         }
         _ => return None,
     }
-    rec.sport = read(sk + global(&SKC_NUM)); // host order
+    rec.sport = u16::from_be(read(sk + global(&INET_SPORT)));
     rec.dport = u16::from_be(read(sk + global(&SKC_DPORT)));
     Some(())
 }

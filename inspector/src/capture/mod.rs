@@ -3,6 +3,7 @@
 
 pub mod clock;
 pub mod linkwatch;
+pub mod nstat;
 pub mod pcap;
 pub mod record;
 pub mod ringbuf;

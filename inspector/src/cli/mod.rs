@@ -682,6 +682,7 @@ fn run_live(a: &LiveArgs) -> anyhow::Result<()> {
             .map(|every| crate::output::view::View::on(every, ndjson_on_stdout)),
         events_sent: 0,
         iface: None,
+        host_tcp_base: None,
     };
     let report = match a.mode {
         Mode::Inline => crate::runtime::inline::run_inline(

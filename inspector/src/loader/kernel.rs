@@ -57,7 +57,7 @@ impl Layout {
             ("SKC_DADDR", "sock_common", "skc_daddr"),
             ("SKC_RCV_SADDR", "sock_common", "skc_rcv_saddr"),
             ("SKC_DPORT", "sock_common", "skc_dport"),
-            ("SKC_NUM", "sock_common", "skc_num"),
+            ("INET_SPORT", "inet_sock", "inet_sport"),
             ("SKC_FAMILY", "sock_common", "skc_family"),
             ("SKC_STATE", "sock_common", "skc_state"),
             ("SKC_V6_DADDR", "sock_common", "skc_v6_daddr"),

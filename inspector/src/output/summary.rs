@@ -118,6 +118,20 @@ pub fn render(t: &Totals, frames: u64, parse_errors: &BTreeMap<&'static str, u64
         s.push_str("no TCP handshakes seen\n");
     }
     let c = &t.counters;
+    if !t.kernel.is_empty() {
+        let said: Vec<String> = t
+            .kernel
+            .iter()
+            .map(|((what, reason), n)| format!("{what} {reason} {n}"))
+            .collect();
+        let _ = writeln!(
+            s,
+            "kernel said: {} ({} kept with their connection, {} for flows not tracked)",
+            said.join(", "),
+            c.kernel_joined,
+            c.kernel_unmatched
+        );
+    }
     let t = &t.table;
     let _ = writeln!(
         s,

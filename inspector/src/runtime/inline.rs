@@ -14,7 +14,7 @@ use synscope_common::KernelRecord;
 use super::{Crew, CrewResult, LiveReport, POLL, Sinks, Source, WorkerCore, WorkerReport};
 use crate::{
     capture::{
-        decode_record,
+        decode_record, nstat,
         record::{decode_kernel_record, record_ip_bytes},
         ringbuf,
     },
@@ -65,6 +65,15 @@ pub fn run(
         kernel_names: inline.kernel_names.clone(),
         ..cfg
     };
+    // The host's own TCP counters (this network namespace's): a baseline now, the rise at
+    // the end and, for the events they confirm, at the event.
+    let host_tcp_base = nstat::read()
+        .inspect_err(|e| tracing::warn!(error = %e, "cannot read /proc/net/netstat"))
+        .ok();
+    let sinks = Sinks {
+        host_tcp_base,
+        ..sinks
+    };
     let crew = Crew::new(&sinks);
     let mut handles = Vec::new();
     for (i, ring) in std::mem::take(&mut inline.rings).into_iter().enumerate() {
@@ -93,7 +102,12 @@ pub fn run(
         interface_lost,
         ran,
     } = crew.output(&cfg, handles, deadline, stop, source, sinks)?;
+    let host_tcp = host_tcp_base.and_then(|base| {
+        let now = nstat::read().ok()?;
+        Some(std::array::from_fn(|i| now[i].saturating_sub(base[i])))
+    });
     Ok(LiveReport {
+        host_tcp,
         detection_latency,
         kernel: inline.stats()?,
         workers,

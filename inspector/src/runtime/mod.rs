@@ -30,9 +30,9 @@ pub mod replay;
 pub mod tap;
 
 use crate::{
-    capture::{CapturedPacket, clock::MonoToWall},
+    capture::{CapturedPacket, clock::MonoToWall, nstat},
     detect::{
-        Config, Engine, Event,
+        Config, Engine, Event, Kind,
         aggregate::{Aggregator, Rates, Tally},
         engine::{Packet, Totals},
     },
@@ -103,6 +103,9 @@ pub struct LiveReport {
     /// From the capture time of the packet (or deadline) that settled each event to the
     /// event leaving the output thread, µs.
     pub detection_latency: Histogram<u64>,
+    /// Inline mode: how much the host's watched TCP counters (`capture::nstat::WATCHED`) rose
+    /// during the run.
+    pub host_tcp: Option<[u64; nstat::WATCHED.len()]>,
 }
 
 /// One AF_XDP socket of tap mode: its mode and the kernel's `XDP_STATISTICS`.
@@ -145,6 +148,13 @@ impl LiveReport {
                 "output_errors: {} (writes that failed; see the log)\n",
                 self.output_errors
             ));
+        }
+        if let Some(d) = &self.host_tcp {
+            s.push_str("host TCP counters during the run (nstat):");
+            for (n, v) in nstat::WATCHED.iter().zip(d) {
+                s.push_str(&format!(" {n} {v}"));
+            }
+            s.push('\n');
         }
         s.push_str(&format!(
             "ingress attach mode: {}, tc egress: {}\nkernel counters:\n",
@@ -223,6 +233,9 @@ pub struct Sinks<'a> {
     pub events_sent: u64,
     /// The interface events are captured on (set by the output thread).
     pub iface: Option<String>,
+    /// Inline mode: the host's TCP counters when the run started (`capture::nstat`), so
+    /// `accept_queue_overflow` and `paws_nat_collision` can say what the kernel counted since.
+    pub host_tcp_base: Option<[u64; nstat::WATCHED.len()]>,
 }
 
 pub(crate) enum Msg {
@@ -672,6 +685,26 @@ impl WorkerCore {
     }
 }
 
+/// The host counters that confirm `e` (inline mode): for an accept-queue overflow the
+/// listen-queue overflows and drops, for a PAWS collision the PAWS rejections, each as risen
+/// since the run started.
+fn host_counters(e: &mut Event, base: &[u64; nstat::WATCHED.len()]) {
+    let names: &[&str] = match e.kind {
+        Kind::AcceptQueueOverflow => &["ListenOverflows", "ListenDrops"],
+        Kind::PawsNatCollision => &["PAWSActive", "PAWSEstab", "PAWSTimewait"],
+        _ => return,
+    };
+    let Ok(now) = nstat::read() else { return };
+    let mut m = serde_json::Map::new();
+    for (i, n) in nstat::WATCHED.iter().enumerate() {
+        if names.contains(n) {
+            m.insert((*n).into(), now[i].saturating_sub(base[i]).into());
+        }
+    }
+    e.evidence
+        .insert("host_counters_since_start".into(), m.into());
+}
+
 /// Hands one worker message to the sinks (tallies through the aggregator).
 fn deliver(m: Msg, agg: &mut Aggregator, sinks: &mut Sinks<'_>) {
     match m {
@@ -680,8 +713,11 @@ fn deliver(m: Msg, agg: &mut Aggregator, sinks: &mut Sinks<'_>) {
                 lock(m).update_worker(worker, *snap);
             }
         }
-        Msg::Event(e, ev) => {
+        Msg::Event(mut e, ev) => {
             sinks.events_sent += 1;
+            if let Some(base) = &sinks.host_tcp_base {
+                host_counters(&mut e, base);
+            }
             let file = match (&mut sinks.evidence, &ev) {
                 (Some((w, _)), Some(ev)) => match w.write(&e, ev) {
                     Ok(p) => Some(p),

@@ -362,6 +362,7 @@ fn run(
             .iter()
             .map(|x| x.lock().map(|g| g.clone()).unwrap_or_default())
             .collect(),
+        host_tcp: None,
     })
 }
 
