@@ -157,6 +157,11 @@ fn synscope_runs_unprivileged_with_only_the_units_capabilities() {
     assert_eq!(code, 0, "{stderr}");
     let kinds: Vec<&str> = events.iter().map(|e| e["kind"].as_str().unwrap()).collect();
     assert_eq!(kinds, ["syn_rejected"], "{stderr}");
+    // The kernel-reason tracepoints attach with the same capabilities (BTF is world-readable).
+    assert_eq!(
+        events[0]["evidence"]["kernel"][0]["reason"], "NO_SOCKET",
+        "{stderr}"
+    );
     assert_evidence_files(&events);
     assert!(metrics.contains("synscope_build_info{"), "{metrics}");
     let _ = std::fs::remove_dir_all(&dir);
