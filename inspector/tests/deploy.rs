@@ -151,8 +151,15 @@ fn synscope_runs_unprivileged_with_only_the_units_capabilities() {
     })
     .unwrap();
     assert!(refused);
-    thread::sleep(Duration::from_millis(500));
-    let metrics = scrape(Some(&lab.server_ns), "127.0.0.1:9464").expect("metrics");
+    // Workers send their counters once a second: scrape until the refusal is in.
+    let mut metrics = String::new();
+    for _ in 0..30 {
+        thread::sleep(Duration::from_millis(200));
+        metrics = scrape(Some(&lab.server_ns), "127.0.0.1:9464").expect("metrics");
+        if metrics.contains("synscope_kernel_said_total{") {
+            break;
+        }
+    }
     let (events, code, stderr) = live.stop();
     assert_eq!(code, 0, "{stderr}");
     let kinds: Vec<&str> = events.iter().map(|e| e["kind"].as_str().unwrap()).collect();
@@ -164,6 +171,16 @@ fn synscope_runs_unprivileged_with_only_the_units_capabilities() {
     );
     assert_evidence_files(&events);
     assert!(metrics.contains("synscope_build_info{"), "{metrics}");
+    // What the kernel said, per endpoint, and the host's own counters beside it.
+    let said = format!(
+        "synscope_kernel_said_total{{server=\"{}:9400\",said=\"send_reset\",reason=\"NO_SOCKET\",by=\"server\"}} 1",
+        lab.server_v4
+    );
+    assert!(metrics.contains(&said), "{said} in {metrics}");
+    assert!(
+        metrics.contains("synscope_host_tcp_total{counter=\"ListenOverflows\"} "),
+        "{metrics}"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
 

@@ -41,6 +41,23 @@ static SKC_V6_DADDR: u32 = 0;
 #[unsafe(no_mangle)]
 static SKC_V6_RCV_SADDR: u32 = 0;
 
+/// For the network namespace filter: `sock_common.skc_net`, `sk_buff.dev`, `sk_buff.sk`,
+/// `net_device.nd_net`, and `net.ns` + `ns_common.inum` (the namespace's inode number).
+#[unsafe(no_mangle)]
+static SKC_NET: u32 = 0;
+#[unsafe(no_mangle)]
+static SKB_DEV: u32 = 0;
+#[unsafe(no_mangle)]
+static SKB_SK: u32 = 0;
+#[unsafe(no_mangle)]
+static DEV_ND_NET: u32 = 0;
+#[unsafe(no_mangle)]
+static NET_NS_INUM: u32 = 0;
+/// The inode number of the network namespace synscope watches (that of its interface): the
+/// tracepoints fire for every namespace of the host, and containers reuse addresses. 0: all.
+#[unsafe(no_mangle)]
+static NETNS: u32 = 0;
+
 /// The `skb_drop_reason`s worth a record (bit n: reason n), set by the loader from the
 /// reasons' names: `kfree_skb` fires for every dropped packet of every protocol.
 #[unsafe(no_mangle)]
@@ -130,6 +147,43 @@ fn from_sock(sk: u64, rec: &mut KernelRecord) -> Option<()> {
     Some(())
 }
 
+/// The namespace inode of `struct net *` at `net_ptr_at` (0 when unreadable).
+#[inline(always)]
+fn inum_at(net_ptr_at: u64) -> u32 {
+    let net: u64 = read(net_ptr_at);
+    if net == 0 {
+        return 0;
+    }
+    read(net + global(&NET_NS_INUM))
+}
+
+/// Whether a fact about socket `sk` (or, without one, packet `skb`: its device's namespace,
+/// else its socket's) belongs to the watched network namespace.
+#[inline(always)]
+fn watched(sk: u64, skb: u64) -> bool {
+    let want = global(&NETNS) as u32;
+    if want == 0 {
+        return true;
+    }
+    let ns = if sk != 0 {
+        inum_at(sk + global(&SKC_NET))
+    } else if skb != 0 {
+        let dev: u64 = read(skb + global(&SKB_DEV));
+        if dev != 0 {
+            inum_at(dev + global(&DEV_ND_NET))
+        } else {
+            let owner: u64 = read(skb + global(&SKB_SK));
+            if owner == 0 {
+                return false;
+            }
+            inum_at(owner + global(&SKC_NET))
+        }
+    } else {
+        0
+    };
+    ns == want
+}
+
 /// Into the ring of the worker that owns the flow (the selectors' keyed flow hash).
 #[inline(always)]
 fn submit(rec: &KernelRecord) {
@@ -182,6 +236,9 @@ pub fn send_reset(ctx: &RawTracePointContext) {
     }
     let sk: u64 = ctx.arg(0);
     let skb: u64 = ctx.arg(1);
+    if !watched(sk, skb) {
+        return;
+    }
     let mut rec = blank(KERNEL_SEND_RESET, ctx.arg(2));
     if skb != 0 && from_skb(skb, &mut rec).is_some() {
         core::mem::swap(&mut rec.saddr, &mut rec.daddr);
@@ -212,6 +269,11 @@ pub fn kfree_skb(ctx: &RawTracePointContext) {
         return;
     }
     let skb: u64 = ctx.arg(0);
+    // The receiving socket when the kernel names one, else the packet's device.
+    let rx_sk: u64 = ctx.arg(3);
+    if !watched(rx_sk, skb) {
+        return;
+    }
     let mut rec = blank(KERNEL_DROP, reason);
     if from_skb(skb, &mut rec).is_some() {
         submit(&rec);

@@ -267,9 +267,15 @@ impl Ctx {
         if let Some(k) = super::kernel::evidence(conn, self.cfg.kernel_names.as_ref()) {
             evidence.insert("kernel".into(), k);
         }
-        if kind == Kind::Reset
+        // The reset's sender: a `reset`'s subject; the server that refused a SYN.
+        let sender = match kind {
+            Kind::Reset => Some(subject),
+            Kind::SynRejected => Some(S),
+            _ => None,
+        };
+        if let Some(sender) = sender
             && let Some(r) =
-                super::kernel::reset_reason(conn, subject, self.cfg.kernel_names.as_ref())
+                super::kernel::reset_reason(conn, sender, self.cfg.kernel_names.as_ref())
         {
             evidence.insert("kernel_reason".into(), Value::String(r));
         }

@@ -1048,3 +1048,86 @@ fn batches_decide_exactly_what_packets_one_by_one_do() {
     assert_eq!(one.eng.counters(), batched.eng.counters());
     assert_eq!(one.eng.table_stats(), batched.eng.table_stats());
 }
+
+/// The kernel's word joins the connection it is about: its events carry it in order, the
+/// refusing RST carries its sender's reason, the server endpoint counts it by slot and host,
+/// and a fact about a flow not in the table is only counted.
+#[test]
+fn kernel_facts_join_their_connection_and_count_per_endpoint() {
+    use crate::detect::kernel::{KernelFact, KernelNames, Said, slot_name};
+    use std::collections::BTreeMap;
+    let names = KernelNames::new(
+        BTreeMap::from([(1, "NO_SOCKET".into()), (17, "MPTCP_RST_EUNSPEC".into())]),
+        BTreeMap::from([(2, "NO_SOCKET".into()), (250, "SOMETHING_NEW".into())]),
+    );
+    let mut sim = Sim::with(Config {
+        kernel_names: Some(std::sync::Arc::new(names)),
+        ..Config::default()
+    });
+    let ep = |ip: [u8; 4], port| Endpoint::from(std::net::SocketAddr::from((ip, port)));
+    let fact = |said, reason, src, dst, tcp_flags| KernelFact {
+        ts_ns: T0,
+        said,
+        reason,
+        src,
+        dst,
+        tcp_flags,
+    };
+    sim.at(0, c(40000, SYN, 1000, 0));
+    // The server's kernel dropped the SYN for want of a socket and sent the RST.
+    let (cl, sv) = (ep(CLIENT, 40000), ep(SERVER, 80));
+    sim.eng.kernel_fact(&fact(Said::Drop, 2, cl, sv, SYN.0));
+    sim.eng.kernel_fact(&fact(Said::SendReset, 1, sv, cl, 0));
+    // Reasons this list does not name count as `other`; unknown numbers too.
+    sim.eng.kernel_fact(&fact(Said::SendReset, 17, sv, cl, 0));
+    sim.eng.kernel_fact(&fact(Said::Drop, 250, cl, sv, SYN.0));
+    // Not a tracked flow.
+    sim.eng
+        .kernel_fact(&fact(Said::SendReset, 1, sv, ep(CLIENT, 40001), 0));
+    sim.at(1, s(40000, RA, 0, 1001)).until(201);
+    let r = sim.one(Kind::SynRejected);
+    assert_eq!(
+        *r.ev("kernel"),
+        serde_json::json!([
+            {"said": "drop", "reason": "NO_SOCKET", "by": "server", "flags": "SYN"},
+            {"said": "send_reset", "reason": "NO_SOCKET", "by": "server"},
+            {"said": "send_reset", "reason": "MPTCP_RST_EUNSPEC", "by": "server"},
+            {"said": "drop", "reason": "SOMETHING_NEW", "by": "server", "flags": "SYN"},
+        ])
+    );
+    assert_eq!(
+        r.ev("kernel_reason"),
+        "MPTCP_RST_EUNSPEC",
+        "the latest RST's"
+    );
+    let counted: Vec<(String, &str, u64)> = sim
+        .eng
+        .endpoints()
+        .export()
+        .into_iter()
+        .flat_map(|(_, c)| {
+            c.kernel
+                .into_iter()
+                .enumerate()
+                .flat_map(|(slot, by)| {
+                    let (said, reason) = slot_name(slot);
+                    [("client", by[0]), ("server", by[1])]
+                        .into_iter()
+                        .filter(|(_, n)| *n > 0)
+                        .map(move |(h, n)| (format!("{} {reason}", said.as_str()), h, n))
+                })
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    assert_eq!(
+        counted,
+        [
+            ("send_reset NO_SOCKET".to_owned(), "server", 1),
+            ("send_reset other".to_owned(), "server", 1),
+            ("drop NO_SOCKET".to_owned(), "server", 1),
+            ("drop other".to_owned(), "server", 1),
+        ]
+    );
+    let k = sim.eng.counters();
+    assert_eq!((k.kernel_joined, k.kernel_unmatched), (4, 1));
+}

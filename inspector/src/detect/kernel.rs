@@ -47,14 +47,106 @@ pub struct KernelFact {
     pub tcp_flags: u8,
 }
 
+/// The RST reasons (`sk_rst_reason` without its prefix) counted per server endpoint; MPTCP's
+/// and any this list does not know count as `other`.
+pub const RST_REASONS: &[&str] = &[
+    "NOT_SPECIFIED",
+    "NO_SOCKET",
+    "TCP_INVALID_ACK_SEQUENCE",
+    "TCP_RFC7323_PAWS",
+    "TCP_TOO_OLD_ACK",
+    "TCP_ACK_UNSENT_DATA",
+    "TCP_FLAGS",
+    "TCP_OLD_ACK",
+    "TCP_ABORT_ON_DATA",
+    "TCP_TIMEWAIT_SOCKET",
+    "INVALID_SYN",
+    "TCP_ABORT_ON_CLOSE",
+    "TCP_ABORT_ON_LINGER",
+    "TCP_ABORT_ON_MEMORY",
+    "TCP_STATE",
+    "TCP_KEEPALIVE_TIMEOUT",
+    "TCP_DISCONNECT_WITH_DATA",
+];
+
+/// The drop reasons (`skb_drop_reason` without its prefix) taken from the kernel — the ones
+/// a handshake, a RST or a PAWS check can meet; the kernel program filters out the rest (every
+/// dropped packet of every protocol) — and counted per server endpoint.
+pub const DROP_REASONS: &[&str] = &[
+    "NO_SOCKET",
+    "SOCKET_BACKLOG",
+    "TCP_FLAGS",
+    "TCP_RFC7323_PAWS",
+    "TCP_RFC7323_PAWS_ACK",
+    "TCP_RFC7323_TW_PAWS",
+    "TCP_RFC7323_TSECR",
+    "TCP_LISTEN_OVERFLOW",
+    "TCP_OLD_SEQUENCE",
+    "TCP_INVALID_SEQUENCE",
+    "TCP_INVALID_END_SEQUENCE",
+    "TCP_INVALID_ACK_SEQUENCE",
+    "TCP_RESET",
+    "TCP_INVALID_SYN",
+    "TCP_CLOSE",
+    "TCP_OLD_ACK",
+    "TCP_TOO_OLD_ACK",
+    "TCP_ACK_UNSENT_DATA",
+    "TCP_MINTTL",
+];
+
+/// Per-endpoint counter slots of what the kernel said: every RST reason, `other` RST, every
+/// drop reason, `other` drop ([`slot_name`]).
+pub const SLOTS: usize = RST_REASONS.len() + DROP_REASONS.len() + 2;
+
+/// What slot `i` counts: what was said and the reason's name.
+pub fn slot_name(i: usize) -> (Said, &'static str) {
+    let r = RST_REASONS.len();
+    match i {
+        _ if i < r => (Said::SendReset, RST_REASONS[i]),
+        _ if i == r => (Said::SendReset, "other"),
+        _ if i - r - 1 < DROP_REASONS.len() => (Said::Drop, DROP_REASONS[i - r - 1]),
+        _ => (Said::Drop, "other"),
+    }
+}
+
+/// The slot of a reason named `name`.
+fn slot_of(said: Said, name: &str) -> usize {
+    let r = RST_REASONS.len();
+    match said {
+        Said::SendReset => RST_REASONS.iter().position(|n| *n == name).unwrap_or(r),
+        Said::Drop => DROP_REASONS
+            .iter()
+            .position(|n| *n == name)
+            .map_or(SLOTS - 1, |i| r + 1 + i),
+    }
+}
+
 /// The names of the running kernel's reasons (from its BTF): numbers change between kernels.
 #[derive(Clone, Debug, Default)]
 pub struct KernelNames {
     pub rst: BTreeMap<u32, String>,
     pub drop: BTreeMap<u32, String>,
+    /// Each known number's counter slot.
+    slots: BTreeMap<(Said, u32), u8>,
 }
 
 impl KernelNames {
+    /// The names by number of the RST and drop reasons.
+    pub fn new(rst: BTreeMap<u32, String>, drop: BTreeMap<u32, String>) -> Self {
+        let slots = (rst.iter().map(|(v, n)| ((Said::SendReset, *v), n)))
+            .chain(drop.iter().map(|(v, n)| ((Said::Drop, *v), n)))
+            .map(|(k, n)| (k, slot_of(k.0, n) as u8))
+            .collect();
+        Self { rst, drop, slots }
+    }
+
+    /// The counter slot of `reason` ([`slot_name`]).
+    pub fn slot(&self, said: Said, reason: u32) -> usize {
+        self.slots
+            .get(&(said, reason))
+            .map_or_else(|| slot_of(said, ""), |&s| usize::from(s))
+    }
+
     /// The name of `reason` for `said` (its number when unknown).
     pub fn name(&self, said: Said, reason: u32) -> String {
         let m = match said {
@@ -139,6 +231,14 @@ impl Engine {
             Said::SendReset => sender,
             Said::Drop => 1 - sender,
         };
+        let slot = self
+            .ctx
+            .cfg
+            .kernel_names
+            .as_ref()
+            .map_or_else(|| slot_of(f.said, ""), |n| n.slot(f.said, f.reason));
+        let server = key.get(conn.client.peer());
+        self.ctx.stats(conn, server).kernel[slot][by] += 1;
         let notes = &mut conn.rare_mut().kernel;
         if notes.len() < MAX_NOTES {
             notes.push(Note {

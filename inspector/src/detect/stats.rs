@@ -109,6 +109,9 @@ pub struct EndpointCounters {
     /// RSTs by [class][phase][from: 0 client, 1 server].
     pub rsts: [[[u64; 2]; 5]; 5],
     pub latency: [Buckets; 3],
+    /// What the host's kernel said about this endpoint's connections (inline mode), by
+    /// [`super::kernel::slot_name`] slot and host (0 client, 1 server).
+    pub kernel: [[u64; 2]; super::kernel::SLOTS],
 }
 
 impl Default for EndpointCounters {
@@ -125,6 +128,7 @@ impl Default for EndpointCounters {
             anomalies: [0; Kind::ALL.len()],
             rsts: [[[0; 2]; 5]; 5],
             latency: [Buckets::default(); 3],
+            kernel: [[0; 2]; super::kernel::SLOTS],
         }
     }
 }
@@ -161,7 +165,8 @@ impl EndpointCounters {
             self.latency
                 .iter_mut()
                 .flat_map(|b| b.counts.iter_mut().chain([&mut b.sum_ns])),
-        );
+        )
+        .chain(self.kernel.iter_mut().flatten());
         let theirs = [
             o.syns,
             o.syn_retransmits,
@@ -179,7 +184,8 @@ impl EndpointCounters {
             o.latency
                 .iter()
                 .flat_map(|b| b.counts.iter().copied().chain([b.sum_ns])),
-        );
+        )
+        .chain(o.kernel.iter().flatten().copied());
         for (a, b) in mine.zip(theirs) {
             *a = f(*a, b);
         }

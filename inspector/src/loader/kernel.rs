@@ -9,31 +9,7 @@ use std::sync::Arc;
 use aya::{EbpfLoader, programs::RawTracePoint};
 
 use super::btf::{Btf, BtfError};
-use crate::detect::kernel::KernelNames;
-
-/// The `skb_drop_reason`s reported (the others — every dropped packet of every protocol —
-/// are filtered in the kernel): the ones a handshake, a RST or a PAWS check can meet.
-const DROP_REASONS: &[&str] = &[
-    "NO_SOCKET",
-    "SOCKET_BACKLOG",
-    "TCP_FLAGS",
-    "TCP_RFC7323_PAWS",
-    "TCP_RFC7323_PAWS_ACK",
-    "TCP_RFC7323_TW_PAWS",
-    "TCP_RFC7323_TSECR",
-    "TCP_LISTEN_OVERFLOW",
-    "TCP_OLD_SEQUENCE",
-    "TCP_INVALID_SEQUENCE",
-    "TCP_INVALID_END_SEQUENCE",
-    "TCP_INVALID_ACK_SEQUENCE",
-    "TCP_RESET",
-    "TCP_INVALID_SYN",
-    "TCP_CLOSE",
-    "TCP_OLD_ACK",
-    "TCP_TOO_OLD_ACK",
-    "TCP_ACK_UNSENT_DATA",
-    "TCP_MINTTL",
-];
+use crate::detect::kernel::{DROP_REASONS, KernelNames};
 
 /// The globals the programs read, from the kernel's BTF, and the reasons' names.
 pub struct Layout {
@@ -62,9 +38,22 @@ impl Layout {
             ("SKC_STATE", "sock_common", "skc_state"),
             ("SKC_V6_DADDR", "sock_common", "skc_v6_daddr"),
             ("SKC_V6_RCV_SADDR", "sock_common", "skc_v6_rcv_saddr"),
+            ("SKC_NET", "sock_common", "skc_net"),
+            ("SKB_DEV", "sk_buff", "dev"),
+            ("SKB_SK", "sk_buff", "sk"),
+            ("DEV_ND_NET", "net_device", "nd_net"),
         ] {
             offsets.push((global, btf.offset(st, member)?));
         }
+        offsets.push((
+            "NET_NS_INUM",
+            btf.offset("net", "ns")? + btf.offset("ns_common", "inum")?,
+        ));
+        // The namespace of the calling thread: the loader runs in the interface's.
+        let netns = std::fs::metadata("/proc/thread-self/ns/net")
+            .map(|m| std::os::unix::fs::MetadataExt::ino(&m) as u32)
+            .map_err(|e| BtfError::Read("/proc/thread-self/ns/net", e))?;
+        offsets.push(("NETNS", netns));
         let rst = btf.enum_names("sk_rst_reason", "SK_RST_REASON_")?;
         let drop = btf.enum_names("skb_drop_reason", "SKB_DROP_REASON_")?;
         let mut drop_mask = [0u64; 4];
@@ -81,10 +70,7 @@ impl Layout {
         Ok(Self {
             offsets,
             drop_mask,
-            names: Arc::new(KernelNames {
-                rst: to_map(rst),
-                drop: to_map(drop),
-            }),
+            names: Arc::new(KernelNames::new(to_map(rst), to_map(drop))),
         })
     }
 

@@ -89,6 +89,8 @@ pub struct MetricsState {
     /// the endpoint (flood) or host (storm) label.
     episodes: BTreeMap<(String, Kind), u64>,
     kernel: Option<[u64; stats::COUNT as usize]>,
+    /// Inline mode: scrapes also read the host's TCP counters (`capture::nstat`).
+    host_tcp: bool,
     pub evidence_files: u64,
     pub evidence_bytes: u64,
     /// Writes to the NDJSON sinks and evidence files that failed.
@@ -108,6 +110,7 @@ impl MetricsState {
             workers: vec![WorkerSnapshot::default(); workers],
             episodes: BTreeMap::new(),
             kernel: None,
+            host_tcp: false,
             evidence_files: 0,
             evidence_bytes: 0,
             output_errors: 0,
@@ -163,6 +166,11 @@ impl MetricsState {
         if let Some(l) = label {
             *self.episodes.entry((l, e.kind)).or_default() += 1;
         }
+    }
+
+    /// Inline mode: scrapes show the host's own TCP counters beside synscope's.
+    pub fn show_host_tcp(&mut self) {
+        self.host_tcp = true;
     }
 
     /// The kernel's counters (summed over CPUs), read by the output thread.
@@ -387,6 +395,49 @@ impl Collector for Scrape {
             Counter,
             rsts,
         )?;
+        let mut said: Vec<([(&str, &str); 4], u64)> = Vec::new();
+        for (s, c) in &servers {
+            for (slot, by_host) in c.kernel.iter().enumerate() {
+                let (what, reason) = crate::detect::kernel::slot_name(slot);
+                for (by, n) in ["client", "server"].into_iter().zip(by_host) {
+                    if *n > 0 {
+                        said.push((
+                            [
+                                ("server", s.as_str()),
+                                ("said", what.as_str()),
+                                ("reason", reason),
+                                ("by", by),
+                            ],
+                            *n,
+                        ));
+                    }
+                }
+            }
+        }
+        family(
+            &mut enc,
+            "synscope_kernel_said",
+            "Inline mode: what the host's TCP stack said about the server endpoint's \
+             connections (said: send_reset or drop; reason: the kernel's sk_rst_reason or \
+             skb_drop_reason; by: the host that said it)",
+            Counter,
+            said,
+        )?;
+        if st.host_tcp
+            && let Ok(now) = crate::capture::nstat::read()
+        {
+            family(
+                &mut enc,
+                "synscope_host_tcp",
+                "Inline mode: the host's own TCP counters (TcpExt in /proc/net/netstat, what \
+                 nstat shows): listen queue overflows and drops, PAWS rejections, aborts",
+                Counter,
+                crate::capture::nstat::WATCHED
+                    .iter()
+                    .zip(now)
+                    .map(|(n, v)| ([("counter", *n)], v)),
+            )?;
+        }
         {
             let mut m = enc.encode_descriptor(
                 "synscope_handshake_latency_seconds",

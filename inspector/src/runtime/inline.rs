@@ -70,6 +70,9 @@ pub fn run(
     let host_tcp_base = nstat::read()
         .inspect_err(|e| tracing::warn!(error = %e, "cannot read /proc/net/netstat"))
         .ok();
+    if let (Some(m), Some(_)) = (&sinks.metrics, host_tcp_base) {
+        super::lock(m).show_host_tcp();
+    }
     let sinks = Sinks {
         host_tcp_base,
         ..sinks
