@@ -7,5 +7,6 @@ pub mod nstat;
 pub mod pcap;
 pub mod record;
 pub mod ringbuf;
+pub mod sockdiag;
 
 pub use record::{CapturedPacket, RecordError, decode_record};

@@ -324,6 +324,11 @@ pub struct EngineArgs {
     #[arg(long, value_name = "PER_SEC", default_value_t = 1000,
           value_parser = clap::value_parser!(u64).range(1..))]
     pub rst_rate: u64,
+    /// Health-probe sources (LVS directors, load balancers), comma-separated networks: a
+    /// source in one is a prober from its first probe; others become probers of an endpoint
+    /// after 3 probes (connect, then RST or FIN within 50 ms, no data).
+    #[arg(long, value_name = "CIDR,...", value_delimiter = ',', value_parser = parse_net)]
+    pub probe_source: Vec<ipnet::IpNet>,
 }
 
 impl EngineArgs {
@@ -338,6 +343,7 @@ impl EngineArgs {
             fin_timeout: self.fin_timeout.as_nanos() as u64,
             flood_rate: self.flood_rate,
             rst_rate: self.rst_rate,
+            probe_sources: self.probe_source.clone(),
             ..Default::default()
         }
     }
@@ -359,6 +365,14 @@ fn parse_listen(s: &str) -> Result<String, String> {
     full.parse::<std::net::SocketAddr>()
         .map(|_| full.clone())
         .map_err(|_| format!("`{s}` is not ADDR:PORT or :PORT (e.g. 127.0.0.1:9464, :9464)"))
+}
+
+/// A network (`10.0.0.0/8`, `2001:db8::/32`) or one address.
+fn parse_net(s: &str) -> Result<ipnet::IpNet, String> {
+    let t = s.trim();
+    t.parse::<ipnet::IpNet>()
+        .or_else(|_| t.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+        .map_err(|_| format!("`{s}` is not a network or address (e.g. 10.0.0.0/8, 192.0.2.7)"))
 }
 
 /// A duration: seconds (`3`, `1.5`) or with a unit (`500ms`, `10s`, `5m`, `2h`).

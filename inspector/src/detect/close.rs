@@ -39,6 +39,16 @@ impl Engine {
         if !fin {
             return;
         }
+        // A probe that closes gracefully: the client's FIN right after its handshake, no data.
+        if role == C
+            && conn.half[C].fin_ns == 0
+            && conn.ack_ns != 0
+            && !conn.data_seen
+            && now.saturating_sub(conn.ack_ns) <= self.ctx.cfg.probe_window
+            && let Some(c) = self.ctx.probe(Endpoint::from(seg.src).ip, server_ep)
+        {
+            c.probes += 1;
+        }
         let h = &mut conn.half[role];
         if h.fin_ns == 0 {
             h.fin_ns = now;

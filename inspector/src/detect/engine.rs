@@ -77,6 +77,8 @@ pub struct Config {
     /// The names of the running kernel's RST and drop reasons, when its word is taken
     /// (inline mode with kernel reasons).
     pub kernel_names: Option<Arc<super::kernel::KernelNames>>,
+    /// `--probe-source`: networks whose sources are health probers from their first probe.
+    pub probe_sources: Vec<ipnet::IpNet>,
 }
 
 impl Default for Config {
@@ -101,6 +103,7 @@ impl Default for Config {
             full_visibility: true,
             all_resets: false,
             kernel_names: None,
+            probe_sources: Vec::new(),
         }
     }
 }
@@ -147,6 +150,8 @@ pub struct Totals {
     pub table: crate::flow::TableStats,
     /// What the kernel said (inline mode with kernel reasons): (what, reason name) → count.
     pub kernel: std::collections::BTreeMap<(&'static str, String), u64>,
+    /// Every worker's probe counts per (source, server endpoint), not yet added up.
+    pub probes: Vec<(super::prober::Pair, super::prober::ProbeCounters)>,
 }
 
 impl Totals {
@@ -159,7 +164,9 @@ impl Totals {
                 counters: EngineCounters::default(),
                 table: Default::default(),
                 kernel: Default::default(),
+                probes: Vec::new(),
             });
+            t.probes.extend(e.ctx.probers.export());
             t.endpoints.merge(&e.ctx.endpoints);
             t.counters.add(&e.ctx.counters);
             t.table.add(&e.table.stats());
@@ -181,6 +188,7 @@ impl Totals {
             counters: EngineCounters::default(),
             table: Default::default(),
             kernel: Default::default(),
+            probes: Vec::new(),
         })
     }
 }
@@ -217,6 +225,8 @@ pub(super) struct Ctx {
     pub tally: Tally,
     /// What the kernel said, by what and reason (inline mode with kernel reasons).
     pub kernel_said: std::collections::BTreeMap<(super::kernel::Said, u32), u64>,
+    /// Probe-shaped connections per (source, server endpoint).
+    pub probers: super::prober::Probers,
 }
 
 /// One fixed hash for the distinct-source sketches, so every worker's sketches can be merged.
@@ -239,6 +249,19 @@ impl Ctx {
     pub(super) fn stats(&mut self, conn: &mut Conn, server: Endpoint) -> &mut EndpointStats {
         let id = *conn.ep.get_or_insert_with(|| self.endpoints.id(server));
         self.endpoints.at(id)
+    }
+
+    /// The probe counts of source `ip` at server endpoint `server` (None beyond the bound).
+    pub(super) fn probe(
+        &mut self,
+        ip: [u8; 16],
+        server: Endpoint,
+    ) -> Option<&mut super::prober::ProbeCounters> {
+        let configured = !self.cfg.probe_sources.is_empty()
+            && super::prober::configured(super::prober::source_addr(&ip), &self.cfg.probe_sources);
+        let c = self.probers.get((ip, server))?;
+        c.configured |= configured;
+        Some(c)
     }
 
     /// The SYN stream of `conn` is over (answered, refused, given up or replaced): it no longer
@@ -406,6 +429,7 @@ impl Engine {
                 counters: EngineCounters::default(),
                 tally: Tally::default(),
                 kernel_said: Default::default(),
+                probers: Default::default(),
                 cfg,
             },
             now: 0,
@@ -432,6 +456,10 @@ impl Engine {
     }
     pub fn endpoints(&self) -> &Endpoints {
         &self.ctx.endpoints
+    }
+    /// Probe counts per (source, server endpoint).
+    pub fn probers(&self) -> &super::prober::Probers {
+        &self.ctx.probers
     }
     /// The cross-flow state this engine shares with the other workers.
     pub fn shared(&self) -> &Arc<Shared> {

@@ -12,6 +12,7 @@ pub mod kernel;
 mod overflow;
 mod paws;
 mod probe;
+pub mod prober;
 pub mod reset;
 pub mod seq;
 pub mod shared;

@@ -25,6 +25,25 @@ fn probe_evidence(early: &EarlyRst, syn_tsval: Option<u32>) -> Map<String, Value
 }
 
 impl Engine {
+    /// Counts what `count` says for the probe's (source, server endpoint) and names its
+    /// source in the evidence (`prober`).
+    fn count_probe(
+        &mut self,
+        slot: u32,
+        ev: &mut Map<String, Value>,
+        count: impl FnOnce(&mut super::prober::ProbeCounters),
+    ) {
+        let key = self.table.key(slot);
+        let Some(conn) = self.table.get(slot) else {
+            return;
+        };
+        let (client, server) = (key.get(conn.client), key.get(conn.client.peer()));
+        ev.insert("prober".into(), Value::from(client.ip_addr().to_string()));
+        if let Some(c) = self.ctx.probe(client.ip, server) {
+            count(c);
+        }
+    }
+
     /// The client's ACK of the SYN-ACK after its own RST.
     pub(super) fn on_late_ack(&mut self, slot: u32, now: u64, out: &mut Vec<Event>) {
         let reorder = self.ctx.cfg.reorder_window;
@@ -49,7 +68,8 @@ impl Engine {
         conn.late_ack_ns = now;
         conn.state = State::Established;
         let leak_expected = early.paws_fail || !early.seq_ok;
-        let ev = probe_evidence(&early, conn.syn_tsval);
+        let mut ev = probe_evidence(&early, conn.syn_tsval);
+        self.count_probe(slot, &mut ev, |c| c.rst_before_ack += 1);
         self.emit(out, slot, Kind::ProbeRstBeforeAck, C, None, now, ev);
         if leak_expected {
             self.table.arm(
@@ -79,6 +99,7 @@ impl Engine {
             "late_ack_delay_us".into(),
             Value::from(conn.late_ack_ns.saturating_sub(conn.synack_last) / 1000),
         );
+        self.count_probe(slot, &mut ev, |c| c.leaks += 1);
         self.emit(out, slot, Kind::ProbeConnectionLeak, C, None, deadline, ev);
         self.table.arm(
             slot,

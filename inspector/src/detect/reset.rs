@@ -316,6 +316,14 @@ impl Engine {
             };
         }
         conn.half[role].rst_seen = true;
+        // A probe: the client resets right after its handshake without data (its FIN, if it
+        // sent one first, counted already), or while the server is still in SYN_RECV.
+        if role == C
+            && (in_syn_recv || (class == RstClass::ProbeAbort && conn.half[C].fin_ns == 0))
+            && let Some(c) = self.ctx.probe(Endpoint::from(seg.src).ip, server_ep)
+        {
+            c.probes += 1;
+        }
         self.ctx.tally.rst(Endpoint::from(seg.src).ip, class);
         let ack = has_ack.then_some(seg.ack);
         if answers_syn.is_some() && class == RstClass::Refused {

@@ -34,10 +34,14 @@ use crate::{
     detect::{
         Event, Kind, Phase, RstClass,
         engine::EngineCounters,
+        prober::{Pair, ProbeCounters, source_addr},
         stats::{EndpointCounters, LATENCY_BOUNDS_NS, Latency},
     },
     flow::{Endpoint, table::EvictReason},
 };
+
+/// Probers with their own series (most probes first); the rest add up as `prober="other"`.
+const MAX_PROBER_SERIES: usize = 200;
 
 /// Default bound on server endpoints with their own series.
 pub const DEFAULT_MAX_ENDPOINTS: usize = 100;
@@ -49,6 +53,8 @@ pub struct WorkerSnapshot {
     pub table: crate::flow::TableStats,
     /// Per server endpoint; None is the engine's own overflow bucket.
     pub endpoints: Vec<(Option<Endpoint>, EndpointCounters)>,
+    /// Probe counts per (source, server endpoint).
+    pub probes: Vec<(Pair, ProbeCounters)>,
     /// Ring records (inline) or frames (tap) read, decode failures, output messages dropped.
     pub records: u64,
     pub decode_errors: u64,
@@ -68,6 +74,7 @@ impl WorkerSnapshot {
             counters: engine.counters(),
             table: engine.table_stats(),
             endpoints: engine.endpoints().export(),
+            probes: engine.probers().export(),
             records,
             decode_errors,
             dropped_messages: dropped,
@@ -176,6 +183,51 @@ impl MetricsState {
     /// The kernel's counters (summed over CPUs), read by the output thread.
     pub fn set_kernel(&mut self, k: [u64; stats::COUNT as usize]) {
         self.kernel = Some(k);
+    }
+
+    /// The prober families: every recognised (source, server endpoint) pair, the
+    /// [`MAX_PROBER_SERIES`] with the most probes by name, the rest as `prober="other"`.
+    fn encode_probers(&self, enc: &mut DescriptorEncoder<'_>) -> fmt::Result {
+        let rows = crate::detect::prober::probers(self.workers.iter().flat_map(|w| &w.probes));
+        let mut by: BTreeMap<(String, String), ProbeCounters> = BTreeMap::new();
+        for (i, ((ip, server), c)) in rows.iter().enumerate() {
+            let prober = if i < MAX_PROBER_SERIES {
+                source_addr(ip).to_string()
+            } else {
+                "other".to_owned()
+            };
+            by.entry((self.label(server), prober)).or_default().add(c);
+        }
+        type Pick = fn(&ProbeCounters) -> u64;
+        let fams: [(&str, &str, Pick); 3] = [
+            (
+                "synscope_probes",
+                "Health probes (connect, then RST or FIN within probe_window, no data) by server \
+                 endpoint and prober (a source with 3 probes to it, or in --probe-source)",
+                |c| c.probes,
+            ),
+            (
+                "synscope_probe_rst_before_ack",
+                "Of synscope_probes, RSTs that overtook the handshake's ACK (probe_rst_before_ack)",
+                |c| c.rst_before_ack,
+            ),
+            (
+                "synscope_probe_leaks",
+                "Of synscope_probes, leaked connections (probe_connection_leak)",
+                |c| c.leaks,
+            ),
+        ];
+        for (name, help, f) in fams {
+            family(
+                enc,
+                name,
+                help,
+                MetricType::Counter,
+                by.iter()
+                    .map(|((s, p), c)| ([("server", s.as_str()), ("prober", p.as_str())], f(c))),
+            )?;
+        }
+        Ok(())
     }
 
     fn label(&self, ep: &Endpoint) -> String {
@@ -395,6 +447,7 @@ impl Collector for Scrape {
             Counter,
             rsts,
         )?;
+        st.encode_probers(&mut enc)?;
         let mut said: Vec<([(&str, &str); 4], u64)> = Vec::new();
         for (s, c) in &servers {
             for (slot, by_host) in c.kernel.iter().enumerate() {

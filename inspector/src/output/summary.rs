@@ -13,6 +13,43 @@ fn plural(n: u64) -> &'static str {
     if n == 1 { "" } else { "s" }
 }
 
+/// Health probers per server endpoint (docs/anomalies.md, "Probers"), most probes first.
+fn probers_block(
+    s: &mut String,
+    pairs: &[(
+        crate::detect::prober::Pair,
+        crate::detect::prober::ProbeCounters,
+    )],
+) {
+    use crate::detect::prober::{probers, source_addr};
+    let rows = probers(pairs);
+    if rows.is_empty() {
+        return;
+    }
+    s.push_str("probers (connect, then RST or FIN within probe_window, no data):\n");
+    for ((ip, server), c) in rows.iter().take(LISTED) {
+        let _ = writeln!(
+            s,
+            "  {} -> {server}: {} probe{}, {} RST before ACK, {} leak{} ({:.1}%){}",
+            source_addr(ip),
+            c.probes,
+            plural(c.probes),
+            c.rst_before_ack,
+            c.leaks,
+            plural(c.leaks),
+            100.0 * c.leaks as f64 / c.probes.max(1) as f64,
+            if c.configured { ", --probe-source" } else { "" }
+        );
+    }
+    if rows.len() > LISTED {
+        let _ = writeln!(
+            s,
+            "  ... and {} more (every one: /metrics)",
+            rows.len() - LISTED
+        );
+    }
+}
+
 fn endpoint_block(s: &mut String, name: &str, st: &EndpointStats) {
     let _ = writeln!(
         s,
@@ -76,12 +113,12 @@ fn endpoint_block(s: &mut String, name: &str, st: &EndpointStats) {
     }
 }
 
-/// Renders the summary of an engine run (one engine, or every worker's added up), with the
-/// parse errors seen before it.
 /// Endpoints listed in the text summary; the rest are counted in one line (all of them are in
 /// `--summary-json` and the metrics).
 const LISTED: usize = 20;
 
+/// Renders the summary of an engine run (one engine, or every worker's added up), with the
+/// parse errors seen before it.
 pub fn render(t: &Totals, frames: u64, parse_errors: &BTreeMap<&'static str, u64>) -> String {
     let mut s = String::new();
     // The endpoints with the most anomalies first, then the busiest: a port scan's hundreds of
@@ -117,6 +154,7 @@ pub fn render(t: &Totals, frames: u64, parse_errors: &BTreeMap<&'static str, u64
     if s.is_empty() {
         s.push_str("no TCP handshakes seen\n");
     }
+    probers_block(&mut s, &t.probes);
     let c = &t.counters;
     if !t.kernel.is_empty() {
         let said: Vec<String> = t

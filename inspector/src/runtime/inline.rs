@@ -136,7 +136,8 @@ fn ring_worker(
             &mut ring,
             if done { Duration::ZERO } else { POLL },
             |bytes| {
-                core.report.records += 1;
+                // Kernel-reason records share the ring; they are counted by the engine
+                // (`kernel said` in the summary), so `records_read` stays the packets'.
                 if bytes.len() == KernelRecord::SIZE {
                     match decode_kernel_record(bytes, |ns| core.unix_ns(ns)) {
                         Ok(f) => core.kernel_fact(&f),
@@ -144,6 +145,7 @@ fn ring_worker(
                     }
                     return;
                 }
+                core.report.records += 1;
                 match decode_record(bytes, |ns| core.unix_ns(ns)) {
                     Ok(p) => {
                         core.keep_evidence(&p, record_ip_bytes(bytes));
