@@ -150,6 +150,12 @@ pub struct LiveArgs {
     /// CAP_PERFMON inline mode has). Inline mode only.
     #[arg(long)]
     pub no_kernel_reasons: bool,
+    /// Close probe-leaked sockets still open DURATION after their leak was confirmed
+    /// (`SOCK_DESTROY`, as `ss -K` does; needs CAP_NET_ADMIN, which inline mode has). Only
+    /// sockets a `probe_connection_leak` named, confirmed in the socket table, still
+    /// ESTABLISHED and without a byte of payload. Off by default. Inline mode only.
+    #[arg(long, value_name = "DURATION", value_parser = parse_secs)]
+    pub reap_leaks: Option<Duration>,
     #[command(flatten)]
     pub engine: EngineArgs,
     #[command(flatten)]
@@ -679,6 +685,12 @@ fn run_live(a: &LiveArgs) -> anyhow::Result<()> {
         a.report
             .start_metrics(mode, opts.workers as usize, a.interval.is_some())?;
     let ndjson_on_stdout = [&events, &records].contains(&&Some(JsonSink::Stdout));
+    if a.reap_leaks.is_some() && matches!(a.mode, Mode::Tap) {
+        return Err(SizeError(
+            "--reap-leaks closes sockets of the host synscope runs on: it needs inline mode on the real server, not a mirror port".into(),
+        )
+        .into());
+    }
     if events.is_some() && events == records {
         return Err(SizeError(
             "--json and --records would mix in one output: give them different files (or one of them -)".into(),
@@ -697,6 +709,8 @@ fn run_live(a: &LiveArgs) -> anyhow::Result<()> {
         events_sent: 0,
         iface: None,
         host_tcp_base: None,
+        reap_leaks: a.reap_leaks,
+        leaks: None,
     };
     let report = match a.mode {
         Mode::Inline => crate::runtime::inline::run_inline(

@@ -35,6 +35,8 @@ pub enum RstStamp {
     Zero,
     /// A valid TSval (the SYN's + 1): the server accepts the RST.
     Valid,
+    /// A well-behaved probe: the ACK, then a RST with a valid TSval (no reordering).
+    AfterAck,
 }
 
 /// What happened, from both ends.
@@ -68,12 +70,32 @@ fn raw_socket(proto: SockProtocol) -> anyhow::Result<OwnedFd> {
 /// Runs one probe from `client_port` of the lab's client to `port` on its server, from the
 /// client namespace; call [`drop_client_kernel_resets`] for `port` first.
 pub fn run(lab: &Lab, client_port: u16, port: u16, stamp: RstStamp) -> anyhow::Result<ProbeResult> {
-    let (src, dst) = (lab.client_v4, lab.server_v4);
+    run_from(lab, lab.client_v4, client_port, port, stamp)
+}
+
+/// [`run`] from source address `src` (an address of the client namespace).
+pub fn run_from(
+    lab: &Lab,
+    src: Ipv4Addr,
+    client_port: u16,
+    port: u16,
+    stamp: RstStamp,
+) -> anyhow::Result<ProbeResult> {
+    let dst = lab.server_v4;
     let r = super::in_netns(&lab.client_ns, move || {
         exchange(src, client_port, dst, port, stamp)
     })??;
     // Let the server settle (a request socket promoted by the late ACK).
     std::thread::sleep(Duration::from_millis(100));
+    let established_on_server = established(lab, port)?.len();
+    Ok(ProbeResult {
+        established_on_server,
+        ..r
+    })
+}
+
+/// The server's ESTABLISHED sockets on `port`, as `ss` lists them: (local, peer), sorted.
+pub fn established(lab: &Lab, port: u16) -> anyhow::Result<Vec<(String, String)>> {
     let out = lab.exec(
         &lab.server_ns,
         &[
@@ -86,14 +108,15 @@ pub fn run(lab: &Lab, client_port: u16, port: u16, stamp: RstStamp) -> anyhow::R
             &format!(":{port}"),
         ],
     )?;
-    let established_on_server = String::from_utf8_lossy(&out.stdout)
+    let mut v: Vec<(String, String)> = String::from_utf8_lossy(&out.stdout)
         .lines()
-        .filter(|l| !l.trim().is_empty())
-        .count();
-    Ok(ProbeResult {
-        established_on_server,
-        ..r
-    })
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.len() >= 4).then(|| (f[2].to_owned(), f[3].to_owned()))
+        })
+        .collect();
+    v.sort();
+    Ok(v)
 }
 
 fn exchange(
@@ -162,10 +185,29 @@ fn exchange(
     };
     let srv_isn = synack.seq;
     let srv_ts = synack.options.timestamps.map_or(0, |t| t.0);
+    let ack = seg(TcpFlags::ACK, isn + 1, srv_isn.wrapping_add(1)).timestamps(tsval, srv_ts);
+    if stamp == RstStamp::AfterAck {
+        send(ack)?;
+        std::thread::sleep(Duration::from_millis(2));
+        send(
+            seg(
+                TcpFlags::RST | TcpFlags::ACK,
+                isn + 1,
+                srv_isn.wrapping_add(1),
+            )
+            .timestamps(tsval + 1, srv_ts),
+        )?;
+        return Ok(ProbeResult {
+            client,
+            server,
+            server_reset: false,
+            established_on_server: 0,
+        });
+    }
     // The RST overtakes the ACK that was sent before it.
     let rst_ts = match stamp {
         RstStamp::Zero => 0,
-        RstStamp::Valid => tsval + 1,
+        RstStamp::Valid | RstStamp::AfterAck => tsval + 1,
     };
     send(
         seg(
@@ -176,7 +218,7 @@ fn exchange(
         .timestamps(rst_ts, srv_ts),
     )?;
     std::thread::sleep(Duration::from_millis(20));
-    send(seg(TcpFlags::ACK, isn + 1, srv_isn.wrapping_add(1)).timestamps(tsval, srv_ts))?;
+    send(ack)?;
     let server_reset = wait_for(
         &|s| s.flags.contains(TcpFlags::RST),
         Duration::from_millis(1200),

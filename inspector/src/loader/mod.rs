@@ -185,6 +185,8 @@ pub struct Inline {
     pub prog_ids: (u32, Option<u32>),
     /// The names of the kernel's reasons, when the kernel-reason programs are attached.
     pub kernel_names: Option<std::sync::Arc<crate::detect::kernel::KernelNames>>,
+    /// The host's socket table (sock_diag), opened in the interface's network namespace.
+    pub sockdiag: Option<crate::capture::sockdiag::SockDiag>,
 }
 
 impl Inline {
@@ -550,6 +552,9 @@ pub fn attach_inline(opts: &InlineOptions) -> Result<Inline, LoadError> {
         egress,
         prog_ids: (prog_id, egress_id),
         kernel_names,
+        sockdiag: crate::capture::sockdiag::SockDiag::open()
+            .inspect_err(|e| tracing::warn!(error = %e, "cannot open sock_diag: probe leaks will not be confirmed against the socket table"))
+            .ok(),
     })
 }
 

@@ -98,6 +98,9 @@ pub struct MetricsState {
     kernel: Option<[u64; stats::COUNT as usize]>,
     /// Inline mode: scrapes also read the host's TCP counters (`capture::nstat`).
     host_tcp: bool,
+    /// Inline mode: confirmed probe leaks open now, and reaped, by (server, prober).
+    leaks_open: BTreeMap<(Endpoint, std::net::IpAddr), u64>,
+    leaks_reaped: BTreeMap<(Endpoint, std::net::IpAddr), u64>,
     pub evidence_files: u64,
     pub evidence_bytes: u64,
     /// Writes to the NDJSON sinks and evidence files that failed.
@@ -118,6 +121,8 @@ impl MetricsState {
             episodes: BTreeMap::new(),
             kernel: None,
             host_tcp: false,
+            leaks_open: BTreeMap::new(),
+            leaks_reaped: BTreeMap::new(),
             evidence_files: 0,
             evidence_bytes: 0,
             output_errors: 0,
@@ -175,6 +180,16 @@ impl MetricsState {
         }
     }
 
+    /// Inline mode: the confirmed probe leaks open now and those reaped, by (server, prober).
+    pub fn set_leaks(
+        &mut self,
+        open: BTreeMap<(Endpoint, std::net::IpAddr), u64>,
+        reaped: BTreeMap<(Endpoint, std::net::IpAddr), u64>,
+    ) {
+        self.leaks_open = open;
+        self.leaks_reaped = reaped;
+    }
+
     /// Inline mode: scrapes show the host's own TCP counters beside synscope's.
     pub fn show_host_tcp(&mut self) {
         self.host_tcp = true;
@@ -197,6 +212,27 @@ impl MetricsState {
                 "other".to_owned()
             };
             by.entry((self.label(server), prober)).or_default().add(c);
+        }
+        for (name, help, ty, m) in [
+            (
+                "synscope_leaked_sockets",
+                "Inline mode: probe-leaked sockets confirmed in the host's socket table and still \
+                 open (re-checked every 5 s)",
+                MetricType::Gauge,
+                &self.leaks_open,
+            ),
+            (
+                "synscope_leaks_reaped",
+                "Inline mode: probe-leaked sockets closed by --reap-leaks (SOCK_DESTROY)",
+                MetricType::Counter,
+                &self.leaks_reaped,
+            ),
+        ] {
+            let series: Vec<([(&str, String); 2], u64)> = m
+                .iter()
+                .map(|((s, p), n)| ([("server", self.label(s)), ("prober", p.to_string())], *n))
+                .collect();
+            family(enc, name, help, ty, series)?;
         }
         type Pick = fn(&ProbeCounters) -> u64;
         let fams: [(&str, &str, Pick); 3] = [

@@ -73,8 +73,13 @@ pub fn run(
     if let (Some(m), Some(_)) = (&sinks.metrics, host_tcp_base) {
         super::lock(m).show_host_tcp();
     }
+    let leaks = inline
+        .sockdiag
+        .take()
+        .map(|d| super::leaks::LeakWatch::new(d, sinks.reap_leaks));
     let sinks = Sinks {
         host_tcp_base,
+        leaks,
         ..sinks
     };
     let crew = Crew::new(&sinks);
@@ -104,6 +109,7 @@ pub fn run(
         output_errors,
         interface_lost,
         ran,
+        leaks,
     } = crew.output(&cfg, handles, deadline, stop, source, sinks)?;
     let host_tcp = host_tcp_base.and_then(|base| {
         let now = nstat::read().ok()?;
@@ -111,6 +117,7 @@ pub fn run(
     });
     Ok(LiveReport {
         host_tcp,
+        leaks,
         detection_latency,
         kernel: inline.stats()?,
         workers,

@@ -26,6 +26,7 @@ use hdrhistogram::Histogram;
 use synscope_common::stats;
 
 pub mod inline;
+pub mod leaks;
 pub mod replay;
 pub mod tap;
 
@@ -106,6 +107,8 @@ pub struct LiveReport {
     /// Inline mode: how much the host's watched TCP counters (`capture::nstat::WATCHED`) rose
     /// during the run.
     pub host_tcp: Option<[u64; nstat::WATCHED.len()]>,
+    /// Inline mode: the probe leaks confirmed against the socket table.
+    pub leaks: Option<LeakSummary>,
 }
 
 /// One AF_XDP socket of tap mode: its mode and the kernel's `XDP_STATISTICS`.
@@ -147,6 +150,14 @@ impl LiveReport {
             s.push_str(&format!(
                 "output_errors: {} (writes that failed; see the log)\n",
                 self.output_errors
+            ));
+        }
+        if let Some(l) = &self.leaks
+            && l.confirmed + l.unconfirmed > 0
+        {
+            s.push_str(&format!(
+                "probe leaks in the socket table: {} confirmed ({} not found), {} still open at exit, {} reaped\n",
+                l.confirmed, l.unconfirmed, l.open_at_exit, l.reaped
             ));
         }
         if let Some(d) = &self.host_tcp {
@@ -236,6 +247,26 @@ pub struct Sinks<'a> {
     /// Inline mode: the host's TCP counters when the run started (`capture::nstat`), so
     /// `accept_queue_overflow` and `paws_nat_collision` can say what the kernel counted since.
     pub host_tcp_base: Option<[u64; nstat::WATCHED.len()]>,
+    /// Inline mode: `--reap-leaks AFTER`.
+    pub reap_leaks: Option<Duration>,
+    /// Inline mode: probe leaks confirmed against the host's socket table.
+    pub leaks: Option<leaks::LeakWatch>,
+}
+
+/// What became of the probe leaks of a run (inline mode).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct LeakSummary {
+    pub confirmed: u64,
+    pub unconfirmed: u64,
+    pub open_at_exit: usize,
+    pub reaped: u64,
+}
+
+/// Shows the open and reaped leaks in the metrics.
+fn publish_leaks(sinks: &Sinks<'_>) {
+    if let (Some(m), Some(l)) = (&sinks.metrics, &sinks.leaks) {
+        lock(m).set_leaks(l.open_by(), l.reaped.clone());
+    }
 }
 
 pub(crate) enum Msg {
@@ -438,6 +469,9 @@ impl Crew {
             {
                 v.show(&lock(m), clock.to_unix_ns(MonoToWall::monotonic_now_ns()));
             }
+            if sinks.leaks.as_mut().is_some_and(|l| l.tick(false)) {
+                publish_leaks(&sinks);
+            }
             if crate::REOPEN.swap(false, Ordering::Relaxed) {
                 for w in [&mut sinks.events, &mut sinks.records]
                     .into_iter()
@@ -504,6 +538,17 @@ impl Crew {
                 m.set_kernel(k);
             }
         }
+        // The leaks' state at exit (reaping what is due).
+        let leaks = sinks.leaks.as_mut().map(|l| {
+            l.tick(true);
+            LeakSummary {
+                confirmed: l.confirmed,
+                unconfirmed: l.unconfirmed,
+                open_at_exit: l.open(),
+                reaped: l.reaped.values().sum(),
+            }
+        });
+        publish_leaks(&sinks);
         let mut output_errors = sinks.evidence.as_ref().map_or(0, |(w, _)| w.failed);
         let mut totals = Totals::of(&engines);
         // What the sinks received, aggregate episodes included.
@@ -519,6 +564,7 @@ impl Crew {
             output_errors,
             interface_lost,
             ran: started.elapsed(),
+            leaks,
         })
     }
 }
@@ -535,6 +581,8 @@ pub(crate) struct CrewResult {
     pub interface_lost: bool,
     /// How long the run lasted.
     pub ran: Duration,
+    /// Inline mode: the probe leaks confirmed against the socket table.
+    pub leaks: Option<LeakSummary>,
 }
 
 /// Packets a worker hands its engine at once: enough for the engine to overlap the flow
@@ -715,6 +763,11 @@ fn deliver(m: Msg, agg: &mut Aggregator, sinks: &mut Sinks<'_>) {
         }
         Msg::Event(mut e, ev) => {
             sinks.events_sent += 1;
+            if let Some(l) = &mut sinks.leaks
+                && l.confirm(&mut e)
+            {
+                publish_leaks(sinks);
+            }
             if let Some(base) = &sinks.host_tcp_base {
                 host_counters(&mut e, base);
             }

@@ -335,6 +335,7 @@ fn run(
         output_errors,
         interface_lost,
         ran,
+        ..
     } = crew.output(
         &cfg,
         handles,
@@ -363,6 +364,7 @@ fn run(
             .map(|x| x.lock().map(|g| g.clone()).unwrap_or_default())
             .collect(),
         host_tcp: None,
+        leaks: None,
     })
 }
 
