@@ -60,4 +60,9 @@ if ! command -v cargo-fuzz >/dev/null; then
   log "installing cargo-fuzz"
   cargo install cargo-fuzz --locked
 fi
+# cargo-deb builds the .deb operators install (tested: installed and removed in CI).
+if ! command -v cargo-deb >/dev/null; then
+  log "installing cargo-deb"
+  cargo install cargo-deb --locked
+fi
 log "ready"

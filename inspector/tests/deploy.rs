@@ -30,7 +30,7 @@ fn alert_rules_are_valid_and_fire_on_the_series_they_are_about() {
     let check = ok(Command::new("promtool")
         .args(["check", "rules"])
         .arg(Path::new(DEPLOY).join("alerts.yml")));
-    assert!(check.contains("SUCCESS: 8 rules found"), "{check}");
+    assert!(check.contains("SUCCESS: 15 rules found"), "{check}");
     let test = ok(Command::new("promtool")
         .args(["test", "rules", "alerts_test.yml"])
         .current_dir(DEPLOY));
@@ -44,7 +44,7 @@ fn the_service_unit_verifies_cleanly() {
     std::fs::create_dir_all(&dir).unwrap();
     // The unit names the installed binary; verify it against the one under test.
     let f = dir.join("synscope.service");
-    std::fs::write(&f, unit.replace("/usr/local/bin/synscope", BIN)).unwrap();
+    std::fs::write(&f, unit.replace("/usr/bin/synscope", BIN)).unwrap();
     let out = ok(Command::new("systemd-analyze").arg("verify").arg(&f));
     // Unknown keys are only warnings to systemd: none allowed here.
     assert_eq!(out, "", "{out}");
@@ -57,7 +57,7 @@ fn the_service_unit_is_rated_at_most_2_0_by_systemd_analyze_security() {
     let dir = std::env::temp_dir().join(format!("synscope-unit-sec-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let f = dir.join("synscope.service");
-    std::fs::write(&f, unit.replace("/usr/local/bin/synscope", BIN)).unwrap();
+    std::fs::write(&f, unit.replace("/usr/bin/synscope", BIN)).unwrap();
     let out = ok(Command::new("systemd-analyze")
         .args(["security", "--offline=yes", "--no-pager"])
         .arg(&f));
@@ -203,21 +203,44 @@ fn every_dashboard_query_runs_and_the_leak_alert_fires_on_a_real_prometheus() {
                 .replace("$instance", ".*")
         })
         .collect();
-    assert_eq!(exprs.len(), 14);
-    let addr = format!("127.0.0.1:{}", free_port());
-    let mut child = Command::new(BIN)
-        .args([
-            "pcap",
-            &format!("{PCAPS}/probe_leak.pcap"),
-            "--metrics",
-            &addr,
-        ])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    assert_eq!(exprs.len(), 19);
+    // Two real servers' synscope (the probe-leak capture, its prober configured), one
+    // Prometheus scraping both: the fleet view.
+    let addrs: Vec<String> = (0..2)
+        .map(|_| format!("127.0.0.1:{}", free_port()))
+        .collect();
+    struct Kill(Vec<std::process::Child>);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            for c in &mut self.0 {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+    }
+    let _children = Kill(
+        addrs
+            .iter()
+            .map(|addr| {
+                Command::new(BIN)
+                    .args([
+                        "pcap",
+                        &format!("{PCAPS}/probe_leak.pcap"),
+                        "--probe-source",
+                        "192.0.2.1",
+                        "--metrics",
+                        addr,
+                    ])
+                    .stdout(std::process::Stdio::null())
+                    .stderr(std::process::Stdio::null())
+                    .spawn()
+                    .unwrap()
+            })
+            .collect(),
+    );
     let rules = Path::new(DEPLOY).join("alerts.yml");
-    let prom = Prometheus::start_with_rules(None, free_port(), &addr, Some(&rules));
+    let targets: Vec<&str> = addrs.iter().map(String::as_str).collect();
+    let prom = Prometheus::start_fleet(None, free_port(), &targets, Some(&rules));
     prom.wait_for("synscope_anomalies_total");
     // A few scrapes, so range functions have samples.
     thread::sleep(Duration::from_millis(2500));
@@ -225,24 +248,54 @@ fn every_dashboard_query_runs_and_the_leak_alert_fires_on_a_real_prometheus() {
         prom.query(e); // asserts the query is valid
     }
     let leak = prom.query(&exprs[3]);
-    assert_eq!(leak.len(), 1, "{leak:?}");
-    assert_eq!(leak[0].0["server"], "192.0.2.2:9007");
-    // The shipped alert rules, evaluated by this Prometheus on what it scraped: the probe-leak
-    // leak fires, and nothing else.
-    let mut firing = Vec::new();
-    for _ in 0..50 {
-        firing = prom.firing();
-        if !firing.is_empty() {
+    assert_eq!(leak.len(), 2, "one per instance: {leak:?}");
+    assert!(
+        leak.iter().all(|l| l.0["server"] == "192.0.2.2:9007"),
+        "{leak:?}"
+    );
+    // The fleet's recording rules add the prober's leaks up across both real servers.
+    let mut fleet = Vec::new();
+    for _ in 0..100 {
+        fleet = prom.wait_for("prober:synscope_probe_leaks:sum");
+        if fleet.first().is_some_and(|f| f.1 == 2.0) {
             break;
         }
         thread::sleep(Duration::from_millis(100));
     }
-    let names: Vec<&str> = firing.iter().map(|f| f.0.as_str()).collect();
-    assert_eq!(names, ["SynscopeProbeConnectionLeak"], "{firing:?}");
-    assert_eq!(firing[0].1["server"], "192.0.2.2:9007");
-    assert_eq!(firing[0].1["severity"], "critical");
-    let _ = child.kill();
-    let _ = child.wait();
+    assert_eq!(fleet.len(), 1, "{fleet:?}");
+    assert_eq!(fleet[0].0["prober"], "192.0.2.1");
+    assert_eq!(fleet[0].1, 2.0);
+    let probes = prom.wait_for("prober:synscope_probes:sum");
+    assert_eq!(probes[0].1, 2.0, "{probes:?}");
+    // The shipped alert rules, evaluated by this Prometheus on what it scraped: the probe leak
+    // fires per real server and per prober, and nothing else.
+    let mut firing = Vec::new();
+    for _ in 0..50 {
+        firing = prom.firing();
+        if firing.len() >= 3 {
+            break;
+        }
+        thread::sleep(Duration::from_millis(100));
+    }
+    let mut names: Vec<&str> = firing.iter().map(|f| f.0.as_str()).collect();
+    names.sort();
+    assert_eq!(
+        names,
+        [
+            "SynscopeProbeConnectionLeak",
+            "SynscopeProbeConnectionLeak",
+            "SynscopeProberLeaks"
+        ],
+        "{firing:?}"
+    );
+    for (name, labels) in &firing {
+        assert_eq!(labels["severity"], "critical");
+        if name == "SynscopeProberLeaks" {
+            assert_eq!(labels["prober"], "192.0.2.1");
+        } else {
+            assert_eq!(labels["server"], "192.0.2.2:9007");
+        }
+    }
 }
 
 #[test]
@@ -274,4 +327,89 @@ fn the_logrotate_snippet_rotates_and_signals_synscope_to_reopen() {
     assert!(dir.join("events.ndjson.1").exists(), "{out}");
     assert!(marker.exists(), "postrotate ran: {out}");
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The .deb (cargo-deb, from the binary this test run built): installs the binary, unit,
+/// config and fleet rules where operators expect them, all of which work from there, and
+/// purging it leaves nothing behind.
+#[test]
+fn the_deb_installs_what_operators_need_and_purges_cleanly() {
+    if !require_root() {
+        return;
+    }
+    let installed = Command::new("dpkg-query")
+        .args(["-W", "-f=${Status}", "synscope"])
+        .output()
+        .expect("dpkg-query");
+    assert!(
+        !String::from_utf8_lossy(&installed.stdout).contains("installed"),
+        "a synscope package is already installed on this machine: not touching it"
+    );
+    // cargo-deb takes the binary this run built (its profile's directory), without building.
+    let profile = if BIN.contains("/release/") {
+        "release"
+    } else {
+        "dev"
+    };
+    let dir = std::env::temp_dir().join(format!("synscope-deb-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    struct Purge(std::path::PathBuf);
+    impl Drop for Purge {
+        fn drop(&mut self) {
+            let _ = Command::new("dpkg").args(["--purge", "synscope"]).output();
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+    let _purge = Purge(dir.clone());
+    ok(Command::new("cargo")
+        .args([
+            "deb",
+            "-p",
+            "synscope",
+            "--no-build",
+            "--no-strip",
+            "--profile",
+            profile,
+        ])
+        .arg("--output")
+        .arg(&dir)
+        .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/..")));
+    let deb = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|x| x == "deb"))
+        .expect("a .deb");
+    ok(Command::new("dpkg").arg("-i").arg(&deb));
+    let files = ok(Command::new("dpkg").args(["-L", "synscope"]));
+    for f in [
+        "/usr/bin/synscope",
+        "/lib/systemd/system/synscope.service",
+        "/etc/synscope/synscope.toml",
+        "/etc/logrotate.d/synscope",
+        "/usr/share/synscope/prometheus/alerts.yml",
+        "/usr/share/synscope/grafana-dashboard.json",
+    ] {
+        assert!(files.lines().any(|l| l == f), "{f} not in {files}");
+        assert!(Path::new(f).exists(), "{f}");
+    }
+    let conf = ok(Command::new("dpkg-query").args(["-W", "-f=${Conffiles}", "synscope"]));
+    assert!(conf.contains("/etc/synscope/synscope.toml"), "{conf}");
+    // The installed pieces work together.
+    assert!(ok(Command::new("/usr/bin/synscope").arg("--version")).contains("synscope"));
+    ok(Command::new("/usr/bin/synscope").args(["check-config", "/etc/synscope/synscope.toml"]));
+    ok(Command::new("systemd-analyze").args(["verify", "/lib/systemd/system/synscope.service"]));
+    ok(Command::new("promtool").args([
+        "check",
+        "rules",
+        "/usr/share/synscope/prometheus/alerts.yml",
+    ]));
+    ok(Command::new("dpkg").args(["--purge", "synscope"]));
+    for f in [
+        "/usr/bin/synscope",
+        "/lib/systemd/system/synscope.service",
+        "/etc/synscope/synscope.toml",
+    ] {
+        assert!(!Path::new(f).exists(), "{f} left after purge");
+    }
 }

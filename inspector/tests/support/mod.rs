@@ -415,6 +415,17 @@ impl Prometheus {
         target: &str,
         rules: Option<&std::path::Path>,
     ) -> Prometheus {
+        Self::start_fleet(ns, port, &[target], rules)
+    }
+
+    /// [`Prometheus::start_with_rules`] scraping several synscope instances (a fleet).
+    pub fn start_fleet(
+        ns: Option<&str>,
+        port: u16,
+        targets: &[&str],
+        rules: Option<&std::path::Path>,
+    ) -> Prometheus {
+        let target = targets.join("', '");
         let dir = std::env::temp_dir().join(format!("synscope-prom-{}-{port}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(dir.join("data")).expect("prometheus dir");
