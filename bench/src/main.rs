@@ -117,6 +117,7 @@ fn worker_path(
                         ts_ns: u64::try_from(p.ts_unix_ns).unwrap_or(0),
                         ifindex: p.ifindex,
                         seg: &p.segment,
+                        egress: false,
                     })
                     .collect();
                 e.process_batch(&batch, &mut out);
@@ -254,6 +255,7 @@ fn engine(pkts: &[Segment], flows: usize, rounds: u64, batch: bool) -> (f64, usi
             ts_ns: base + n as u64 * 100,
             ifindex: 1,
             seg: s,
+            egress: false,
         };
         if batch {
             // As a worker drains its ring: up to 64 records at a time.

@@ -168,6 +168,15 @@ fn probe_leaks_are_attributed_confirmed_against_ss_and_reaped() {
     clients.sort();
     leaked.sort();
     assert_eq!(clients, leaked, "{events:#?}");
+    // On the real server, the reordering arrived from the network.
+    let reordered: Vec<&serde_json::Value> = events
+        .iter()
+        .filter(|e| e["kind"] == "probe_rst_before_ack")
+        .collect();
+    assert_eq!(reordered.len(), 2, "{events:#?}");
+    for e in &reordered {
+        assert_eq!(e["evidence"]["vantage"], "server", "{e}");
+    }
     for e in &leaks {
         let ev = &e["evidence"];
         assert_eq!(ev["prober"], bads.as_str());
@@ -194,4 +203,58 @@ fn probe_leaks_are_attributed_confirmed_against_ss_and_reaped() {
         "{stderr}"
     );
     let _: SocketAddr = normal_addr.parse().unwrap();
+}
+
+/// The director's side: synscope inline on the prober's own interface sees its probes leave.
+/// The one whose RST leaves before its ACK is reported at the source (`vantage: prober`, a
+/// hint about fixing the probe client); the well-behaved one is not.
+#[test]
+fn the_prober_itself_sees_its_rst_leave_before_the_ack() {
+    if !require_root() {
+        return;
+    }
+    let lab = Lab::create().expect("lab");
+    let port = 9411;
+    let stop = Arc::new(AtomicBool::new(false));
+    let _l = scenarios::listener(
+        &lab,
+        "0.0.0.0".parse().unwrap(),
+        port,
+        128,
+        false,
+        stop.clone(),
+    )
+    .expect("listener");
+    probe::drop_client_kernel_resets(&lab, port).expect("rule");
+    let live = Live::events(&lab.client_ns, &lab.client_if, &[]);
+    let good =
+        probe::run_from(&lab, lab.client_v4, 41_101, port, RstStamp::AfterAck).expect("good probe");
+    let bad =
+        probe::run_from(&lab, lab.client_v4, 41_102, port, RstStamp::Zero).expect("bad probe");
+    thread::sleep(Duration::from_millis(1300));
+    let (events, code, stderr) = live.stop();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(code, 0, "{stderr}");
+    let of = |c: SocketAddr, kind: &str| -> Vec<&serde_json::Value> {
+        events
+            .iter()
+            .filter(|e| e["client"] == c.to_string() && e["kind"] == kind)
+            .collect()
+    };
+    assert!(
+        of(good.client, "probe_rst_before_ack").is_empty(),
+        "{events:#?}"
+    );
+    let r = of(bad.client, "probe_rst_before_ack");
+    assert_eq!(r.len(), 1, "{events:#?}");
+    assert_eq!(r[0]["evidence"]["vantage"], "prober");
+    assert_eq!(r[0]["evidence"]["prober"], lab.client_v4.to_string());
+    assert!(
+        r[0]["hint"]
+            .as_str()
+            .unwrap()
+            .starts_with("this host is the prober"),
+        "{}",
+        r[0]
+    );
 }

@@ -67,6 +67,8 @@ pub(super) struct EarlyRst {
     pub seq_ok: bool,
     /// The timestamp fails PAWS against the SYN's: the server drops the RST.
     pub paws_fail: bool,
+    /// Inline on the prober itself: this host sent the RST (TC egress).
+    pub sent_here: bool,
 }
 
 /// A RST that refused the SYN, held for the reorder window: a handshake that completes

@@ -79,6 +79,9 @@ pub struct Config {
     pub kernel_names: Option<Arc<super::kernel::KernelNames>>,
     /// `--probe-source`: networks whose sources are health probers from their first probe.
     pub probe_sources: Vec<ipnet::IpNet>,
+    /// The capture runs on one of the two hosts (inline mode): [`Packet::egress`] says which
+    /// host sent a packet, so a probe's reordering can be placed at its source.
+    pub host_vantage: bool,
 }
 
 impl Default for Config {
@@ -104,6 +107,7 @@ impl Default for Config {
             all_resets: false,
             kernel_names: None,
             probe_sources: Vec::new(),
+            host_vantage: false,
         }
     }
 }
@@ -379,6 +383,9 @@ pub struct Packet<'a> {
     pub ts_ns: u64,
     pub ifindex: u32,
     pub seg: &'a Segment,
+    /// Sent by the capturing host itself (inline mode's TC egress); false for received
+    /// packets, taps and capture files.
+    pub egress: bool,
 }
 
 /// A packet's flow key, which end sent it, and the table's hash of the key.

@@ -36,6 +36,7 @@ impl Sim {
                 ts_ns: T0 + ms * MS,
                 ifindex: 3,
                 seg: &s,
+                egress: false,
             },
             &mut self.out,
         );
@@ -945,6 +946,7 @@ fn capture_times_near_the_end_of_the_clock_do_not_overflow() {
                 ts_ns: u64::MAX - 10 + i as u64,
                 ifindex: 1,
                 seg: sg,
+                egress: false,
             },
             &mut sim.out,
         );
@@ -1022,6 +1024,7 @@ fn batches_decide_exactly_what_packets_one_by_one_do() {
             ts_ns: t,
             ifindex: 3,
             seg: s,
+            egress: false,
         })
         .collect();
     let mut one = Sim::with(cfg.clone());

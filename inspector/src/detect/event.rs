@@ -156,6 +156,9 @@ impl Event {
 
     /// What to check, for this event: a `reset` says what its class means.
     pub fn hint(&self) -> &'static str {
+        if self.kind == Kind::ProbeRstBeforeAck && self.ev("vantage") == "prober" {
+            return "this host is the prober: its own stack sent the RST before the handshake's ACK left (seen on its egress), so the reordering is made here, not on the way. Fix the probe client: let connect() complete (the ACK sent) before closing with SO_LINGER 0, or close without linger; a kernel that sends TSval 0 in linger-close RSTs (3.18-4.10) makes the real server keep the socket";
+        }
         if self.kind != Kind::Reset {
             return self.kind.hint();
         }

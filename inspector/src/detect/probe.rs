@@ -69,6 +69,12 @@ impl Engine {
         conn.state = State::Established;
         let leak_expected = early.paws_fail || !early.seq_ok;
         let mut ev = probe_evidence(&early, conn.syn_tsval);
+        if self.ctx.cfg.host_vantage {
+            // On a host: the prober's own egress (its stack put the RST before the ACK), or
+            // the server's ingress (the reordering happened on the way, or at the prober).
+            let at = if early.sent_here { "prober" } else { "server" };
+            ev.insert("vantage".into(), Value::from(at));
+        }
         self.count_probe(slot, &mut ev, |c| c.rst_before_ack += 1);
         self.emit(out, slot, Kind::ProbeRstBeforeAck, C, None, now, ev);
         if leak_expected {

@@ -367,6 +367,7 @@ impl Engine {
                 tsval,
                 seq_ok: in_window,
                 paws_fail,
+                sent_here: self.ctx.cfg.host_vantage && p.egress,
             });
             self.table.disarm(slot, TimerKind::SynAck);
             // Stay in SYN_RECV: a rejected RST leaves the server's request socket alive. The

@@ -63,6 +63,7 @@ pub fn run(
     let deadline = duration.map(|d| Instant::now() + d);
     let cfg = Config {
         kernel_names: inline.kernel_names.clone(),
+        host_vantage: true,
         ..cfg
     };
     // The host's own TCP counters (this network namespace's): a baseline now, the rise at

@@ -662,6 +662,7 @@ impl WorkerCore {
                 ts_ns: u64::try_from(p.ts_unix_ns).unwrap_or(0),
                 ifindex: p.ifindex,
                 seg: &p.segment,
+                egress: p.direction == synscope_common::Direction::Egress,
             })
             .collect();
         self.engine.process_batch(&batch, &mut self.out);

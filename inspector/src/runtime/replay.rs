@@ -134,6 +134,7 @@ impl<'a> Replayer<'a> {
                 ts_ns: *ts_ns,
                 ifindex: *ifindex,
                 seg,
+                egress: false,
             })
             .collect();
         self.engine.process_batch(&batch, &mut self.out);
