@@ -25,6 +25,23 @@ fn established(lab: &Lab, port: u16) -> Vec<(String, String)> {
     probe::established(lab, port).expect("ss")
 }
 
+/// A listener on `port` that never accepts, and the client's rule that keeps its kernel from
+/// resetting the raw probes' SYN-ACKs: what the probes need. Stop it with the flag.
+fn probed_listener(lab: &Lab, port: u16) -> (Arc<AtomicBool>, thread::JoinHandle<()>) {
+    let stop = Arc::new(AtomicBool::new(false));
+    let l = scenarios::listener(
+        lab,
+        "0.0.0.0".parse().unwrap(),
+        port,
+        128,
+        false,
+        stop.clone(),
+    )
+    .expect("listener");
+    probe::drop_client_kernel_resets(lab, port).expect("rule");
+    (stop, l)
+}
+
 /// The value of the series `name{labels}` in a scrape (None when absent).
 fn sample(metrics: &str, series: &str) -> Option<f64> {
     metrics
@@ -52,17 +69,7 @@ fn probe_leaks_are_attributed_confirmed_against_ss_and_reaped() {
         ],
     )
     .expect("second client address");
-    let stop = Arc::new(AtomicBool::new(false));
-    let _l = scenarios::listener(
-        &lab,
-        "0.0.0.0".parse().unwrap(),
-        port,
-        128,
-        false,
-        stop.clone(),
-    )
-    .expect("listener");
-    probe::drop_client_kernel_resets(&lab, port).expect("rule");
+    let (stop, _l) = probed_listener(&lab, port);
     let metrics_addr = format!("127.0.0.1:{}", free_port());
     let live = Live::events(
         &lab.server_ns,
@@ -215,17 +222,7 @@ fn the_prober_itself_sees_its_rst_leave_before_the_ack() {
     }
     let lab = Lab::create().expect("lab");
     let port = 9411;
-    let stop = Arc::new(AtomicBool::new(false));
-    let _l = scenarios::listener(
-        &lab,
-        "0.0.0.0".parse().unwrap(),
-        port,
-        128,
-        false,
-        stop.clone(),
-    )
-    .expect("listener");
-    probe::drop_client_kernel_resets(&lab, port).expect("rule");
+    let (stop, _l) = probed_listener(&lab, port);
     let live = Live::events(&lab.client_ns, &lab.client_if, &[]);
     let good =
         probe::run_from(&lab, lab.client_v4, 41_101, port, RstStamp::AfterAck).expect("good probe");
