@@ -357,7 +357,7 @@ impl EngineArgs {
 
 #[derive(Debug, Args)]
 pub struct DemoArgs {
-    /// Also write the captured packets as NDJSON to PATH (or `-`).
+    /// Also write the anomaly events as NDJSON to PATH (or `-`), as `live --json` does.
     #[arg(long, value_name = "PATH|-")]
     pub json: Option<String>,
 }
