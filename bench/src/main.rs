@@ -118,6 +118,7 @@ fn worker_path(
                         ifindex: p.ifindex,
                         seg: &p.segment,
                         egress: false,
+                        weight: 1,
                     })
                     .collect();
                 e.process_batch(&batch, &mut out);
@@ -150,7 +151,7 @@ fn worker_bench(flows: usize) -> anyhow::Result<()> {
                 reason: 1,
                 family: 4,
                 vlan_depth: 0,
-                _pad: [0; 4],
+                weight: 1,
                 data,
             })
         })
@@ -256,6 +257,7 @@ fn engine(pkts: &[Segment], flows: usize, rounds: u64, batch: bool) -> (f64, usi
             ifindex: 1,
             seg: s,
             egress: false,
+            weight: 1,
         };
         if batch {
             // As a worker drains its ring: up to 64 records at a time.

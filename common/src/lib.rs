@@ -11,8 +11,8 @@ pub mod stats;
 
 pub use flow_hash::symmetric_flow_hash;
 pub use record::{
-    Direction, KERNEL_DROP, KERNEL_SEND_RESET, KernelRecord, PacketRecord, Reason, SNAP_LEN,
-    TapMeta,
+    Direction, FloodSlot, KERNEL_DROP, KERNEL_SEND_RESET, KernelRecord, PacketRecord, Reason,
+    SNAP_LEN, TapMeta,
 };
 
 /// Ring buffers the kernel side declares (`RECORDS_0` …): the most userspace workers inline

@@ -32,7 +32,10 @@ pub struct PacketRecord {
     pub family: u8,
     /// Number of 802.1Q/802.1ad tags that were skipped.
     pub vlan_depth: u8,
-    pub _pad: [u8; 4],
+    /// Packets this record stands for: flood sampling skips SYNs (SYN-ACKs) of a flooded
+    /// endpoint and the next recorded one carries their count (see [`FloodSlot`]). 0 or 1:
+    /// itself alone.
+    pub weight: u32,
     /// The packet from its IP header on, `cap_len` bytes valid.
     pub data: [u8; SNAP_LEN],
 }
@@ -169,3 +172,31 @@ impl KernelRecord {
 // SAFETY: KernelRecord is repr(C), Copy, its padding is an explicit field (size asserted
 // above) and every bit pattern is a valid value of each field.
 unsafe impl aya::Pod for KernelRecord {}
+
+/// Flood sampling state of one server endpoint on one CPU (the `FLOOD` per-CPU LRU hash,
+/// keyed by the endpoint's folded address << 16 | port). When an endpoint receives more SYNs
+/// per second than the loader's threshold, only flows whose hash falls in a 1/n subset are
+/// recorded; the skipped SYNs and SYN-ACKs are counted here and the next record of the
+/// endpoint carries them in its `weight`, so counts stay exact.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct FloodSlot {
+    /// `bpf_ktime_get_ns()` second of `syns`.
+    pub sec: u32,
+    /// SYNs to the endpoint in second `sec`, and in the second before.
+    pub syns: u32,
+    pub prev: u32,
+    pub _pad: u32,
+    /// SYNs / SYN-ACKs skipped so far, and of those, the ones a record already carried.
+    pub skipped_syn: u64,
+    pub carried_syn: u64,
+    pub skipped_synack: u64,
+    pub carried_synack: u64,
+}
+
+const _: () = assert!(core::mem::size_of::<FloodSlot>() == 48);
+
+#[cfg(feature = "user")]
+// SAFETY: `#[repr(C)]`, only integers, no padding (size asserted above): every bit pattern is
+// valid.
+unsafe impl aya::Pod for FloodSlot {}

@@ -1,7 +1,7 @@
 //! Indices of the per-CPU verdict counters (`STATS` map) and their names.
 //!
 //! Every packet the selector sees increments `PACKETS` and exactly one of the outcome
-//! counters (`SELECTED`, `NOT_SELECTED`, `NOT_TCP` or one `UNPARSABLE_*`); a selected packet
+//! counters (`SELECTED`, `NOT_SELECTED`, `SAMPLED_OUT`, `NOT_TCP` or one `UNPARSABLE_*`); a selected packet
 //! whose record could not be written also increments `RING_FULL` or `LOAD_FAILED`.
 //! `EGRESS` counts the subset of `PACKETS` seen by the TC egress program, `FOLLOWED` the subset
 //! of `SELECTED` chosen by the handshake follow window rather than a control flag.
@@ -43,8 +43,13 @@ pub const TAP_NO_SOCKET: u32 = 14;
 /// Tap mode: the metadata area could not be grown; the frame went untagged.
 pub const TAP_META_FAILED: u32 = 15;
 
+/// Flood sampling: SYNs (to) and SYN-ACKs (from) a flooded endpoint that were not recorded;
+/// the next record of the endpoint carries their count (`PacketRecord::weight`). An outcome
+/// of its own: not part of `SELECTED`.
+pub const SAMPLED_OUT: u32 = 16;
+
 /// Number of counters.
-pub const COUNT: u32 = 16;
+pub const COUNT: u32 = 17;
 
 /// Stable names (metric labels, summary lines), indexed by counter.
 pub const NAMES: [&str; COUNT as usize] = [
@@ -64,4 +69,5 @@ pub const NAMES: [&str; COUNT as usize] = [
     "tap_redirected",
     "tap_no_socket",
     "tap_meta_failed",
+    "sampled_out",
 ];

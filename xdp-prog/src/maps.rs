@@ -2,9 +2,9 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, PerCpuArray, RingBuf, XskMap, ring_buf::RingBufEntry},
+    maps::{Array, LruPerCpuHashMap, PerCpuArray, RingBuf, XskMap, ring_buf::RingBufEntry},
 };
-use synscope_common::{KernelRecord, MAX_WORKERS, PacketRecord, stats};
+use synscope_common::{FloodSlot, KernelRecord, MAX_WORKERS, PacketRecord, stats};
 
 /// Number of userspace workers (rings in use), set by the loader; 1 ≤ N ≤ MAX_WORKERS.
 #[unsafe(no_mangle)]
@@ -27,6 +27,20 @@ static FOLLOW_BUDGET: u32 = 4;
 /// `FOLLOW` has `FOLLOW_MASK + 1` slots (a power of two), set by the loader.
 #[unsafe(no_mangle)]
 static FOLLOW_MASK: u32 = (1 << 16) - 1;
+
+/// Flood sampling: SYNs per second to one endpoint, on one CPU, above which its SYNs and
+/// SYN-ACKs are sampled (set by the loader from `--flood-sample-rate`; 0: never).
+#[unsafe(no_mangle)]
+static SAMPLE_ABOVE: u32 = 0;
+
+pub fn sample_above() -> u32 {
+    global(&SAMPLE_ABOVE)
+}
+
+/// Flood sampling state per server endpoint (folded address << 16 | port), per CPU; the
+/// least recently used endpoints give way.
+#[map]
+pub static FLOOD: LruPerCpuHashMap<u64, FloodSlot> = LruPerCpuHashMap::with_max_entries(8192, 0);
 
 /// Tap mode: what happens to frames that are not selected: 1 = pass to the kernel, 0 = drop.
 #[unsafe(no_mangle)]

@@ -40,6 +40,11 @@ pub struct Tcp {
     pub vlan_depth: u8,
     pub flags: u8,
     pub flow_hash: u32,
+    /// Source and destination: IPv4 addresses, or IPv6 ones folded to 32 bits; ports.
+    pub src: u32,
+    pub dst: u32,
+    pub sport: u16,
+    pub dport: u16,
 }
 
 /// A packet both hooks can read: XDP (ingress) and TC (egress) differ only in the helper that
@@ -292,13 +297,8 @@ pub fn parse_tcp<P: Packet>(ctx: &P) -> Result<Tcp, u32> {
     if doff < 20 {
         return Err(stats::UNPARSABLE_BAD_HEADER);
     }
-    let flow_hash = symmetric_flow_hash(
-        crate::maps::hash_key(),
-        l3.src,
-        be16(&tcp, 0),
-        l3.dst,
-        be16(&tcp, 2),
-    );
+    let (sport, dport) = (be16(&tcp, 0), be16(&tcp, 2));
+    let flow_hash = symmetric_flow_hash(crate::maps::hash_key(), l3.src, sport, l3.dst, dport);
     Ok(Tcp {
         l3_off,
         hdr_len: l4_off - l3_off + doff,
@@ -306,5 +306,9 @@ pub fn parse_tcp<P: Packet>(ctx: &P) -> Result<Tcp, u32> {
         vlan_depth,
         flags: tcp[13],
         flow_hash,
+        src: l3.src,
+        dst: l3.dst,
+        sport,
+        dport,
     })
 }

@@ -1,15 +1,101 @@
 //! The selection decision and the record write, shared by the XDP ingress and TC egress hooks.
 
-use synscope_common::{Direction, Reason, SNAP_LEN, stats};
+use synscope_common::{Direction, FloodSlot, Reason, SNAP_LEN, stats};
 
 use crate::{
-    maps::{FOLLOW, count, follow_budget, follow_mask, nworkers, pending, reserve},
-    parse::{Packet, parse_tcp},
+    maps::{
+        FLOOD, FOLLOW, count, follow_budget, follow_mask, nworkers, pending, reserve, sample_above,
+    },
+    parse::{Packet, Tcp, parse_tcp},
 };
 
 const TCP_FIN: u8 = 0x01;
 const TCP_SYN: u8 = 0x02;
 const TCP_RST: u8 = 0x04;
+const TCP_ACK: u8 = 0x10;
+
+/// Flood sampling of SYNs to, and SYN-ACKs from, a server endpoint that receives more than
+/// `sample_above()` SYNs a second on this CPU (this second or the last): only flows whose
+/// hash falls in a 1/n subset (n a power of two above rate / threshold, so a SYN-ACK's flow is
+/// recorded when its SYN was) are recorded. Skipped packets are counted in the endpoint's
+/// [`FloodSlot`]; the next record carries them as its weight. None: skip this packet.
+#[inline(always)]
+fn sample(tcp: &Tcp) -> Option<u32> {
+    let above = sample_above();
+    if above == 0 {
+        return Some(1);
+    }
+    let synack = tcp.flags & TCP_ACK != 0;
+    let (addr, port) = if synack {
+        (tcp.src, tcp.sport)
+    } else {
+        (tcp.dst, tcp.dport)
+    };
+    let key = (u64::from(addr) << 16) | u64::from(port);
+    // SAFETY: a helper without arguments.
+    let sec = (unsafe { aya_ebpf::helpers::bpf_ktime_get_ns() } / 1_000_000_000) as u32;
+    let slot = match FLOOD.get_ptr_mut(&key) {
+        Some(p) => p,
+        // Only SYNs make an endpoint known: a SYN-ACK of an endpoint without one is recorded.
+        None if synack => return Some(1),
+        None => {
+            let fresh = FloodSlot {
+                sec,
+                ..Default::default()
+            };
+            if FLOOD.insert(&key, &fresh, 0).is_err() {
+                return Some(1);
+            }
+            match FLOOD.get_ptr_mut(&key) {
+                Some(p) => p,
+                None => return Some(1),
+            }
+        }
+    };
+    // SAFETY: `slot` is this CPU's value of a live entry of a per-CPU map. Only the selectors
+    // write it, and they do not interleave on one CPU (XDP runs in softirq; TC egress runs
+    // with bottom halves disabled).
+    let s = unsafe { &mut *slot };
+    if s.sec != sec {
+        s.prev = if s.sec.wrapping_add(1) == sec {
+            s.syns
+        } else {
+            0
+        };
+        s.syns = 0;
+        s.sec = sec;
+    }
+    if !synack {
+        s.syns = s.syns.saturating_add(1);
+    }
+    let rate = if s.prev > s.syns { s.prev } else { s.syns };
+    let (skipped, carried) = if synack {
+        (&mut s.skipped_synack, &mut s.carried_synack)
+    } else {
+        (&mut s.skipped_syn, &mut s.carried_syn)
+    };
+    if rate > above {
+        // The power of two above rate / threshold.
+        let mut v = rate / above;
+        v |= v >> 1;
+        v |= v >> 2;
+        v |= v >> 4;
+        v |= v >> 8;
+        v |= v >> 16;
+        let n = u64::from(v) + 1;
+        if u64::from(tcp.flow_hash) & (n - 1) != 0 {
+            *skipped += 1;
+            return None;
+        }
+    }
+    let w = *skipped - *carried;
+    *carried = *skipped;
+    Some(if w >= u64::from(u32::MAX) {
+        u32::MAX
+    } else {
+        w as u32 + 1
+    })
+}
 
 /// Where the packet was seen.
 pub struct Hook {
@@ -69,6 +155,16 @@ pub fn select<P: Packet>(ctx: &P, hook: Hook) {
             return;
         }
     };
+    let mut weight = 1;
+    if tcp.flags & (TCP_SYN | TCP_RST) == TCP_SYN {
+        match sample(&tcp) {
+            Some(w) => weight = w,
+            None => {
+                count(stats::SAMPLED_OUT);
+                return;
+            }
+        }
+    }
     let Some(why) = reason(tcp.flags, tcp.flow_hash) else {
         count(stats::NOT_SELECTED);
         return;
@@ -108,7 +204,7 @@ pub fn select<P: Packet>(ctx: &P, hook: Hook) {
         (*rec).reason = why as u8;
         (*rec).family = tcp.family;
         (*rec).vlan_depth = tcp.vlan_depth + hook.vlan_offloaded;
-        (*rec)._pad = [0; 4];
+        (*rec).weight = weight;
     }
     // The verifier needs the copy length provably in [1, SNAP_LEN].
     if cap == 0 || cap > SNAP_LEN {

@@ -55,6 +55,8 @@ pub struct CapturedPacket {
     pub flow_hash: u32,
     pub wire_len: u16,
     pub vlan_depth: u8,
+    /// Packets this record stands for (flood sampling: see `PacketRecord::weight`); ≥ 1.
+    pub weight: u32,
     pub segment: Segment,
     /// The packet from its IP header on (at most a snap length), kept only for `--evidence`.
     pub ip: Option<Box<[u8]>>,
@@ -112,6 +114,7 @@ pub fn decode_record(
         flow_hash: u32::from_ne_bytes(field(bytes, offset_of!(PacketRecord, flow_hash))),
         wire_len: u16::from_ne_bytes(field(bytes, offset_of!(PacketRecord, wire_len))),
         vlan_depth: byte(offset_of!(PacketRecord, vlan_depth)),
+        weight: u32::from_ne_bytes(field(bytes, offset_of!(PacketRecord, weight))).max(1),
         segment,
         ip: None,
     })
@@ -185,7 +188,7 @@ mod tests {
             reason: 1,
             family: 4,
             vlan_depth: 0,
-            _pad: [0; 4],
+            weight: 1,
             data,
         }
     }

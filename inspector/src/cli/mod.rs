@@ -156,6 +156,12 @@ pub struct LiveArgs {
     /// ESTABLISHED and without a byte of payload. Off by default. Inline mode only.
     #[arg(long, value_name = "DURATION", value_parser = parse_secs)]
     pub reap_leaks: Option<Duration>,
+    /// Flood mode: SYNs per second to one server endpoint above which the kernel records only
+    /// a sample of its SYNs and SYN-ACKs (1/n of its flows, n adaptive), keeping exact counts,
+    /// so a line-rate flood neither fills the rings nor blinds synscope to other endpoints.
+    /// 0: never sample. Inline mode only.
+    #[arg(long, value_name = "PER_SEC", default_value_t = crate::loader::DEFAULT_FLOOD_SAMPLE_RATE)]
+    pub flood_sample_rate: u32,
     #[command(flatten)]
     pub engine: EngineArgs,
     #[command(flatten)]
@@ -661,6 +667,7 @@ fn run_live(a: &LiveArgs) -> anyhow::Result<()> {
         follow_slots: a.follow_slots,
         egress: !a.no_egress,
         kernel_reasons: !a.no_kernel_reasons,
+        flood_sample_rate: a.flood_sample_rate,
         ..crate::loader::InlineOptions::new(&a.iface)
     };
     let evidence_ring = if a.report.evidence.is_some() {

@@ -96,6 +96,20 @@ impl Tally {
         c.syns += 1;
         c.sources.insert(src_hash);
     }
+    /// `n` SYNs to `server` the capture skipped (flood sampling: their sources are unknown).
+    pub fn syns_unseen(&mut self, server: Endpoint, n: u64) {
+        if self.syn.len() >= MAX_KEYS && !self.syn.contains_key(&server) {
+            self.overflow += n;
+            return;
+        }
+        self.syn.entry(server).or_default().syns += n;
+    }
+    /// `n` SYN-ACKs from `server` the capture skipped (flood sampling).
+    pub fn synacks_unseen(&mut self, server: Endpoint, n: u64) {
+        if let Some(c) = self.syn.get_mut(&server) {
+            c.synacks += n;
+        }
+    }
     /// The first SYN-ACK of a connection to `server`.
     pub fn synack(&mut self, server: Endpoint) {
         if let Some(c) = self.syn.get_mut(&server) {

@@ -130,6 +130,10 @@ pub struct EngineCounters {
     /// Kernel reasons kept with their connection, and those whose flow was not in the table.
     pub kernel_joined: u64,
     pub kernel_unmatched: u64,
+    /// Flood sampling: SYNs and SYN-ACKs the kernel skipped, counted through the records that
+    /// carried them (`Packet::weight`).
+    pub sampled_syns: u64,
+    pub sampled_synacks: u64,
 }
 
 impl EngineCounters {
@@ -144,6 +148,8 @@ impl EngineCounters {
         self.undecided += o.undecided;
         self.kernel_joined += o.kernel_joined;
         self.kernel_unmatched += o.kernel_unmatched;
+        self.sampled_syns += o.sampled_syns;
+        self.sampled_synacks += o.sampled_synacks;
     }
 }
 
@@ -253,6 +259,19 @@ impl Ctx {
     pub(super) fn stats(&mut self, conn: &mut Conn, server: Endpoint) -> &mut EndpointStats {
         let id = *conn.ep.get_or_insert_with(|| self.endpoints.id(server));
         self.endpoints.at(id)
+    }
+
+    /// `n` SYNs to (SYN-ACKs from) `server` that flood sampling skipped: counted as SYN
+    /// packets of the endpoint and in the flood tally, without connections or sources.
+    pub(super) fn count_sampled(&mut self, server: Endpoint, n: u64, synack: bool) {
+        if synack {
+            self.counters.sampled_synacks += n;
+            self.tally.synacks_unseen(server, n);
+        } else {
+            self.counters.sampled_syns += n;
+            self.endpoints.get(server).syns += n;
+            self.tally.syns_unseen(server, n);
+        }
     }
 
     /// The probe counts of source `ip` at server endpoint `server` (None beyond the bound).
@@ -386,6 +405,9 @@ pub struct Packet<'a> {
     /// Sent by the capturing host itself (inline mode's TC egress); false for received
     /// packets, taps and capture files.
     pub egress: bool,
+    /// Packets this one stands for: > 1 for a SYN or SYN-ACK recorded in flood sampling,
+    /// which carries the ones of its endpoint the kernel skipped before it.
+    pub weight: u32,
 }
 
 /// A packet's flow key, which end sent it, and the table's hash of the key.
@@ -686,6 +708,10 @@ impl Engine {
             conn.client_tsval = Some(ts);
         }
         let server_ep = key.get(conn.client.peer());
+        if p.weight > 1 && syn && !rst {
+            self.ctx
+                .count_sampled(server_ep, u64::from(p.weight - 1), ack);
+        }
 
         if syn && !ack && !rst && role == C {
             self.on_syn(slot, server_ep, p, out);

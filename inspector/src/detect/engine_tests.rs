@@ -37,6 +37,7 @@ impl Sim {
                 ifindex: 3,
                 seg: &s,
                 egress: false,
+                weight: 1,
             },
             &mut self.out,
         );
@@ -947,6 +948,7 @@ fn capture_times_near_the_end_of_the_clock_do_not_overflow() {
                 ifindex: 1,
                 seg: sg,
                 egress: false,
+                weight: 1,
             },
             &mut sim.out,
         );
@@ -1025,6 +1027,7 @@ fn batches_decide_exactly_what_packets_one_by_one_do() {
             ifindex: 3,
             seg: s,
             egress: false,
+            weight: 1,
         })
         .collect();
     let mut one = Sim::with(cfg.clone());

@@ -144,6 +144,9 @@ pub struct InlineOptions {
     /// Attach the kernel-reason programs (why the host's TCP stack sent a RST or dropped a
     /// packet); without the kernel's BTF or the privilege they are left out with a log line.
     pub kernel_reasons: bool,
+    /// SYNs per second to one endpoint above which its SYNs and SYN-ACKs are sampled in the
+    /// kernel, exact counts kept (0: never).
+    pub flood_sample_rate: u32,
 }
 
 impl InlineOptions {
@@ -159,6 +162,7 @@ impl InlineOptions {
             follow_slots: 1 << 18,
             egress: true,
             kernel_reasons: true,
+            flood_sample_rate: DEFAULT_FLOOD_SAMPLE_RATE,
         }
     }
 }
@@ -496,6 +500,10 @@ pub fn attach_inline(opts: &InlineOptions) -> Result<Inline, LoadError> {
         loader.map_max_entries(name, size);
     }
     loader.override_global("NWORKERS", &workers, true);
+    // The kernel counts per CPU: each CPU's share of the threshold (RSS spreads a flood).
+    let cpus = aya::util::nr_cpus().map_or(1, |n| n.max(1)) as u32;
+    let sample_above = opts.flood_sample_rate.div_ceil(cpus);
+    loader.override_global("SAMPLE_ABOVE", &sample_above, true);
     let mut ebpf = load_object(&mut loader, &follow)?;
     let (prog_id, attach_mode, ingress_link) = if mode == AttachMode::Tc {
         let (id, link) = attach_tc(
@@ -557,6 +565,10 @@ pub fn attach_inline(opts: &InlineOptions) -> Result<Inline, LoadError> {
             .ok(),
     })
 }
+
+/// Default of `--flood-sample-rate`: far above a busy LB's new connections per second to
+/// one endpoint, below what fills the rings of a few workers.
+pub const DEFAULT_FLOOD_SAMPLE_RATE: u32 = 100_000;
 
 /// Tap-mode options.
 #[derive(Debug, Clone)]

@@ -156,6 +156,13 @@ pub fn render(t: &Totals, frames: u64, parse_errors: &BTreeMap<&'static str, u64
     }
     probers_block(&mut s, &t.probes);
     let c = &t.counters;
+    if c.sampled_syns + c.sampled_synacks > 0 {
+        let _ = writeln!(
+            s,
+            "flood sampling: {} SYNs and {} SYN-ACKs the kernel did not record are counted through the sampled records that carried them",
+            c.sampled_syns, c.sampled_synacks
+        );
+    }
     if !t.kernel.is_empty() {
         let said: Vec<String> = t
             .kernel

@@ -663,6 +663,7 @@ impl WorkerCore {
                 ifindex: p.ifindex,
                 seg: &p.segment,
                 egress: p.direction == synscope_common::Direction::Egress,
+                weight: p.weight,
             })
             .collect();
         self.engine.process_batch(&batch, &mut self.out);

@@ -135,6 +135,7 @@ impl<'a> Replayer<'a> {
                 ifindex: *ifindex,
                 seg,
                 egress: false,
+                weight: 1,
             })
             .collect();
         self.engine.process_batch(&batch, &mut self.out);

@@ -398,6 +398,7 @@ fn decode(
         flow_hash: u32_at(8),
         wire_len: u16::try_from(data.len()).unwrap_or(u16::MAX),
         vlan_depth,
+        weight: 1,
         segment,
         ip: keep_ip.then(|| ip[..ip.len().min(crate::output::evidence::SNAP)].into()),
     })
@@ -554,6 +555,7 @@ mod tests {
             flow_hash: 7,
             wire_len: 60,
             vlan_depth: 0,
+            weight: 1,
             segment: parse_ip_tcp(&crate::wire::emit::ip_tcp(&b)).expect("parses"),
             ip: None,
         }
