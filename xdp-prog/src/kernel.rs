@@ -201,6 +201,13 @@ fn submit(rec: &KernelRecord) {
         (fold_addr(&words(&rec.saddr)), fold_addr(&words(&rec.daddr)))
     };
     let hash = symmetric_flow_hash(hash_key(), s, rec.sport, d, rec.dport);
+    // A flood's flows the selector does not record: their facts would join nothing.
+    let key = |a: u32, p: u16| (u64::from(a) << 16) | u64::from(p);
+    if crate::select::sampled_away(key(s, rec.sport), hash)
+        || crate::select::sampled_away(key(d, rec.dport), hash)
+    {
+        return;
+    }
     let n = nworkers();
     let worker = if n > 1 { hash % n } else { 0 };
     if let Some(mut entry) = reserve_kernel(worker) {

@@ -14,6 +14,43 @@ const TCP_SYN: u8 = 0x02;
 const TCP_RST: u8 = 0x04;
 const TCP_ACK: u8 = 0x10;
 
+/// Whether flow `flow_hash` falls outside the recorded subset of an endpoint receiving `rate`
+/// SYNs a second against threshold `above`: 1/n of flows are recorded, n the power of two
+/// above rate / threshold (nested subsets: a flow recorded at a higher n is recorded at a
+/// lower one).
+#[inline(always)]
+fn outside_sample(rate: u32, above: u32, flow_hash: u32) -> bool {
+    if rate <= above {
+        return false;
+    }
+    let mut v = rate / above;
+    v |= v >> 1;
+    v |= v >> 2;
+    v |= v >> 4;
+    v |= v >> 8;
+    v |= v >> 16;
+    let n = u64::from(v) + 1;
+    u64::from(flow_hash) & (n - 1) != 0
+}
+
+/// Whether the kernel's word about flow `flow_hash` of endpoint `key` (folded address << 16
+/// | port) concerns a flow flood sampling leaves unrecorded (read-only: the selector on this
+/// CPU counted the endpoint's rate). Such facts would join no connection.
+#[inline(always)]
+pub fn sampled_away(key: u64, flow_hash: u32) -> bool {
+    let above = sample_above();
+    if above == 0 {
+        return false;
+    }
+    let Some(p) = FLOOD.get_ptr(&key) else {
+        return false;
+    };
+    // SAFETY: this CPU's value of a live entry; a racing writer only makes it stale.
+    let s = unsafe { &*p };
+    let rate = if s.prev > s.syns { s.prev } else { s.syns };
+    outside_sample(rate, above, flow_hash)
+}
+
 /// Flood sampling of SYNs to, and SYN-ACKs from, a server endpoint that receives more than
 /// `sample_above()` SYNs a second on this CPU (this second or the last): only flows whose
 /// hash falls in a 1/n subset (n a power of two above rate / threshold, so a SYN-ACK's flow is
@@ -74,19 +111,9 @@ fn sample(tcp: &Tcp) -> Option<u32> {
     } else {
         (&mut s.skipped_syn, &mut s.carried_syn)
     };
-    if rate > above {
-        // The power of two above rate / threshold.
-        let mut v = rate / above;
-        v |= v >> 1;
-        v |= v >> 2;
-        v |= v >> 4;
-        v |= v >> 8;
-        v |= v >> 16;
-        let n = u64::from(v) + 1;
-        if u64::from(tcp.flow_hash) & (n - 1) != 0 {
-            *skipped += 1;
-            return None;
-        }
+    if outside_sample(rate, above, tcp.flow_hash) {
+        *skipped += 1;
+        return None;
     }
     let w = *skipped - *carried;
     *carried = *skipped;
