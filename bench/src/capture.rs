@@ -26,6 +26,7 @@ pub enum Consumer {
     Inline(u32),
     Tap,
     XdpDrop,
+    TcPass,
     XskCount,
     Tcpdump,
 }
@@ -39,6 +40,7 @@ impl Consumer {
             ),
             Self::Tap => "synscope tap".into(),
             Self::XdpDrop => "(a) XDP count+drop".into(),
+            Self::TcPass => "(d) TC count+pass".into(),
             Self::XskCount => "(b) AF_XDP count-only".into(),
             Self::Tcpdump => "(c) tcpdump -w /dev/null".into(),
         }
@@ -221,6 +223,7 @@ pub fn step(
             "attached",
         )?,
         Consumer::XdpDrop => start(ns, &[], &[bench, "xdp-drop", iface], "attached")?,
+        Consumer::TcPass => start(ns, &[], &[bench, "tc-pass", iface], "attached")?,
         Consumer::Tcpdump => start(
             ns,
             &[],
@@ -307,7 +310,7 @@ pub fn step(
                 .find_map(|l| l.split("event out): ").nth(1))
                 .map(str::to_owned);
         }
-        Consumer::XdpDrop => {
+        Consumer::XdpDrop | Consumer::TcPass => {
             s.seen = counter(&text, "packets");
             s.selected = s.seen;
             s.processed = s.seen;
@@ -384,6 +387,7 @@ pub fn run(bin: &str, bench: &str, secs: u64, rates: &[u64], rounds: u32) -> any
             Workload::SynFlood,
             vec![
                 Consumer::XdpDrop,
+                Consumer::TcPass,
                 Consumer::Inline(1),
                 Consumer::Inline(2),
                 Consumer::XskCount,
@@ -393,10 +397,18 @@ pub fn run(bin: &str, bench: &str, secs: u64, rates: &[u64], rounds: u32) -> any
         ),
         (
             Workload::Mix,
-            vec![Consumer::XdpDrop, Consumer::Inline(1), Consumer::Tcpdump],
+            vec![
+                Consumer::XdpDrop,
+                Consumer::TcPass,
+                Consumer::Inline(1),
+                Consumer::Tcpdump,
+            ],
         ),
         // What inline mode costs traffic it does not select.
-        (Workload::Data, vec![Consumer::XdpDrop, Consumer::Inline(1)]),
+        (
+            Workload::Data,
+            vec![Consumer::XdpDrop, Consumer::TcPass, Consumer::Inline(1)],
+        ),
     ] {
         // SYNSCOPE_BENCH_ONLY: comma-separated parts of consumer names; SYNSCOPE_BENCH_WORKLOAD:
         // one workload (for experiments).
@@ -475,6 +487,11 @@ pub fn run(bin: &str, bench: &str, secs: u64, rates: &[u64], rounds: u32) -> any
         (Consumer::Inline(1), Consumer::Tcpdump, "syn"),
         (Consumer::Inline(1), Consumer::Tcpdump, "mix"),
         (Consumer::Inline(1), Consumer::XdpDrop, "data"),
+        // The same hook, the same stack work on every packet, no selection: what selection
+        // and the records cost inline mode.
+        (Consumer::Inline(1), Consumer::TcPass, "syn"),
+        (Consumer::Inline(1), Consumer::TcPass, "mix"),
+        (Consumer::Inline(1), Consumer::TcPass, "data"),
     ] {
         if let (Some(a), Some(b)) = (get(ours, w), get(base, w))
             && b > 0.0

@@ -569,6 +569,18 @@ fn main() -> anyhow::Result<()> {
             println!("packets {}", c.packets()?);
             return Ok(());
         }
+        "tc-pass" => {
+            // tc-pass IFACE: inline mode's ceiling (TC ingress count-and-pass) until Ctrl-C.
+            let iface = args.get(2).context("usage: synscope-bench tc-pass IFACE")?;
+            synscope::install_stop_handler()?;
+            let c = synscope::loader::attach_count_pass(iface)?;
+            eprintln!("attached count-and-pass to {iface}");
+            while !synscope::STOP.load(std::sync::atomic::Ordering::Relaxed) {
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            println!("packets {}", c.packets()?);
+            return Ok(());
+        }
         "capture" => {
             // capture [SECS] [RATES, comma-separated pps] [ROUNDS at the maximum rate]
             let secs = args.get(2).map_or(Ok(2), |s| s.parse())?;
@@ -588,7 +600,7 @@ fn main() -> anyhow::Result<()> {
             );
         }
         _ => bail!(
-            "unknown benchmark `{what}`: available: engine, worker, hashflood, pcap, pcap-file, gen, capture, connrate, xdp-drop"
+            "unknown benchmark `{what}`: available: engine, worker, hashflood, pcap, pcap-file, gen, capture, connrate, xdp-drop, tc-pass"
         ),
     }
     println!(

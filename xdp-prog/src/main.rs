@@ -63,6 +63,15 @@ mod entry {
         xdp_action::XDP_DROP
     }
 
+    /// Benchmark ceiling for inline mode (bench/src/capture.rs): count every frame at TC
+    /// ingress and pass it on to the stack — inline mode's hook on virtual devices, and the
+    /// stack's own work on every packet, with no selection at all. Never attached by `synscope`.
+    #[classifier]
+    pub fn synscope_count_pass(_ctx: TcContext) -> i32 {
+        crate::maps::count(synscope_common::stats::PACKETS);
+        TC_ACT_UNSPEC
+    }
+
     /// TC ingress selector for inline mode on virtual devices (veth, bridges, ...), where XDP
     /// is no driver fast path and generic XDP must copy cloned skbs (bench/RESULTS.md): the
     /// same selection on the skb as it is. Returns TC_ACT_UNSPEC (tcx's TCX_NEXT).

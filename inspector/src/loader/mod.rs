@@ -727,6 +727,39 @@ impl CountDrop {
     }
 }
 
+/// The inline benchmark ceiling: a TC ingress program that only counts and passes.
+pub struct CountPass {
+    stats: PerCpuArray<MapData, u64>,
+    _tc_link: SchedClassifierLink,
+    _ebpf: Ebpf,
+}
+
+impl CountPass {
+    /// Frames counted so far.
+    pub fn packets(&self) -> Result<u64, LoadError> {
+        Ok(read_stats(&self.stats)?[stats::PACKETS as usize])
+    }
+}
+
+/// Attaches the count-and-pass program to `iface`'s TC ingress (a tcx link).
+pub fn attach_count_pass(iface: &str) -> Result<CountPass, LoadError> {
+    privileged_ifindex(iface)?;
+    let follow = Follow::new(0, 1);
+    let mut loader = EbpfLoader::new();
+    let mut ebpf = load_object(&mut loader, &follow)?;
+    let (_, link) = attach_tc(
+        &mut ebpf,
+        "synscope_count_pass",
+        iface,
+        TcAttachType::Ingress,
+    )?;
+    Ok(CountPass {
+        stats: take_stats(&mut ebpf)?,
+        _tc_link: link,
+        _ebpf: ebpf,
+    })
+}
+
 /// Attaches the count-and-drop program to `iface` (generic XDP on virtual devices). Takes no
 /// instance lock: to synscope it is a foreign XDP program (tests use it as one).
 pub fn attach_count_drop(iface: &str) -> Result<CountDrop, LoadError> {
