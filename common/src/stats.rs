@@ -48,8 +48,12 @@ pub const TAP_META_FAILED: u32 = 15;
 /// of its own: not part of `SELECTED`.
 pub const SAMPLED_OUT: u32 = 16;
 
+/// Kernel-reason facts not written because this CPU already wrote its share for the second
+/// (a flood of packets the host drops or resets would otherwise make records without limit).
+pub const KERNEL_FACTS_LIMITED: u32 = 17;
+
 /// Number of counters.
-pub const COUNT: u32 = 17;
+pub const COUNT: u32 = 18;
 
 /// Stable names (metric labels, summary lines), indexed by counter.
 pub const NAMES: [&str; COUNT as usize] = [
@@ -70,4 +74,5 @@ pub const NAMES: [&str; COUNT as usize] = [
     "tap_no_socket",
     "tap_meta_failed",
     "sampled_out",
+    "kernel_facts_limited",
 ];

@@ -30,13 +30,19 @@ use synscope::{
 /// `dst:port` from the client namespace for `secs`, as fast as the socket takes them; returns
 /// how many it sent.
 fn raw_flood(lab: &Lab, dst: Ipv4Addr, port: u16, secs: u64) -> u64 {
+    raw_flood_of(lab, dst, port, secs, TcpFlags::SYN)
+}
+
+/// [`raw_flood`] of segments with `flags`.
+fn raw_flood_of(lab: &Lab, dst: Ipv4Addr, port: u16, secs: u64, flags: TcpFlags) -> u64 {
     let frames: Vec<Vec<u8>> = (0..4096u32)
         .map(|i| {
             let src = [192, 0, 2, 10 + (i % 240) as u8];
             ip_tcp(
                 &SegmentBuilder::v4(src, 20_000 + (i / 240) as u16, dst.octets(), port)
-                    .flags(TcpFlags::SYN)
+                    .flags(flags)
                     .seq(i.wrapping_mul(7919))
+                    .ack(i)
                     .timestamps(i, 0),
             )
         })
@@ -93,10 +99,16 @@ fn number_after(text: &str, prefix: &str) -> Option<u64> {
 /// the kernel says why for each: the facts of unrecorded flows are sampled away with them, so
 /// they fill no ring either). One after the other: two floods at once on a 2-CPU machine drop
 /// real SYNs in the kernel's backlog.
+///
+/// Then an ACK flood to a closed port: the host resets and drops every packet, and the kernel
+/// would say so twice a packet. No SYN makes the endpoint a sampled one, so the facts' own
+/// per-CPU budget holds them: the rest are counted, the rings never fill, and a refusal made
+/// during the flood is still reported.
 #[test]
-fn a_sampled_flood_keeps_exact_counts_and_every_other_connection() {
+fn sampled_floods_keep_exact_counts_and_every_other_connection() {
     flood_case(true);
     flood_case(false);
+    ack_flood_case();
 }
 
 fn flood_case(listening: bool) {
@@ -156,11 +168,10 @@ fn flood_case(listening: bool) {
     };
     let sent = raw_flood(&lab, lab.server_v4, flooded, 5);
     let (echoed, refused) = real.join().unwrap();
-    assert_eq!(
-        (echoed, refused),
-        (conns, conns),
-        "the real connections work"
-    );
+    // A real SYN can meet a full backlog queue under a flood on 2 CPUs and time out: its
+    // verdict is then syn_unanswered, checked below.
+    assert_eq!(echoed, conns, "the real connections work");
+    assert!(refused + 2 >= conns, "{refused} of {conns} refused");
     echo_srv.join().unwrap();
     let dropped = if_stat(&lab, &lab.server_ns, &lab.server_if, "rx_dropped")
         + if_stat(&lab, &lab.client_ns, &lab.client_if, "tx_dropped")
@@ -212,7 +223,8 @@ fn flood_case(listening: bool) {
             .filter(|e| e["kind"] == kind && e["server"] == format!("{}:{port}", lab.server_v4))
             .count()
     };
-    assert_eq!(on(closed, "syn_rejected"), conns, "{events:#?}");
+    assert_eq!(on(closed, "syn_rejected"), refused, "{events:#?}");
+    assert_eq!(on(closed, "syn_unanswered"), conns - refused, "{events:#?}");
     // ... with the kernel's word, which the flood's facts did not crowd out.
     for e in events.iter().filter(|e| e["kind"] == "syn_rejected") {
         assert_eq!(e["evidence"]["kernel_reason"], "NO_SOCKET", "{e}");
@@ -237,4 +249,41 @@ fn flood_case(listening: bool) {
         )),
         "{stderr}"
     );
+}
+
+fn ack_flood_case() {
+    if !require_root() {
+        return;
+    }
+    let lab = Lab::create().expect("lab");
+    let live = Live::events(&lab.server_ns, &lab.server_if, &[]);
+    let v4 = lab.server_v4;
+    let probe = {
+        let ns = lab.client_ns.clone();
+        thread::spawn(move || {
+            thread::sleep(Duration::from_millis(1500));
+            synscope::lab::in_netns(&ns, || {
+                std::net::TcpStream::connect_timeout(&(v4, 9531).into(), Duration::from_secs(5))
+                    .is_err_and(|e| e.kind() == std::io::ErrorKind::ConnectionRefused)
+            })
+            .unwrap()
+        })
+    };
+    let sent = raw_flood_of(&lab, v4, 9530, 4, TcpFlags::ACK);
+    assert!(probe.join().unwrap(), "the refusal during the flood");
+    thread::sleep(Duration::from_millis(800));
+    let (events, code, stderr) = live.stop();
+    assert_eq!(code, 0, "{stderr}");
+    eprintln!("ack flood: sent {sent}");
+    assert_eq!(counter(&stderr, "ring_full"), 0, "{stderr}");
+    let limited = counter(&stderr, "kernel_facts_limited");
+    assert!(
+        limited > sent / 2,
+        "{limited} of {sent}x2 facts held back:\n{stderr}"
+    );
+    let refused: Vec<&serde_json::Value> = events
+        .iter()
+        .filter(|e| e["kind"] == "syn_rejected" && e["server"] == format!("{v4}:9531"))
+        .collect();
+    assert_eq!(refused.len(), 1, "{events:#?}");
 }

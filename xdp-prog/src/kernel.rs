@@ -7,7 +7,9 @@
 //! the running kernel's BTF, read by the loader and set here as globals. Nothing here touches a
 //! packet: these programs only read.
 
-use aya_ebpf::{helpers::bpf_probe_read_kernel, programs::RawTracePointContext};
+use aya_ebpf::{
+    helpers::bpf_probe_read_kernel, macros::map, maps::PerCpuArray, programs::RawTracePointContext,
+};
 use synscope_common::{
     KERNEL_DROP, KERNEL_SEND_RESET, KernelRecord, flow_hash::fold_addr, symmetric_flow_hash,
 };
@@ -57,6 +59,40 @@ static NET_NS_INUM: u32 = 0;
 /// tracepoints fire for every namespace of the host, and containers reuse addresses. 0: all.
 #[unsafe(no_mangle)]
 static NETNS: u32 = 0;
+
+/// Kernel-reason facts one CPU writes per second at most (set by the loader; 0: no limit).
+#[unsafe(no_mangle)]
+static FACTS_PER_SEC: u32 = 0;
+
+/// Per CPU: the second (`bpf_ktime_get_ns() / 1e9`) and the facts written in it.
+#[map]
+static FACT_BUDGET: PerCpuArray<[u64; 2]> = PerCpuArray::with_max_entries(1, 0);
+
+/// Whether this CPU may write one more fact this second.
+#[inline(always)]
+fn within_budget() -> bool {
+    let limit = global(&FACTS_PER_SEC);
+    if limit == 0 {
+        return true;
+    }
+    let Some(p) = FACT_BUDGET.get_ptr_mut(0) else {
+        return true;
+    };
+    // SAFETY: a helper without arguments.
+    let sec = unsafe { aya_ebpf::helpers::bpf_ktime_get_ns() } / 1_000_000_000;
+    // SAFETY: this CPU's slot of a per-CPU array; a racing writer only makes it stale.
+    let b = unsafe { &mut *p };
+    if b[0] != sec {
+        b[0] = sec;
+        b[1] = 0;
+    }
+    if b[1] >= limit {
+        crate::maps::count(synscope_common::stats::KERNEL_FACTS_LIMITED);
+        return false;
+    }
+    b[1] += 1;
+    true
+}
 
 /// The `skb_drop_reason`s worth a record (bit n: reason n), set by the loader from the
 /// reasons' names: `kfree_skb` fires for every dropped packet of every protocol.
@@ -206,6 +242,9 @@ fn submit(rec: &KernelRecord) {
     if crate::select::sampled_away(key(s, rec.sport), hash)
         || crate::select::sampled_away(key(d, rec.dport), hash)
     {
+        return;
+    }
+    if !within_budget() {
         return;
     }
     let n = nworkers();

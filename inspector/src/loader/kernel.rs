@@ -11,6 +11,10 @@ use aya::{EbpfLoader, programs::RawTracePoint};
 use super::btf::{Btf, BtfError};
 use crate::detect::kernel::{DROP_REASONS, KernelNames};
 
+/// Kernel-reason facts written per second at most, all CPUs together (`kernel_facts_limited`
+/// counts the rest).
+pub const FACTS_PER_SEC: u32 = 50_000;
+
 /// The globals the programs read, from the kernel's BTF, and the reasons' names.
 pub struct Layout {
     offsets: Vec<(&'static str, u32)>,
@@ -54,6 +58,10 @@ impl Layout {
             .map(|m| std::os::unix::fs::MetadataExt::ino(&m) as u32)
             .map_err(|e| BtfError::Read("/proc/thread-self/ns/net", e))?;
         offsets.push(("NETNS", netns));
+        // A flood of packets the host drops or resets would make two facts a packet: each CPU
+        // writes its share of FACTS_PER_SEC a second, the rest is counted.
+        let cpus = aya::util::nr_cpus().map_or(1, |n| n.max(1)) as u32;
+        offsets.push(("FACTS_PER_SEC", (FACTS_PER_SEC / cpus).max(1000)));
         let rst = btf.enum_names("sk_rst_reason", "SK_RST_REASON_")?;
         let drop = btf.enum_names("skb_drop_reason", "SKB_DROP_REASON_")?;
         let mut drop_mask = [0u64; 4];
