@@ -1,5 +1,5 @@
 //! Health probers: who probes which server endpoint, and how often their probes reorder and
-//! leak (seed 002: LVS/keepalived connect, then RST; a RST that overtakes the ACK with a bad
+//! leak (LVS/keepalived health checks connect, then RST; a RST that overtakes the ACK with a bad
 //! timestamp leaves the real server an ESTABLISHED socket nobody closes).
 //!
 //! A **probe** is a connection whose client ends it right after the handshake without data:
