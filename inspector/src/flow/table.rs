@@ -399,9 +399,28 @@ impl<V> FlowTable<V> {
         None
     }
 
-    /// Slots whose timer `kind` is armed (end of input: what is still pending), from the
-    /// wheel's entries: proportional to the timers, not to the table's capacity.
+    /// Slots whose timer `kind` is armed (end of input: what is still pending), in slot
+    /// order: from the arena when it has fewer slots than the wheel has buckets (small tables:
+    /// tests, the fuzzer, short captures), else from the wheel's entries, proportional to the
+    /// timers rather than to the table's capacity.
     pub fn armed_slots(&self, kind: TimerKind) -> Vec<u32> {
+        if self.slots.len() <= Wheel::BUCKETS {
+            self.armed_from_arena(kind)
+        } else {
+            self.armed_from_wheel(kind)
+        }
+    }
+
+    fn armed_from_arena(&self, kind: TimerKind) -> Vec<u32> {
+        (0..self.slots.len() as u32)
+            .filter(|&i| {
+                let s = &self.slots[i as usize];
+                s.val.is_some() && s.armed[kind as usize] != 0
+            })
+            .collect()
+    }
+
+    fn armed_from_wheel(&self, kind: TimerKind) -> Vec<u32> {
         let mut v: Vec<u32> = self
             .wheel
             .iter()
@@ -519,6 +538,40 @@ mod tests {
         assert_eq!(t.pop_expired(4_000), None);
         assert_eq!(t.pop_expired(200_000), Some((TimerKind::Syn, a, 128_000)));
         assert!(t.armed_slots(TimerKind::Syn).is_empty());
+    }
+
+    #[test]
+    fn armed_slots_from_the_arena_and_from_the_wheel_agree() {
+        let mut t = FlowTable::new(256);
+        let mut slots = Vec::new();
+        for i in 0..200u16 {
+            let (s, _) = t.insert(key(i), (), FlowClass::Open);
+            slots.push(s);
+            t.arm(s, TimerKind::Syn, 1_000 + u64::from(i) * 97);
+            if i % 3 == 0 {
+                t.arm(s, TimerKind::Fin, 5_000 + u64::from(i));
+            }
+        }
+        for (i, &s) in slots.iter().enumerate() {
+            if i % 5 == 0 {
+                t.arm(s, TimerKind::Syn, 0); // disarmed
+            }
+            if i % 7 == 0 {
+                t.remove(s);
+            }
+        }
+        while t
+            .pop_expired(8_000)
+            .is_some_and(|(k, _, _)| k == TimerKind::Syn)
+        {}
+        for kind in [TimerKind::Syn, TimerKind::Fin] {
+            assert_eq!(
+                t.armed_from_arena(kind),
+                t.armed_from_wheel(kind),
+                "{kind:?}"
+            );
+        }
+        assert!(!t.armed_from_arena(TimerKind::Fin).is_empty());
     }
 
     #[test]

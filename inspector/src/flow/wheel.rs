@@ -37,10 +37,36 @@ pub struct Entry {
     pub generation: u32,
 }
 
+/// Bits, one per bucket of a level.
+type Bits = [u64; (1 << L0_BITS) / 64];
+
+const _: () = assert!(L0_BITS == L1_BITS);
+
+/// The first set bit of `bits` at or after `from`.
+fn next_set(bits: &Bits, from: usize) -> Option<usize> {
+    let mut w = from / 64;
+    let mut word = bits.get(w)? & (!0u64 << (from % 64));
+    loop {
+        if word != 0 {
+            return Some(w * 64 + word.trailing_zeros() as usize);
+        }
+        w += 1;
+        word = *bits.get(w)?;
+    }
+}
+
 /// See the module docs.
 pub struct Wheel {
+    /// The buckets of each level, allocated on the level's first entry (a wheel that never
+    /// holds a deadline — a test, a fuzz input — costs no 8192 empty buckets).
     l0: Vec<Vec<Entry>>,
     l1: Vec<Vec<Entry>>,
+    /// Level-0 buckets holding entries: [`Wheel::pop`] jumps to the next one instead of
+    /// walking every tick between.
+    l0_busy: Bits,
+    /// Buckets that ever held an entry, per level: only these can own an allocation.
+    l0_used: Bits,
+    l1_used: Bits,
     far: Vec<Entry>,
     due: BinaryHeap<Reverse<Entry>>,
     /// The first tick whose entries have not been moved to `due`.
@@ -57,10 +83,16 @@ impl Default for Wheel {
 }
 
 impl Wheel {
+    /// Buckets of the two levels together.
+    pub const BUCKETS: usize = (1 << L0_BITS) + (1 << L1_BITS);
+
     pub fn new() -> Self {
         Self {
-            l0: (0..1 << L0_BITS).map(|_| Vec::new()).collect(),
-            l1: (0..1 << L1_BITS).map(|_| Vec::new()).collect(),
+            l0: Vec::new(),
+            l1: Vec::new(),
+            l0_busy: [0; 64],
+            l0_used: [0; 64],
+            l1_used: [0; 64],
             far: Vec::new(),
             due: BinaryHeap::new(),
             cur: 0,
@@ -83,11 +115,22 @@ impl Wheel {
         if t < self.cur {
             self.due.push(Reverse(e));
         } else if t >> L0_BITS == self.cur >> L0_BITS {
-            self.l0[(t & L0_MASK) as usize].push(e);
+            if self.l0.is_empty() {
+                self.l0.resize_with(1 << L0_BITS, Vec::new);
+            }
+            let i = (t & L0_MASK) as usize;
+            self.l0[i].push(e);
+            self.l0_busy[i / 64] |= 1 << (i % 64);
+            self.l0_used[i / 64] |= 1 << (i % 64);
             self.l0_len += 1;
             self.len += 1;
         } else if t >> (L0_BITS + L1_BITS) == self.cur >> (L0_BITS + L1_BITS) {
-            self.l1[((t >> L0_BITS) & L1_MASK) as usize].push(e);
+            if self.l1.is_empty() {
+                self.l1.resize_with(1 << L1_BITS, Vec::new);
+            }
+            let b = ((t >> L0_BITS) & L1_MASK) as usize;
+            self.l1[b].push(e);
+            self.l1_used[b / 64] |= 1 << (b % 64);
             self.len += 1;
         } else {
             self.far.push(e);
@@ -112,7 +155,7 @@ impl Wheel {
                     }
                 }
                 let b = ((self.cur >> L0_BITS) & L1_MASK) as usize;
-                if !self.l1[b].is_empty() {
+                if self.l1.get(b).is_some_and(|v| !v.is_empty()) {
                     let bucket = std::mem::take(&mut self.l1[b]);
                     self.len -= bucket.len();
                     for &e in &bucket {
@@ -132,7 +175,20 @@ impl Wheel {
                 self.cur = ((self.cur | mask) + 1).min(target + 1);
                 continue;
             }
-            let i = (self.cur & L0_MASK) as usize;
+            // The next tick of this block with entries (every level-0 entry is in this block,
+            // at or after `cur`), unless it is past `target`.
+            let Some(i) = next_set(&self.l0_busy, (self.cur & L0_MASK) as usize) else {
+                debug_assert!(false, "l0_len counts entries no bucket holds");
+                self.cur += 1;
+                continue;
+            };
+            let at = (self.cur & !L0_MASK) | i as u64;
+            if at > target {
+                self.cur = target + 1;
+                return;
+            }
+            self.cur = at;
+            self.l0_busy[i / 64] &= !(1 << (i % 64));
             let bucket = std::mem::take(&mut self.l0[i]);
             self.l0_len -= bucket.len();
             self.len -= bucket.len();
@@ -169,9 +225,12 @@ impl Wheel {
     /// Keeps only the entries `live` says yes to.
     pub fn retain(&mut self, mut live: impl FnMut(&Entry) -> bool) {
         let mut l0_len = 0;
-        for b in &mut self.l0 {
+        for (i, b) in self.l0.iter_mut().enumerate() {
             b.retain(&mut live);
             l0_len += b.len();
+            if b.is_empty() {
+                self.l0_busy[i / 64] &= !(1 << (i % 64));
+            }
         }
         let mut len = l0_len;
         for b in &mut self.l1 {
@@ -197,6 +256,26 @@ impl Wheel {
             + self.far.capacity()
             + self.due.capacity();
         entries * size_of::<Entry>() + (self.l0.len() + self.l1.len()) * size_of::<Vec<Entry>>()
+    }
+}
+
+impl Drop for Wheel {
+    fn drop(&mut self) {
+        // Only buckets that ever held an entry can own an allocation: drop those, and let the
+        // rest (never-used `Vec::new()`s) go without visiting each of them.
+        for (level, used) in [(&mut self.l0, &self.l0_used), (&mut self.l1, &self.l1_used)] {
+            let mut from = 0;
+            while let Some(i) = next_set(used, from) {
+                if let Some(b) = level.get_mut(i) {
+                    drop(std::mem::take(b));
+                }
+                from = i + 1;
+            }
+            // SAFETY: every element left is a `Vec::new()` that never held an entry (its bit in
+            // `used` is clear), so it owns no allocation and needs no drop; shortening the
+            // length to 0 only skips those no-op drops.
+            unsafe { level.set_len(0) };
+        }
     }
 }
 
