@@ -9,6 +9,8 @@ cargo build --release --quiet
 b=./target/release/synscope-bench
 echo "# synscope benchmarks — $(date -u +%Y-%m-%dT%H:%MZ), $(uname -r), $(nproc) CPUs: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)"
 echo; echo "## engine (one core, in memory)"; $b engine
+echo; echo "## worker path (ring records: decode, evidence, engine)"; $b worker
+echo; echo "## hash flooding (crafted keys vs random, p99 insert)"; $b hashflood
 echo; echo "## pcap (offline, vs tshark and tcpdump)"; $b pcap
 echo; echo "## capture (veth, stepped rates, ceilings, tcpdump)"; $b capture "$secs" 100000,200000,400000 "$rounds"
 echo; echo "## connection rate (host overhead of inline mode)"; $b connrate 8 3
