@@ -30,7 +30,9 @@ fn outside_sample(rate: u32, above: u32, flow_hash: u32) -> bool {
     v |= v >> 8;
     v |= v >> 16;
     let n = u64::from(v) + 1;
-    u64::from(flow_hash) & (n - 1) != 0
+    // The hash's high bits pick the subset: its low bits pick the worker (`% NWORKERS`), and
+    // a subset of even hashes would all land on one worker.
+    u64::from(flow_hash.rotate_right(16)) & (n - 1) != 0
 }
 
 /// Whether the kernel's word about flow `flow_hash` of endpoint `key` (folded address << 16
