@@ -172,9 +172,20 @@ fn from_sock(sk: u64, rec: &mut KernelRecord) -> Option<()> {
             rec.daddr[..4].copy_from_slice(&d);
         }
         AF_INET6 => {
-            rec.family = 6;
-            rec.saddr = read(sk + global(&SKC_V6_RCV_SADDR));
-            rec.daddr = read(sk + global(&SKC_V6_DADDR));
+            let d: [u8; 16] = read(sk + global(&SKC_V6_DADDR));
+            let mapped = d[..10].iter().all(|b| *b == 0) && d[10] == 0xff && d[11] == 0xff;
+            if mapped {
+                // A dual-stack socket (`[::]` listener) carrying IPv4: its packets, and so the
+                // selector's hash and flood keys, are IPv4 (the v4 fields are set too).
+                rec.family = 4;
+                let s: [u8; 4] = read(sk + global(&SKC_RCV_SADDR));
+                rec.saddr[..4].copy_from_slice(&s);
+                rec.daddr[..4].copy_from_slice(&d[12..16]);
+            } else {
+                rec.family = 6;
+                rec.saddr = read(sk + global(&SKC_V6_RCV_SADDR));
+                rec.daddr = d;
+            }
         }
         _ => return None,
     }

@@ -49,7 +49,16 @@ pub fn sampled_away(key: u64, flow_hash: u32) -> bool {
     };
     // SAFETY: this CPU's value of a live entry; a racing writer only makes it stale.
     let s = unsafe { &*p };
-    let rate = if s.prev > s.syns { s.prev } else { s.syns };
+    // SAFETY: a helper without arguments.
+    let sec = (unsafe { aya_ebpf::helpers::bpf_ktime_get_ns() } / 1_000_000_000) as u32;
+    // A rate this CPU counted more than a second ago says nothing about now.
+    let rate = if s.sec == sec {
+        if s.prev > s.syns { s.prev } else { s.syns }
+    } else if s.sec.wrapping_add(1) == sec {
+        s.syns
+    } else {
+        0
+    };
     outside_sample(rate, above, flow_hash)
 }
 
@@ -193,6 +202,16 @@ pub fn select<P: Packet>(ctx: &P, hook: Hook) {
                 return;
             }
         }
+    } else if tcp.flags & TCP_RST != 0
+        && sampled_away(
+            (u64::from(tcp.src) << 16) | u64::from(tcp.sport),
+            tcp.flow_hash,
+        )
+    {
+        // A flooded endpoint's RST to a flow whose SYN was not recorded (a flood on a closed
+        // port): it would join nothing, and one record per flood SYN is what sampling avoids.
+        count(stats::SAMPLED_OUT);
+        return;
     }
     let Some(why) = reason(tcp.flags, tcp.flow_hash) else {
         count(stats::NOT_SELECTED);

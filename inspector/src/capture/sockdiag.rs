@@ -37,10 +37,11 @@ pub struct SocketInfo {
     pub send_q: u32,
     /// The kernel's identity of this socket (a reused 4-tuple is another socket).
     pub cookie: [u8; 8],
-    /// Payload bytes the socket received and had acknowledged (`tcp_info`): both 0 for a
-    /// connection that never carried data.
+    /// Payload bytes the socket received, had acknowledged, and sent (`tcp_info`): all 0 for
+    /// a connection that never carried data.
     pub bytes_received: Option<u64>,
     pub bytes_acked: Option<u64>,
+    pub bytes_sent: Option<u64>,
 }
 
 impl SocketInfo {
@@ -67,9 +68,14 @@ impl SocketInfo {
             .unwrap_or("UNKNOWN")
     }
 
-    /// Whether the connection carried payload in either direction (or it is unknown).
+    /// Whether the connection carried payload in either direction, sent or queued (or it is
+    /// unknown).
     pub fn carried_data(&self) -> bool {
-        !matches!((self.bytes_received, self.bytes_acked), (Some(0), Some(0)))
+        !(matches!(
+            (self.bytes_received, self.bytes_acked, self.bytes_sent),
+            (Some(0), Some(0), Some(0))
+        ) && self.recv_q == 0
+            && self.send_q == 0)
     }
 }
 
@@ -111,11 +117,14 @@ impl SockDiag {
                     let h = &r.header;
                     // The kernel's exact lookup falls back to a listener on the local end:
                     // that is not the connection asked for.
+                    // A dual-stack socket (`[::]` listener) answers for a v4 peer with its
+                    // v4-mapped address: compare unmapped.
                     let (want_local, want_remote) = (unmap(local), unmap(remote));
-                    if h.socket_id.destination_port != want_remote.port()
-                        || h.socket_id.destination_address != want_remote.ip()
-                        || h.socket_id.source_port != want_local.port()
-                    {
+                    let got_remote = unmap(SocketAddr::new(
+                        h.socket_id.destination_address,
+                        h.socket_id.destination_port,
+                    ));
+                    if got_remote != want_remote || h.socket_id.source_port != want_local.port() {
                         return Ok(None);
                     }
                     let info = r.nlas.iter().find_map(|n| match n {
@@ -131,6 +140,7 @@ impl SockDiag {
                         cookie: h.socket_id.cookie,
                         bytes_received: info.map(|t| t.bytes_received),
                         bytes_acked: info.map(|t| t.bytes_acked),
+                        bytes_sent: info.map(|t| t.bytes_sent),
                     }));
                 }
                 NetlinkPayload::Error(e) => {
@@ -278,5 +288,22 @@ mod tests {
             );
         }
         drop(c);
+    }
+
+    /// A `[::]` listener's socket for an IPv4 peer is an AF_INET6 socket with v4-mapped
+    /// addresses; the wire (and so a leak event) names the IPv4 ones. Found all the same.
+    #[test]
+    fn finds_a_dual_stack_sockets_ipv4_connection_by_its_ipv4_addresses() {
+        let l = std::net::TcpListener::bind("[::]:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        let c = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        let (_s, _) = l.accept().unwrap();
+        let (local, remote) = (
+            SocketAddr::from(([127, 0, 0, 1], port)),
+            c.local_addr().unwrap(),
+        );
+        assert!(remote.is_ipv4());
+        let info = SockDiag::open().unwrap().find(local, remote).unwrap();
+        assert_eq!(info.map(|i| i.state), Some(TCP_ESTABLISHED));
     }
 }

@@ -44,6 +44,7 @@ impl Engine {
             && conn.half[C].fin_ns == 0
             && conn.ack_ns != 0
             && !conn.data_seen
+            && seg.payload_len == 0
             && now.saturating_sub(conn.ack_ns) <= self.ctx.cfg.probe_window
             && let Some(c) = self.ctx.probe(Endpoint::from(seg.src).ip, server_ep)
         {

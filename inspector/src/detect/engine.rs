@@ -689,6 +689,16 @@ impl Engine {
             && now.saturating_sub(h.fingerprint_ns) <= self.ctx.cfg.duplicate_window
         {
             self.ctx.counters.duplicates += 1;
+            // The SYNs a sampled record carries were skipped, not duplicated: they count.
+            let f = seg.flags;
+            if p.weight > 1 && f.contains(TcpFlags::SYN) && !f.contains(TcpFlags::RST) {
+                let server_ep = key.get(conn.client.peer());
+                self.ctx.count_sampled(
+                    server_ep,
+                    u64::from(p.weight - 1),
+                    f.contains(TcpFlags::ACK),
+                );
+            }
             return;
         }
         h.fingerprint = fp;

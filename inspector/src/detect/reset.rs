@@ -315,10 +315,13 @@ impl Engine {
                 (RstClass::Passive, Effect::Reset)
             };
         }
+        let first_rst = !conn.half[role].rst_seen;
         conn.half[role].rst_seen = true;
         // A probe: the client resets right after its handshake without data (its FIN, if it
-        // sent one first, counted already), or while the server is still in SYN_RECV.
+        // sent one first, counted already), or while the server is still in SYN_RECV. Its
+        // first RST only: a second one is the same probe.
         if role == C
+            && first_rst
             && (in_syn_recv || (class == RstClass::ProbeAbort && conn.half[C].fin_ns == 0))
             && let Some(c) = self.ctx.probe(Endpoint::from(seg.src).ip, server_ep)
         {

@@ -445,7 +445,7 @@ impl<V> FlowTable<V> {
         max_flows
             .max(1)
             .saturating_mul(per_flow)
-            .saturating_add(Wheel::new().memory_bytes())
+            .saturating_add(Wheel::bound_bytes())
     }
 
     /// Bytes this table allocated (index, arena, timer wheel and eviction queues).

@@ -244,6 +244,13 @@ impl Wheel {
         self.len = len;
     }
 
+    /// The most the buckets themselves take: their headers, and the room each keeps once
+    /// emptied ([`KEEP`] entries); entries beyond are counted per flow.
+    pub fn bound_bytes() -> usize {
+        use std::mem::size_of;
+        Self::BUCKETS * (size_of::<Vec<Entry>>() + KEEP * size_of::<Entry>())
+    }
+
     /// Bytes allocated.
     pub fn memory_bytes(&self) -> usize {
         use std::mem::size_of;

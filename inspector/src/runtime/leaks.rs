@@ -145,7 +145,9 @@ impl LeakWatch {
             return true;
         }
         match self.diag.destroy(l.server, l.client, l.cookie) {
-            Ok(_) => {
+            // Gone meanwhile: closed, not reaped.
+            Ok(false) => false,
+            Ok(true) => {
                 tracing::warn!(server = %l.server, client = %l.client, inode = s.inode, "reaped a leaked probe socket (SOCK_DESTROY)");
                 *self
                     .reaped
