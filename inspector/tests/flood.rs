@@ -270,8 +270,11 @@ fn ack_flood_case() {
         })
     };
     let sent = raw_flood_of(&lab, v4, 9530, 4, TcpFlags::ACK);
-    assert!(probe.join().unwrap(), "the refusal during the flood");
-    thread::sleep(Duration::from_millis(800));
+    // Refused, or (its SYN met a full backlog queue on 2 CPUs) timed out: either way it must
+    // have its verdict below.
+    let refused = probe.join().unwrap();
+    // A timed-out attempt is given up by synscope once the client's backoff has passed.
+    thread::sleep(Duration::from_millis(if refused { 800 } else { 5000 }));
     let (events, code, stderr) = live.stop();
     assert_eq!(code, 0, "{stderr}");
     eprintln!("ack flood: sent {sent}");
@@ -281,9 +284,15 @@ fn ack_flood_case() {
         limited > sent / 2,
         "{limited} of {sent}x2 facts held back:\n{stderr}"
     );
-    let refused: Vec<&serde_json::Value> = events
+    let verdicts: Vec<&str> = events
         .iter()
-        .filter(|e| e["kind"] == "syn_rejected" && e["server"] == format!("{v4}:9531"))
+        .filter(|e| e["server"] == format!("{v4}:9531"))
+        .map(|e| e["kind"].as_str().unwrap())
         .collect();
-    assert_eq!(refused.len(), 1, "{events:#?}");
+    let want = if refused {
+        "syn_rejected"
+    } else {
+        "syn_unanswered"
+    };
+    assert_eq!(verdicts, [want], "{events:#?}");
 }
