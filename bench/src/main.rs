@@ -555,26 +555,19 @@ fn main() -> anyhow::Result<()> {
             let secs = args.get(3).map_or(Ok(3.0), |s| s.parse())?;
             return connrate::run("./target/release/synscope", rounds, secs);
         }
-        "xdp-drop" => {
-            // xdp-drop IFACE: the count-and-drop ceiling until Ctrl-C; prints the count.
+        what @ ("xdp-drop" | "tc-pass") => {
+            // xdp-drop IFACE: the XDP count-and-drop ceiling; tc-pass IFACE: inline mode's own
+            // (TC ingress count-and-pass). Until Ctrl-C; prints the count.
             let iface = args
                 .get(2)
-                .context("usage: synscope-bench xdp-drop IFACE")?;
+                .with_context(|| format!("usage: synscope-bench {what} IFACE"))?;
             synscope::install_stop_handler()?;
-            let c = synscope::loader::attach_count_drop(iface)?;
-            eprintln!("attached count-and-drop to {iface}");
-            while !synscope::STOP.load(std::sync::atomic::Ordering::Relaxed) {
-                std::thread::sleep(std::time::Duration::from_millis(50));
-            }
-            println!("packets {}", c.packets()?);
-            return Ok(());
-        }
-        "tc-pass" => {
-            // tc-pass IFACE: inline mode's ceiling (TC ingress count-and-pass) until Ctrl-C.
-            let iface = args.get(2).context("usage: synscope-bench tc-pass IFACE")?;
-            synscope::install_stop_handler()?;
-            let c = synscope::loader::attach_count_pass(iface)?;
-            eprintln!("attached count-and-pass to {iface}");
+            let c = if what == "xdp-drop" {
+                synscope::loader::attach_count_drop(iface)?
+            } else {
+                synscope::loader::attach_count_pass(iface)?
+            };
+            eprintln!("attached {what} to {iface}");
             while !synscope::STOP.load(std::sync::atomic::Ordering::Relaxed) {
                 std::thread::sleep(std::time::Duration::from_millis(50));
             }

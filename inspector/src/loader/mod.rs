@@ -713,28 +713,15 @@ fn attach_tc(
     Ok((prog_id, link))
 }
 
-/// The benchmark ceiling: an XDP program that only counts and drops (bench/src/capture.rs).
-pub struct CountDrop {
+/// A benchmark ceiling (bench/src/capture.rs): a program that only counts, attached at
+/// ingress (XDP count-and-drop, or TC count-and-pass).
+pub struct Ceiling {
     stats: PerCpuArray<MapData, u64>,
-    _xdp_link: FdLink,
+    _link: IngressLink,
     _ebpf: Ebpf,
 }
 
-impl CountDrop {
-    /// Frames counted so far.
-    pub fn packets(&self) -> Result<u64, LoadError> {
-        Ok(read_stats(&self.stats)?[stats::PACKETS as usize])
-    }
-}
-
-/// The inline benchmark ceiling: a TC ingress program that only counts and passes.
-pub struct CountPass {
-    stats: PerCpuArray<MapData, u64>,
-    _tc_link: SchedClassifierLink,
-    _ebpf: Ebpf,
-}
-
-impl CountPass {
+impl Ceiling {
     /// Frames counted so far.
     pub fn packets(&self) -> Result<u64, LoadError> {
         Ok(read_stats(&self.stats)?[stats::PACKETS as usize])
@@ -742,7 +729,7 @@ impl CountPass {
 }
 
 /// Attaches the count-and-pass program to `iface`'s TC ingress (a tcx link).
-pub fn attach_count_pass(iface: &str) -> Result<CountPass, LoadError> {
+pub fn attach_count_pass(iface: &str) -> Result<Ceiling, LoadError> {
     privileged_ifindex(iface)?;
     let follow = Follow::new(0, 1);
     let mut loader = EbpfLoader::new();
@@ -753,16 +740,16 @@ pub fn attach_count_pass(iface: &str) -> Result<CountPass, LoadError> {
         iface,
         TcAttachType::Ingress,
     )?;
-    Ok(CountPass {
+    Ok(Ceiling {
         stats: take_stats(&mut ebpf)?,
-        _tc_link: link,
+        _link: IngressLink::Tc(link),
         _ebpf: ebpf,
     })
 }
 
 /// Attaches the count-and-drop program to `iface` (generic XDP on virtual devices). Takes no
 /// instance lock: to synscope it is a foreign XDP program (tests use it as one).
-pub fn attach_count_drop(iface: &str) -> Result<CountDrop, LoadError> {
+pub fn attach_count_drop(iface: &str) -> Result<Ceiling, LoadError> {
     let ifindex = privileged_ifindex(iface)?;
     let follow = Follow::new(0, 1);
     let mut loader = EbpfLoader::new();
@@ -773,9 +760,9 @@ pub fn attach_count_drop(iface: &str) -> Result<CountDrop, LoadError> {
         AttachMode::Auto
     };
     let (_, _, link) = attach_xdp(&mut ebpf, "synscope_count_drop", iface, ifindex, mode)?;
-    Ok(CountDrop {
+    Ok(Ceiling {
         stats: take_stats(&mut ebpf)?,
-        _xdp_link: link,
+        _link: IngressLink::Xdp(link),
         _ebpf: ebpf,
     })
 }
