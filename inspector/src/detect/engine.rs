@@ -681,6 +681,17 @@ impl Engine {
             return;
         };
         let role = conn.role_of(side);
+        // The SYNs (SYN-ACKs) a sampled record carries were skipped in the kernel: they count
+        // whatever becomes of the record itself, a duplicate's included.
+        let f = seg.flags;
+        if p.weight > 1 && f.contains(TcpFlags::SYN) && !f.contains(TcpFlags::RST) {
+            let server_ep = key.get(conn.client.peer());
+            self.ctx.count_sampled(
+                server_ep,
+                u64::from(p.weight - 1),
+                f.contains(TcpFlags::ACK),
+            );
+        }
         // The same segment captured twice (mirror ports, `-i any`): the copy is skipped.
         let fp = fingerprint(seg);
         let h = &mut conn.half[role];
@@ -689,16 +700,6 @@ impl Engine {
             && now.saturating_sub(h.fingerprint_ns) <= self.ctx.cfg.duplicate_window
         {
             self.ctx.counters.duplicates += 1;
-            // The SYNs a sampled record carries were skipped, not duplicated: they count.
-            let f = seg.flags;
-            if p.weight > 1 && f.contains(TcpFlags::SYN) && !f.contains(TcpFlags::RST) {
-                let server_ep = key.get(conn.client.peer());
-                self.ctx.count_sampled(
-                    server_ep,
-                    u64::from(p.weight - 1),
-                    f.contains(TcpFlags::ACK),
-                );
-            }
             return;
         }
         h.fingerprint = fp;
@@ -718,10 +719,6 @@ impl Engine {
             conn.client_tsval = Some(ts);
         }
         let server_ep = key.get(conn.client.peer());
-        if p.weight > 1 && syn && !rst {
-            self.ctx
-                .count_sampled(server_ep, u64::from(p.weight - 1), ack);
-        }
 
         if syn && !ack && !rst && role == C {
             self.on_syn(slot, server_ep, p, out);
