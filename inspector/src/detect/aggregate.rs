@@ -1,6 +1,8 @@
-//! Aggregate anomalies of docs/anomalies.md: `syn_flood` (new half-open connections to one server
-//! endpoint above `flood_rate`/s for ≥ 1 s) and `reset_storm` (RSTs from one host above
-//! `rst_rate`/s for ≥ 1 s), one event at the start and one at the end of each episode.
+//! Aggregate anomalies of docs/anomalies.md: `syn_flood` (SYNs to one server endpoint above
+//! `flood_rate`/s for ≥ 1 s **of which most never complete a handshake**: a busy server that
+//! completes what it is sent is no flood, however many SYNs it takes) and `reset_storm` (RSTs
+//! from one host above `rst_rate`/s for ≥ 1 s), one event at the start and one at the end of
+//! each episode.
 //!
 //! Each engine counts per capture-time second into a [`Tally`]; the [`Aggregator`] adds up the
 //! tallies of every worker for a second (workers shard flows, so a flood spreads over them)
@@ -62,7 +64,23 @@ pub struct SynCount {
     pub syns: u64,
     /// Of those, answered by a SYN-ACK (first SYN-ACK of a connection).
     pub synacks: u64,
+    /// Handshakes to the endpoint completed within the second (the client's ACK).
+    pub completed: u64,
     pub sources: Sketch,
+}
+
+impl SynCount {
+    /// SYN packets of the second that no completed handshake accounts for.
+    pub fn incomplete(&self) -> u64 {
+        self.syns.saturating_sub(self.completed)
+    }
+
+    /// A flood second: at least `rate` SYNs, and at least half of them never completing a
+    /// handshake (unanswered, half-open, refused, spoofed). Completions lag their SYNs by a
+    /// round trip, so a steady busy load balances within the second.
+    pub fn flooding(&self, rate: u64) -> bool {
+        self.syns >= rate && self.incomplete() * 2 >= self.syns
+    }
 }
 
 /// RSTs sent by one host within a second.
@@ -116,6 +134,13 @@ impl Tally {
             c.synacks += 1;
         }
     }
+    /// `n` handshakes to `server` completed (more than one when the connection's SYN record
+    /// stood for SYNs the kernel's flood sampling skipped).
+    pub fn completed(&mut self, server: Endpoint, n: u64) {
+        if let Some(c) = self.syn.get_mut(&server) {
+            c.completed += n;
+        }
+    }
     /// A RST sent by `host`.
     pub fn rst(&mut self, host: [u8; 16], class: RstClass) {
         if self.rst.len() >= MAX_KEYS && !self.rst.contains_key(&host) {
@@ -131,6 +156,7 @@ impl Tally {
             let c = self.syn.entry(k).or_default();
             c.syns += v.syns;
             c.synacks += v.synacks;
+            c.completed += v.completed;
             c.sources.union(&v.sources);
         }
         for (k, v) in o.rst {
@@ -152,6 +178,7 @@ struct Episode {
     peak: u64,
     total: u64,
     answered: u64,
+    completed: u64,
     sources: Sketch,
     by_class: [u64; 5],
 }
@@ -174,13 +201,18 @@ impl Episode {
     }
 }
 
-/// Thresholds (per second), and how long after an episode's last second its endpoint's
-/// per-connection verdicts are still folded into it (they settle a timeout later).
+/// Thresholds (per second), and how long after an episode's last second decided so far new
+/// connections (RSTs) still fold into it: the second being decided. A connection that began
+/// later is not the episode's, and its verdict is reported.
 #[derive(Clone, Copy, Debug)]
 pub struct Rates {
     pub flood_rate: u64,
     pub rst_rate: u64,
     pub fold_for: u64,
+    /// Quiet seconds before an episode's end is told: the verdicts of its connections settle
+    /// a timeout after their SYNs, so the end event can count what was folded; a flood that
+    /// resumes within them is the same episode.
+    pub quiet_secs: u64,
 }
 
 impl Rates {
@@ -189,7 +221,8 @@ impl Rates {
         Self {
             flood_rate: cfg.flood_rate,
             rst_rate: cfg.rst_rate,
-            fold_for: cfg.syn_timeout.max(cfg.synack_timeout) + 2 * SEC,
+            fold_for: SEC,
+            quiet_secs: (cfg.syn_timeout.max(cfg.synack_timeout) + 2 * SEC).div_ceil(SEC),
         }
     }
 }
@@ -268,7 +301,7 @@ impl Aggregator {
             .chain(self.storms.values().map(|e| e.last_sec))
             .max();
         if let Some(end) = end {
-            self.close_quiet(end + 1, out);
+            self.close_quiet(end.saturating_add(1 + self.rates.quiet_secs), out);
         }
     }
 
@@ -276,15 +309,18 @@ impl Aggregator {
         self.overflow += t.overflow;
         let ts = (sec + 1) * SEC;
         for (ep, c) in t.syn {
-            if c.syns < self.rates.flood_rate {
+            if !c.flooding(self.rates.flood_rate) {
                 continue;
             }
             let ep_state = self.floods.entry(ep).or_insert_with(|| Episode::new(sec));
             let starting = ep_state.second_above(sec, c.syns);
             ep_state.answered += c.synacks;
+            ep_state.completed += c.completed;
             ep_state.sources.union(&c.sources);
-            // Per-connection verdicts of a flooded endpoint fold into the episode.
-            self.shared.set_flooding(&ep, ts + self.rates.fold_for);
+            // Per-connection verdicts of connections begun during the episode fold into it.
+            let from = ep_state.start_sec * SEC;
+            self.shared
+                .set_flooding(&ep, from, ts + self.rates.fold_for);
             if starting {
                 out.push(Event {
                     ts_ns: ts,
@@ -297,8 +333,10 @@ impl Aggregator {
                     evidence: evidence! {
                         "phase" => "start",
                         "rate" => c.syns,
+                        "completed" => c.completed,
                         "distinct_sources" => c.sources.estimate(),
                         "share_unanswered" => share(c.synacks, c.syns),
+                        "share_incomplete" => share(c.completed, c.syns),
                     },
                 });
             }
@@ -312,7 +350,9 @@ impl Aggregator {
             for (a, b) in e.by_class.iter_mut().zip(c.by_class) {
                 *a += b;
             }
-            self.shared.set_storming(&host, ts + self.rates.fold_for);
+            let from = e.start_sec * SEC;
+            self.shared
+                .set_storming(&host, from, ts + self.rates.fold_for);
             if starting {
                 out.push(Event {
                     ts_ns: ts,
@@ -334,9 +374,12 @@ impl Aggregator {
         self.close_quiet(sec, out);
     }
 
-    /// Ends every episode that was not above its rate in second `sec` or later.
+    /// Ends every episode that was not above its rate in second `sec` or later, nor in the
+    /// `quiet_secs` before it.
     fn close_quiet(&mut self, sec: u64, out: &mut Vec<Event>) {
+        let sec = sec.saturating_sub(self.rates.quiet_secs);
         for (ep, e) in take_ended(&mut self.floods, sec) {
+            let folded = folded_map(self.shared.flood_folded(&ep));
             out.push(Event {
                 ts_ns: (e.last_sec + 1) * SEC,
                 kind: Kind::SynFlood,
@@ -350,12 +393,16 @@ impl Aggregator {
                     "duration_s" => (e.last_sec + 1).saturating_sub(e.start_sec),
                     "peak_rate" => e.peak,
                     "syns" => e.total,
+                    "completed" => e.completed,
                     "distinct_sources" => e.sources.estimate(),
                     "share_unanswered" => share(e.answered, e.total),
+                    "share_incomplete" => share(e.completed, e.total),
+                    "folded" => folded,
                 },
             });
         }
         for (host, e) in take_ended(&mut self.storms, sec) {
+            let folded = folded_map(self.shared.storm_folded(&host));
             out.push(Event {
                 ts_ns: (e.last_sec + 1) * SEC,
                 kind: Kind::ResetStorm,
@@ -371,6 +418,7 @@ impl Aggregator {
                     "peak_rate" => e.peak,
                     "rsts" => e.total,
                     "dominant_rst_class" => dominant(&e.by_class),
+                    "folded" => folded,
                 },
             });
         }
@@ -390,6 +438,18 @@ fn take_ended<K: Copy + Eq + std::hash::Hash>(
     keys.into_iter()
         .filter_map(|k| episodes.remove(&k).map(|e| (k, e)))
         .collect()
+}
+
+/// The per-connection verdicts folded into an episode so far, by kind (verdicts of its
+/// connections decided after the end event still count in the summary and the metrics).
+fn folded_map(counts: [(Kind, u64); super::shared::FOLDABLE.len()]) -> Value {
+    Value::Object(
+        counts
+            .iter()
+            .filter(|(_, n)| *n > 0)
+            .map(|(k, n)| (k.as_str().to_string(), Value::from(*n)))
+            .collect(),
+    )
 }
 
 fn dominant(by_class: &[u64; 5]) -> Value {
@@ -437,6 +497,7 @@ mod tests {
             flood_rate: 100,
             rst_rate: 100,
             fold_for: SEC,
+            quiet_secs: 0,
         };
         let mut a = Aggregator::new(rates, 2, Arc::new(Shared::new()));
         let mut out = Vec::new();
@@ -472,6 +533,7 @@ mod tests {
             flood_rate: 100,
             rst_rate: 100,
             fold_for: SEC,
+            quiet_secs: 0,
         };
         let mut a = Aggregator::new(rates, 1, Arc::new(Shared::new()));
         let mut out = Vec::new();
@@ -491,6 +553,7 @@ mod tests {
             flood_rate: 100,
             rst_rate: 10,
             fold_for: SEC,
+            quiet_secs: 0,
         };
         let mut a = Aggregator::new(rates, 1, Arc::new(Shared::new()));
         let mut t = Tally {

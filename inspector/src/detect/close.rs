@@ -118,7 +118,15 @@ impl Engine {
             let (h, p) = (&conn.half[role], &conn.half[1 - role]);
             let peer_spoke =
                 matches!((h.acked_at_fin, h.acked), (Some(a), Some(b)) if seq_lt(a, b));
-            if h.fin_ns != 0 && !h.fin_acked && p.fin_ns == 0 && !p.rst_seen && !peer_spoke {
+            // A FIN whose own sender then reset the connection (Windows closes with FIN, then
+            // RST) leaves nothing to answer.
+            if h.fin_ns != 0
+                && !h.fin_acked
+                && p.fin_ns == 0
+                && !p.rst_seen
+                && !h.rst_seen
+                && !peer_spoke
+            {
                 let one_way = (!self.ctx.reverse_seen(&key, conn, role)).then_some(ONE_WAY_PEER);
                 let ev = evidence! {
                     "fin_count" => h.fin_count,

@@ -98,10 +98,17 @@ pub(super) struct Conn {
     /// Gap between the last two SYNs (the client's current backoff), 0 with one SYN.
     pub syn_gap: u64,
     pub syn_count: u16,
+    /// The server endpoint's last completed handshake when the first SYN came (any
+    /// connection): a listener alive before the SYN (accept-queue overflow case (b)).
+    pub listener_seen: Option<u64>,
+    /// SYNs the SYN's record stood for (flood sampling: the ones the kernel skipped too).
+    pub syn_weight: u32,
     /// The SYN was retransmitted and no answer came yet (the `syn_retrying` gauge).
     pub retrying: bool,
     /// First seen mid-stream: no handshake verdicts, RST phase `midstream`.
     pub midstream: bool,
+    /// First seen before both directions were watched (`Config::watched_from`): no verdicts.
+    pub unwatched: bool,
     pub client_isn: u32,
     pub syn_tsval: Option<u32>,
     /// Payload carried by the SYN (TCP Fast Open), and its TFO option's cookie length.
@@ -145,6 +152,10 @@ pub(super) struct Rare {
     /// The server answered the SYN with a bare ACK (no SYN): what Linux does when PAWS or its
     /// sequence check rejects a SYN that hits a TIME_WAIT socket.
     pub bare_ack: Option<(u32, u32)>,
+    /// This attempt reused the tuple of a connection that was still alive or whose TIME_WAIT
+    /// rejects it: (prev_state, prev_isn). A collision only if the server does not answer the
+    /// new SYN with a SYN-ACK.
+    pub reuse: Option<(State, Option<u32>)>,
     /// The encapsulation the connection was seen in.
     pub tunnel: Option<crate::wire::Tunnel>,
     /// What the host's kernel said about the connection's packets (inline mode).
@@ -158,6 +169,9 @@ impl Conn {
     }
     pub(super) fn early_rst(&self) -> Option<EarlyRst> {
         self.rare.as_ref().and_then(|r| r.early_rst)
+    }
+    pub(super) fn reuse(&self) -> Option<(State, Option<u32>)> {
+        self.rare.as_ref().and_then(|r| r.reuse)
     }
     pub(super) fn bare_ack(&self) -> Option<(u32, u32)> {
         self.rare.as_ref().and_then(|r| r.bare_ack)
@@ -177,8 +191,11 @@ impl Conn {
             syn_last: 0,
             syn_gap: 0,
             syn_count: 0,
+            syn_weight: 1,
+            listener_seen: None,
             retrying: false,
             midstream: state == State::Midstream,
+            unwatched: false,
             client_isn: 0,
             syn_tsval: None,
             syn_data: 0,

@@ -82,6 +82,10 @@ pub struct Config {
     /// The capture runs on one of the two hosts (inline mode): [`Packet::egress`] says which
     /// host sent a packet, so a probe's reordering can be placed at its source.
     pub host_vantage: bool,
+    /// Capture time (ns) from which both directions are watched (inline mode: the egress
+    /// program attaches after the ingress one). A connection first seen before it may have
+    /// lost packets to the attach and raises no verdict (`unwatched` counts them); 0: always.
+    pub watched_from: u64,
 }
 
 impl Default for Config {
@@ -108,6 +112,7 @@ impl Default for Config {
             kernel_names: None,
             probe_sources: Vec::new(),
             host_vantage: false,
+            watched_from: 0,
         }
     }
 }
@@ -121,8 +126,13 @@ pub struct EngineCounters {
     /// Segments captured twice (the copy was skipped).
     pub duplicates: u64,
     pub events: u64,
-    /// Per-connection events folded into a `syn_flood` / `reset_storm` episode.
+    /// Per-connection events folded into a `syn_flood` / `reset_storm` episode, and by kind
+    /// (the kinds of [`super::shared::FOLDABLE`]).
     pub folded: u64,
+    pub folded_by: [u64; super::shared::FOLDABLE.len()],
+    /// Verdicts not reported because their connection began before both directions were
+    /// watched (attached under load: its SYN-ACK or answer may have gone by unseen).
+    pub unwatched: u64,
     /// Connections dropped from a full table before their verdict was settled.
     pub evicted_pending: u64,
     /// Handshakes still open when the input ended, too young for a verdict.
@@ -144,7 +154,11 @@ impl EngineCounters {
         self.duplicates += o.duplicates;
         self.events += o.events;
         self.folded += o.folded;
+        for (a, b) in self.folded_by.iter_mut().zip(o.folded_by) {
+            *a += b;
+        }
         self.evicted_pending += o.evicted_pending;
+        self.unwatched += o.unwatched;
         self.undecided += o.undecided;
         self.kernel_joined += o.kernel_joined;
         self.kernel_unmatched += o.kernel_unmatched;
@@ -212,6 +226,11 @@ pub(super) enum Ended {
     CaptureEnd,
     /// A full flow table evicted the connection.
     Evicted,
+    /// The client gave up and opened a new attempt on the same port (a new ISN).
+    Replaced,
+    /// The client's kernel answered a late SYN-ACK retransmission with a RST: it had given
+    /// up the connection (a half-open handshake that ended at the client).
+    ClientReset,
 }
 
 impl Ended {
@@ -220,6 +239,8 @@ impl Ended {
             Ended::GaveUp => "gave_up",
             Ended::CaptureEnd => "capture_end",
             Ended::Evicted => "evicted",
+            Ended::Replaced => "replaced",
+            Ended::ClientReset => "client_reset",
         }
     }
 }
@@ -339,25 +360,41 @@ impl Ctx {
                 return;
             }
             conn.reported |= kind.bit();
+            // Begun before both directions were watched: what looks missing may have passed
+            // before the capture saw that way. Its RSTs are still classified.
+            if conn.unwatched {
+                self.counters.unwatched += 1;
+                return;
+            }
         }
         let client = key.get(conn.client);
         let server = key.get(conn.client.peer());
         let reverse_seen = self.reverse_seen(key, conn, subject);
         self.stats(conn, server).anomalies[kind as usize] += 1;
-        // While an aggregate episode lasts, its per-connection verdicts are counted, not sent.
+        // The verdicts of connections an aggregate episode is made of are counted, not sent:
+        // a flood's connections are those begun during it, a storm's RSTs those sent during it.
         let folded = match kind {
             Kind::SynUnanswered
             | Kind::SynackUnacked
             | Kind::SynRejected
-            | Kind::AcceptQueueOverflow => self.shared.flooding(&server, ts),
+            | Kind::AcceptQueueOverflow => {
+                let began = [conn.syn_first, conn.synack_first, ts]
+                    .into_iter()
+                    .find(|&t| t != 0)
+                    .unwrap_or(ts);
+                self.shared.flood_folds(&server, began, kind)
+            }
             Kind::Reset => {
                 let sender = if subject == C { client.ip } else { server.ip };
-                self.shared.storming(&sender, ts)
+                self.shared.storm_folds(&sender, ts)
             }
             _ => false,
         };
         if folded {
             self.counters.folded += 1;
+            if let Some(i) = super::shared::FOLDABLE.iter().position(|k| *k == kind) {
+                self.counters.folded_by[i] += 1;
+            }
             return;
         }
         self.counters.events += 1;
@@ -659,6 +696,8 @@ impl Engine {
                     self.ctx.counters.unmatched += 1;
                     return;
                 };
+                let mut conn = conn;
+                conn.unwatched = now < self.ctx.cfg.watched_from;
                 let (slot, evicted) = self.table.insert(key, conn, class);
                 if let Some((old_key, mut old, _)) = evicted {
                     self.on_evicted(&old_key, &mut old, now, out);

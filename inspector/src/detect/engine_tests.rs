@@ -321,7 +321,9 @@ fn unanswered_syn_to_a_live_listener_is_accept_queue_overflow_not_syn_unanswered
     sim.at(100, c(2, SYN, 9000, 0)).until(4000);
     assert_eq!(sim.kinds(), ["accept_queue_overflow"]);
     assert_eq!(sim.out[0].ev("signature"), "syn_dropped");
-    assert_eq!(sim.out[0].ev("last_handshake_age_ms"), 3848);
+    // Measured at the SYN, not at the verdict: a handshake landing between two identical
+    // streams' deadlines cannot change their verdicts.
+    assert_eq!(sim.out[0].ev("last_handshake_age_ms"), 98);
     // The same SYN to a listener idle for longer than listener_alive is syn_unanswered.
     let mut sim = Sim::new();
     handshake(&mut sim, 1, 0);
@@ -497,10 +499,15 @@ fn a_new_isn_the_servers_time_wait_rejects_is_reuse_and_harmless_reuse_is_not() 
     let mut sim = Sim::new();
     server_closes_first(&mut sim);
     sim.at(10_000, c(1, SYN, 500, 0));
+    assert!(sim.out.is_empty(), "decided by the server's answer");
+    sim.until(20_000);
+    // Unanswered: the collision is the verdict (not also syn_unanswered).
+    assert_eq!(sim.kinds(), ["syn_tuple_reuse"]);
     let e = sim.one(Kind::SynTupleReuse);
     assert_eq!(e.ev("prev_state"), "closed");
     assert_eq!(e.ev("prev_isn"), 1000);
     assert_eq!(e.ev("isn"), 500);
+    assert_eq!(e.ev("server_answer"), &Value::Null);
     let ep = sim.eng.endpoints().iter().next().unwrap().1;
     assert_eq!((ep.syns, ep.established, ep.closed_normally), (2, 1, 1));
     // Linux accepts a SYN beyond the old sequence space in TIME_WAIT: no collision.
@@ -526,10 +533,95 @@ fn a_new_isn_the_servers_time_wait_rejects_is_reuse_and_harmless_reuse_is_not() 
         "{:?}",
         sim.kinds()
     );
-    // A second ISN while the first SYN still waits for its answer is a collision.
+    // The same rejected SYN answered by TIME_WAIT's bare ACK: reported at the answer.
     let mut sim = Sim::new();
-    sim.at(0, c(1, SYN, 1000, 0)).at(500, c(1, SYN, 77, 0));
-    assert_eq!(sim.kinds(), ["syn_tuple_reuse"]);
+    server_closes_first(&mut sim);
+    sim.at(10_000, c(1, SYN, 500, 0))
+        .at(10_001, s(1, ACK, 5002, 1002));
+    let e = sim.one(Kind::SynTupleReuse);
+    assert_eq!(e.ev("server_answer"), "bare_ack");
+    assert_eq!(e.ts_ns, T0 + 10_001 * MS);
+    // Whatever the synscope thought of the old connection, a SYN the server answers with a
+    // SYN-ACK is never a collision.
+    let mut sim = Sim::new();
+    server_closes_first(&mut sim);
+    sim.at(10_000, c(1, SYN, 500, 0))
+        .at(10_001, s(1, SA, 8000, 501))
+        .at(10_002, c(1, ACK, 501, 8001))
+        .until(30_000);
+    assert_eq!(sim.kinds(), Vec::<&str>::new());
+    // A second ISN while the first SYN still waits (sooner than an initial RTO) is the
+    // client's new attempt, judged on its own.
+    let mut sim = Sim::new();
+    sim.at(0, c(1, SYN, 1000, 0))
+        .at(500, c(1, SYN, 77, 0))
+        .at(501, s(1, SA, 8000, 78))
+        .at(502, c(1, ACK, 78, 8001))
+        .until(10_000);
+    assert_eq!(sim.kinds(), Vec::<&str>::new());
+}
+
+#[test]
+fn an_abandoned_syn_keeps_its_verdict_when_the_client_reuses_its_port() {
+    // A health checker gives up a SYN a firewall dropped (after 2 s) and reuses the port:
+    // the abandoned attempt is unanswered, the new one (answered) is a plain connection.
+    let mut sim = Sim::new();
+    sim.at(0, c(1, SYN, 1000, 0))
+        .at(1000, c(1, SYN, 1000, 0))
+        .at(2000, c(1, SYN, 4242, 0));
+    assert_eq!(sim.kinds(), ["syn_unanswered"]);
+    let e = sim.one(Kind::SynUnanswered);
+    assert_eq!(e.ev("ended"), "replaced");
+    assert_eq!(e.ev("syn_count"), 2);
+    assert_eq!(e.ev("isn"), 1000);
+    assert_eq!(e.ts_ns, T0 + 2000 * MS);
+    sim.at(2001, s(1, SA, 8000, 4243))
+        .at(2002, c(1, ACK, 4243, 8001))
+        .until(20_000);
+    assert_eq!(sim.kinds(), ["syn_unanswered"]);
+    let ep = sim.eng.endpoints().iter().next().unwrap().1;
+    assert_eq!((ep.syns, ep.established), (3, 1));
+}
+
+#[test]
+fn a_reconnect_in_the_same_millisecond_is_taken_by_time_wait() {
+    // The server closed first; the client reconnects at once from the same port with the
+    // same TSval and a higher ISN: Linux's TIME_WAIT takes it (PAWS passes an equal TSval,
+    // the ISN lies beyond the old sequence space; RFC 6191).
+    let reconnect = |answered: bool| {
+        let mut sim = Sim::new();
+        sim.at(0, c(1, SYN, 1000, 0).timestamps(100, 0))
+            .at(1, s(1, SA, 5000, 1001).timestamps(7, 100))
+            .at(2, c(1, ACK, 1001, 5001).timestamps(100, 7))
+            .at(3, s(1, FA, 5001, 1001).timestamps(8, 100))
+            .at(3, c(1, FA, 1001, 5002).timestamps(100, 8))
+            .at(3, s(1, ACK, 5002, 1002).timestamps(8, 100))
+            .at(3, c(1, SYN, 90_000, 0).timestamps(100, 0));
+        if answered {
+            sim.at(4, s(1, SA, 70_000, 90_001).timestamps(9, 100))
+                .at(4, c(1, ACK, 90_001, 70_001).timestamps(100, 9));
+        }
+        sim.until(20_000);
+        sim
+    };
+    let sim = reconnect(true);
+    assert_eq!(sim.kinds(), Vec::<&str>::new());
+    let ep = sim.eng.endpoints().iter().next().unwrap().1;
+    assert_eq!((ep.syns, ep.established, ep.closed_normally), (2, 2, 1));
+    // Unanswered, it is the server's silence (here a live listener's), never a reuse.
+    let sim = reconnect(false);
+    assert_eq!(sim.kinds(), ["accept_queue_overflow"]);
+}
+
+#[test]
+fn a_new_syn_on_an_established_tuple_is_a_collision_at_the_challenge_ack() {
+    let mut sim = Sim::new();
+    handshake(&mut sim, 1, 0);
+    sim.at(1000, c(1, SYN, 77_000, 0))
+        .at(1001, s(1, ACK, 5001, 1001));
+    let e = sim.one(Kind::SynTupleReuse);
+    assert_eq!(e.ev("prev_state"), "established");
+    assert_eq!(e.ev("server_answer"), "bare_ack");
 }
 
 #[test]
@@ -622,9 +714,12 @@ fn a_syn_captured_after_its_synack_is_the_same_handshake() {
     assert_eq!(sim.kinds(), Vec::<&str>::new());
     let st = sim.eng.endpoints().iter().next().unwrap().1;
     assert_eq!((st.syns, st.established), (1, 1));
-    // A SYN whose ISN does not match the SYN-ACK's ack is still a reuse.
+    // A SYN whose ISN does not match the SYN-ACK's ack, and that the server never answers,
+    // is a reuse of a tuple whose handshake was still open.
     let mut sim = Sim::new();
-    sim.at(0, s(1, SA, 5000, 1001)).at(1, c(1, SYN, 7000, 0));
+    sim.at(0, s(1, SA, 5000, 1001))
+        .at(1, c(1, SYN, 7000, 0))
+        .until(10_000);
     assert_eq!(sim.kinds(), ["syn_tuple_reuse"]);
 }
 
@@ -1136,4 +1231,167 @@ fn kernel_facts_join_their_connection_and_count_per_endpoint() {
     );
     let k = sim.eng.counters();
     assert_eq!((k.kernel_joined, k.kernel_unmatched), (4, 1));
+}
+
+#[test]
+fn a_busy_server_completing_every_handshake_is_no_flood() {
+    // 3 s of 2,000 connections/s (twice flood_rate), every handshake completed.
+    let mut f = Flood::new();
+    for i in 0..6000u64 {
+        let t = i / 2;
+        let p = 10_000 + (i % 50_000) as u16;
+        f.sim.at(t, c(p, SYN, i as u32, 0));
+        f.sim.at(t, s(p, SA, 7, i as u32 + 1));
+        f.sim.at(t, c(p, ACK, i as u32 + 1, 8));
+        f.feed();
+    }
+    let sim = f.finish(10_000);
+    assert_eq!(sim.kinds(), Vec::<&str>::new());
+    let ep = sim.eng.endpoints().iter().next().unwrap().1;
+    assert_eq!((ep.syns, ep.established), (6000, 6000));
+}
+
+#[test]
+fn verdicts_of_connections_begun_after_a_flood_are_reported() {
+    let mut f = Flood::new();
+    // 1500 SYNs/s for 2 s, never answered: one episode.
+    for i in 0..3000u64 {
+        f.sim.at(i * 2 / 3, c(10_000 + i as u16, SYN, i as u32, 0));
+        f.feed();
+    }
+    // 3 s after the flood's last second: three refusals and an unanswered SYN.
+    for i in 0..3u16 {
+        f.sim.at(5000 + u64::from(i), c(50_000 + i, SYN, 1, 0));
+        f.sim.at(5001 + u64::from(i), s(50_000 + i, RA, 0, 2));
+        f.feed();
+    }
+    f.sim.at(5100, c(51_000, SYN, 1, 0));
+    let sim = f.finish(20_000);
+    let k = sim.kinds();
+    let n = |kind: &str| k.iter().filter(|x| **x == kind).count();
+    assert_eq!(n("syn_flood"), 2, "{k:?}");
+    assert_eq!(n("syn_rejected"), 3, "{k:?}");
+    assert_eq!(n("syn_unanswered"), 1, "{k:?}");
+    // The flood's own connections stay folded, counted by kind.
+    let c = sim.eng.counters();
+    assert_eq!(c.folded, 3000);
+    assert_eq!(c.folded_by[0], 3000, "syn_unanswered");
+}
+
+#[test]
+fn the_episode_end_counts_what_it_folded_by_kind() {
+    let mut f = Flood::new();
+    for i in 0..3000u64 {
+        f.sim.at(i * 2 / 3, c(10_000 + i as u16, SYN, i as u32, 0));
+        f.feed();
+    }
+    // Time passes in seconds without SYNs: the unanswered verdicts come, then the end.
+    for t in (2000..12_000).step_by(500) {
+        f.sim.until(t);
+        f.feed();
+    }
+    let sim = f.finish(20_000);
+    let end = sim
+        .out
+        .iter()
+        .find(|e| e.kind == Kind::SynFlood && e.ev("phase") == "end")
+        .expect("an end");
+    let folded = end.ev("folded");
+    assert!(folded["syn_unanswered"].as_u64().unwrap() > 0, "{folded}");
+    assert_eq!(end.ev("completed"), 0);
+    assert_eq!(end.ev("share_incomplete"), 1.0);
+}
+
+#[test]
+fn connections_begun_before_both_directions_were_watched_raise_nothing() {
+    let cfg = Config {
+        watched_from: T0 + 300 * MS,
+        ..Config::default()
+    };
+    let mut sim = Sim::with(cfg);
+    // Ingress only before 300 ms: SYNs whose SYN-ACKs were never seen, a FIN never answered,
+    // a reuse of such a tuple.
+    sim.at(0, c(1, SYN, 1000, 0))
+        .at(100, c(2, SYN, 1000, 0))
+        .at(200, c(3, FA, 1000, 5000))
+        .at(400, c(2, SYN, 9000, 0))
+        .at(401, s(2, SA, 100, 9001))
+        .at(402, c(2, ACK, 9001, 101));
+    // After: a real unanswered SYN still counts (its listener idle for longer than
+    // listener_alive).
+    sim.at(15_000, c(4, SYN, 1000, 0)).until(30_000);
+    assert_eq!(sim.kinds(), ["syn_unanswered"]);
+    assert_eq!(sim.out[0].client.unwrap().port, 4);
+    assert_eq!(
+        sim.eng.counters().unwatched,
+        2,
+        "port 1's SYN, port 3's FIN"
+    );
+}
+
+#[test]
+fn a_fin_whose_sender_then_reset_is_not_unanswered() {
+    // Windows closes with FIN, then RST (seq = FIN + 1) 14 µs later.
+    let mut sim = Sim::new();
+    handshake(&mut sim, 1, 0);
+    sim.at(100, c(1, FA, 1001, 5001))
+        .at(100, c(1, RA, 1002, 5001))
+        .until(20_000);
+    assert_eq!(sim.kinds(), ["reset"]);
+}
+
+#[test]
+fn a_half_open_handshake_ended_by_the_clients_rst_is_synack_unacked() {
+    // The SYN-ACKs never reach the client (retransmitted at 1 s and 3 s); when one finally
+    // does, the client's kernel, which gave up, answers RST.
+    let mut sim = Sim::new();
+    sim.at(0, c(1, SYN, 1000, 0))
+        .at(1, s(1, SA, 5000, 1001))
+        .at(1001, s(1, SA, 5000, 1001))
+        .at(3001, s(1, SA, 5000, 1001))
+        .at(3002, c(1, TcpFlags::RST, 1001, 0))
+        .until(60_000);
+    assert_eq!(sim.kinds(), ["reset", "synack_unacked"]);
+    let e = sim.one(Kind::SynackUnacked);
+    assert_eq!(e.ev("ended"), "client_reset");
+    assert_eq!(e.ev("synack_count"), 3);
+    assert_eq!(e.ts_ns, T0 + 3002 * MS);
+    assert!(sim.eng.probers().export().is_empty(), "no probe");
+    // A RST right after a single SYN-ACK stays a probe's (no verdict of its own).
+    let mut sim = Sim::new();
+    sim.at(0, c(1, SYN, 1000, 0))
+        .at(1, s(1, SA, 5000, 1001))
+        .at(2, c(1, TcpFlags::RST, 1001, 0))
+        .until(60_000);
+    assert_eq!(sim.kinds(), ["reset"]);
+}
+
+#[test]
+fn a_duplicated_synack_is_no_overflow_while_the_data_waits() {
+    // A copy of the SYN-ACK 15 ms after the first, the client's data not acked yet.
+    let mut sim = Sim::new();
+    handshake(&mut sim, 1, 0);
+    sim.at(3, c(1, ACK, 1001, 5001).payload(&[7; 100]))
+        .at(16, s(1, SA, 5000, 1001).ip_id(9))
+        .at(20, s(1, ACK, 5001, 1101))
+        .until(20_000);
+    assert_eq!(sim.kinds(), Vec::<&str>::new());
+}
+
+#[test]
+fn an_overflow_verdict_needs_the_hosts_counters_to_agree_when_they_are_heard() {
+    let run = |rose: Option<u64>| {
+        let mut sim = Sim::new();
+        sim.eng.shared().hear_listen_counters();
+        if let Some(ms) = rose {
+            sim.eng.shared().listen_counters_rose(T0 + ms * MS);
+        }
+        handshake(&mut sim, 1, 0);
+        sim.at(100, c(2, SYN, 9000, 0)).until(5000);
+        sim.kinds()
+    };
+    // A firewall dropped the SYN in front of a busy listener: the kernel counted nothing.
+    assert_eq!(run(None), ["syn_unanswered"]);
+    assert_eq!(run(Some(50)), ["syn_unanswered"], "a rise before the SYN");
+    assert_eq!(run(Some(150)), ["accept_queue_overflow"]);
 }

@@ -108,35 +108,41 @@ impl Engine {
             return;
         }
         if conn.syn_count > 0 || conn.state != State::SynSent {
-            // A new ISN on a tuple already known: a collision only where the old connection
-            // is still alive or its TIME_WAIT rejects the SYN.
-            let report = !conn.midstream
-                && match conn.state {
-                    // A second ISN while the first attempt still waits for its answer.
-                    State::SynSent => pending_syn,
-                    State::SynReceived => conn.early_rst().is_none() && pending_synack,
-                    State::Established => true,
-                    State::Midstream => false,
-                    State::Closed => time_wait_rejects(conn, now, seg.seq, tsval),
-                };
-            let (prev_state, prev_isn, had_syn) = (conn.state, conn.client_isn, conn.syn_count > 0);
-            if report {
-                let ev = evidence! {
-                    "prev_state" => prev_state.as_str(),
-                    "prev_isn" => had_syn.then_some(prev_isn),
-                    "isn" => seg.seq,
-                };
-                self.emit(out, slot, Kind::SynTupleReuse, C, None, now, ev);
+            // A new ISN on a tuple already known. An attempt the client abandoned (it waited
+            // at least an initial RTO) gets its own verdict first: nobody answered it.
+            if conn.state == State::SynSent
+                && pending_syn
+                && !conn.midstream
+                && now.saturating_sub(conn.syn_first) >= SEC
+            {
+                self.ctx.end_syn_retry(conn, server_ep);
+                self.table.disarm(slot, TimerKind::Syn);
+                self.unanswered_syn(slot, now, Ended::Replaced, out);
             }
             let Some(conn) = self.table.get_mut(slot) else {
                 return;
             };
+            // A collision only where the old connection is still alive or its TIME_WAIT
+            // rejects the SYN, and only if the server then does not answer it with a SYN-ACK
+            // (decided by the answer: `synack_answers_reuse`, `unanswered_syn`).
+            let candidate = !conn.midstream
+                && match conn.state {
+                    State::SynReceived => conn.early_rst().is_none() && pending_synack,
+                    State::Established => true,
+                    State::SynSent | State::Midstream => false,
+                    State::Closed => time_wait_rejects(conn, now, seg.seq, tsval),
+                };
+            let reuse =
+                candidate.then(|| (conn.state, (conn.syn_count > 0).then_some(conn.client_isn)));
             self.ctx.end_syn_retry(conn, server_ep);
             let mut fresh = Conn::new(conn.client, State::SynSent, conn.ifindex);
             for (f, o) in fresh.half.iter_mut().zip(&conn.half) {
                 f.seen = o.seen;
                 f.fingerprint = o.fingerprint;
                 f.fingerprint_ns = o.fingerprint_ns;
+            }
+            if reuse.is_some() {
+                fresh.rare_mut().reuse = reuse;
             }
             *conn = fresh;
             for k in TimerKind::ALL {
@@ -148,6 +154,8 @@ impl Engine {
             return;
         };
         record_syn(conn, now, seg.seq, tsval, data, seg.options.fastopen);
+        conn.syn_weight = p.weight.max(1);
+        conn.listener_seen = self.ctx.shared.last_handshake(&server_ep);
         let ep = self.ctx.stats(conn, server_ep);
         ep.syns += 1;
         if seg.options.fastopen.is_some() {
@@ -197,8 +205,11 @@ impl Engine {
                 // An answered SYN did no harm: since Linux 4.10 clients randomize the TSval
                 // offset per connection, so backwards TSvals across connections are normal.
                 // Only a SYN that then goes unanswered is reported (see `paws.rs`).
+                // Nor is a reused tuple: the server took the new SYN (a SYN the server
+                // answers with a SYN-ACK is never a collision).
                 if let Some(r) = conn.rare.as_mut() {
                     r.paws = None;
+                    r.reuse = None;
                 }
                 conn.state = State::SynReceived;
                 conn.server_isn = seg.seq;
@@ -325,6 +336,9 @@ impl Engine {
                 // tuple (Linux answers a SYN that PAWS or its sequence check rejects in
                 // TIME_WAIT this way, `tcp_timewait_state_process`).
                 conn.rare_mut().bare_ack = Some((seg.seq, seg.ack));
+                if conn.reuse().is_some() {
+                    self.report_reuse(slot, now, out);
+                }
             }
             State::SynReceived
                 if role == S && (seg.payload_len > 0 || fin) && !conn.half[C].seen =>
@@ -344,6 +358,9 @@ impl Engine {
             return;
         };
         let (syn_first, synack_last) = (conn.syn_first, conn.synack_last);
+        self.ctx
+            .tally
+            .completed(server_ep, u64::from(conn.syn_weight.max(1)));
         conn.state = State::Established;
         conn.ack_ns = now;
         self.ctx.end_syn_retry(conn, server_ep);
@@ -406,6 +423,26 @@ impl Engine {
     }
 }
 
+impl Engine {
+    /// The SYN of a reused tuple was not taken (a bare ACK answered it, or nothing did):
+    /// `syn_tuple_reuse`.
+    pub(super) fn report_reuse(&mut self, slot: u32, at: u64, out: &mut Vec<Event>) {
+        let Some(conn) = self.table.get_mut(slot) else {
+            return;
+        };
+        let Some((prev_state, prev_isn)) = conn.reuse() else {
+            return;
+        };
+        let ev = evidence! {
+            "prev_state" => prev_state.as_str(),
+            "prev_isn" => prev_isn,
+            "isn" => conn.client_isn,
+            "server_answer" => conn.bare_ack().map(|_| "bare_ack"),
+        };
+        self.emit(out, slot, Kind::SynTupleReuse, C, None, at, ev);
+    }
+}
+
 /// The evidence of `syn_unanswered`.
 pub(super) fn unanswered_syn_evidence(conn: &Conn, ended: Ended) -> Map<String, Value> {
     evidence! {
@@ -448,11 +485,16 @@ fn time_wait_rejects(conn: &Conn, now: u64, isn: u32, tsval: Option<u32>) -> boo
     {
         return false;
     }
+    let rcv_nxt = conn.half[C].next_seq;
+    let beyond = rcv_nxt.map(|n| seq_lt(n, isn));
     match (conn.client_tsval_before, tsval) {
-        (Some(recent), Some(v)) => (recent.wrapping_sub(v) as i32) >= 0,
-        _ => conn.half[C]
-            .next_seq
-            .is_some_and(|rcv_nxt| !seq_lt(rcv_nxt, isn)),
+        // PAWS in TIME_WAIT (window 0): an older TSval is rejected; an equal one passes PAWS
+        // and is then taken with an ISN beyond the old sequence space, a newer one always.
+        (Some(recent), Some(v)) => {
+            let d = recent.wrapping_sub(v) as i32;
+            d > 0 || (d == 0 && beyond == Some(false))
+        }
+        _ => beyond == Some(false),
     }
 }
 

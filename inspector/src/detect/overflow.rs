@@ -6,7 +6,10 @@
 //! `deferred`, Apache's `AcceptFilter`) drop bare ACKs by design, and an ACK lost after the
 //! tap looks the same; nor is a SYN-ACK that answers a retransmitted SYN.
 //! (b) `syn_dropped`: a SYN stream to an endpoint that completed other handshakes less than
-//! `listener_alive` before ends unanswered: the listener is alive but drops SYNs.
+//! `listener_alive` before its first SYN ends unanswered: the listener is alive but drops SYNs.
+//! Where the host's own counters are heard (inline), both need the kernel to have counted a
+//! listen-queue overflow or drop since the connection began: a SYN a firewall dropped in
+//! front of a busy listener is `syn_unanswered`, not an overflow.
 
 use serde_json::Value;
 
@@ -33,9 +36,14 @@ impl Engine {
         };
         // The server's own retransmission timer starts at 1 s (TCP_TIMEOUT_INIT); a SYN-ACK
         // sooner than that after the previous one answers a retransmitted SYN.
+        // A copy sooner than that (a duplicate on the path) is no retransmission either.
         let answers_syn = conn.syn_last > prev_synack
             || (conn.syn_count > 1 && now.saturating_sub(prev_synack) < 900 * MS);
-        if conn.ack_ns == 0 || conn.early_rst().is_some() || answers_syn {
+        let copy = now.saturating_sub(prev_synack) < 900 * MS;
+        if conn.ack_ns == 0 || conn.early_rst().is_some() || answers_syn || copy {
+            return;
+        }
+        if !self.ctx.shared.listen_drops_since(conn.ack_ns) {
             return;
         }
         let first_data = conn.client_isn.wrapping_add(1).wrapping_add(conn.syn_data);
@@ -64,19 +72,21 @@ impl Engine {
         ended: Ended,
         out: &mut Vec<Event>,
     ) {
-        let key = self.table.key(slot);
         let Some(conn) = self.table.get_mut(slot) else {
             return;
         };
-        let server_ep = key.get(conn.client.peer());
+        if conn.reuse().is_some() {
+            // The new attempt on a reused tuple was not taken: the collision is the verdict.
+            self.report_reuse(slot, at, out);
+            return;
+        }
         let paws = conn.rare.as_mut().and_then(|r| r.paws.take());
         let bare_ack = conn.bare_ack();
-        let alive = self
-            .ctx
-            .shared
-            .last_handshake(&server_ep)
-            .filter(|&t| at.saturating_sub(t) < self.ctx.cfg.listener_alive)
-            .filter(|_| paws.is_none() && bare_ack.is_none());
+        let alive = conn
+            .listener_seen
+            .filter(|&t| conn.syn_first.saturating_sub(t) < self.ctx.cfg.listener_alive)
+            .filter(|_| paws.is_none() && bare_ack.is_none())
+            .filter(|_| self.ctx.shared.listen_drops_since(conn.syn_first));
         if let Some(last) = alive {
             let ev = evidence! {
                 "signature" => "syn_dropped",
@@ -85,7 +95,7 @@ impl Engine {
                 "ended" => ended.as_str(),
                 "synack_after_ack" => Value::Null,
                 "stall_us" => Value::Null,
-                "last_handshake_age_ms" => at.saturating_sub(last) / MS,
+                "last_handshake_age_ms" => conn.syn_first.saturating_sub(last) / MS,
             };
             self.emit(out, slot, Kind::AcceptQueueOverflow, C, None, at, ev);
         } else {

@@ -315,6 +315,10 @@ impl Engine {
                 (RstClass::Passive, Effect::Reset)
             };
         }
+        // The client resets a handshake whose SYN-ACK the server had to retransmit: its kernel
+        // no longer knows the connection (it gave up; the SYN-ACKs were lost on the way). No
+        // probe: the failed handshake is a half-open `synack_unacked`, ended by the client.
+        let half_open_end = in_syn_recv && conn.synack_count > 1;
         let first_rst = !conn.half[role].rst_seen;
         conn.half[role].rst_seen = true;
         // A probe: the client resets right after its handshake without data (its FIN, if it
@@ -322,6 +326,7 @@ impl Engine {
         // first RST only: a second one is the same probe.
         if role == C
             && first_rst
+            && !half_open_end
             && (in_syn_recv || (class == RstClass::ProbeAbort && conn.half[C].fin_ns == 0))
             && let Some(c) = self.ctx.probe(Endpoint::from(seg.src).ip, server_ep)
         {
@@ -363,6 +368,31 @@ impl Engine {
         let Some(conn) = self.table.get_mut(slot) else {
             return;
         };
+        if half_open_end {
+            let key = self.table.key(slot);
+            let Some(conn) = self.table.get_mut(slot) else {
+                return;
+            };
+            let (kind, subject, one_way, ev) = super::handshake::unacked_synack_verdict(
+                &self.ctx,
+                &key,
+                conn,
+                super::engine::Ended::ClientReset,
+            );
+            self.ctx
+                .emit(out, &key, conn, kind, subject, one_way, now, ev);
+            self.table.disarm(slot, TimerKind::SynAck);
+            if eff == Effect::Reset {
+                self.close(slot, now);
+            } else {
+                self.table.arm(
+                    slot,
+                    TimerKind::Expire,
+                    now.saturating_add(self.ctx.cfg.closed_linger),
+                );
+            }
+            return;
+        }
         if in_syn_recv {
             // The client resets while the server is in SYN_RECV: a probe, if an ACK follows.
             conn.rare_mut().early_rst = Some(EarlyRst {

@@ -12,7 +12,36 @@ use std::{
     sync::atomic::{AtomicU64, Ordering::Relaxed},
 };
 
-use super::seq::ts_older;
+use super::{event::Kind, seq::ts_older};
+
+/// The per-connection verdicts an episode folds: a flood's handshake verdicts, a storm's RSTs.
+pub const FOLDABLE: [Kind; 5] = [
+    Kind::SynUnanswered,
+    Kind::SynackUnacked,
+    Kind::SynRejected,
+    Kind::AcceptQueueOverflow,
+    Kind::Reset,
+];
+
+/// An episode's slot: which connections it folds (begun in `[from, until)`, ns) and how many
+/// verdicts it folded, by [`FOLDABLE`] kind.
+struct EpisodeSlot {
+    tag: AtomicU64,
+    from: AtomicU64,
+    until: AtomicU64,
+    folded: [AtomicU64; FOLDABLE.len()],
+}
+
+impl EpisodeSlot {
+    fn new() -> Self {
+        Self {
+            tag: AtomicU64::new(0),
+            from: AtomicU64::new(0),
+            until: AtomicU64::new(0),
+            folded: std::array::from_fn(|_| AtomicU64::new(0)),
+        }
+    }
+}
 
 const MS: u64 = 1_000_000;
 
@@ -38,9 +67,13 @@ pub struct Shared {
     hasher: foldhash::quality::RandomState,
     listeners: Box<[Slot]>,
     paws: Box<[Slot]>,
-    /// Endpoints in a SYN flood and hosts in a reset storm (until when), set by the
-    /// aggregator so the workers fold per-connection verdicts into the episode.
-    episodes: Box<[Slot]>,
+    /// Endpoints in a SYN flood and hosts in a reset storm (which connections' verdicts they
+    /// fold), set by the aggregator; the workers fold into them and count what they folded.
+    episodes: Box<[EpisodeSlot]>,
+    /// The host's own listen-queue counters (inline mode): whether they are heard, and the
+    /// capture time when they were last seen to rise (TcpExtListenOverflows/ListenDrops).
+    listen_counters: std::sync::atomic::AtomicBool,
+    listen_rise_ns: AtomicU64,
     /// Host pairs (from, to) with at least one captured packet: `reverse_seen` is about hosts.
     pairs: Box<[Slot]>,
 }
@@ -71,15 +104,17 @@ impl Shared {
             hasher: foldhash::quality::RandomState::default(),
             listeners: (0..n).map(|_| Slot::new()).collect(),
             paws: (0..n).map(|_| Slot::new()).collect(),
-            episodes: (0..(n / 16).max(64)).map(|_| Slot::new()).collect(),
+            episodes: (0..(n / 16).max(64)).map(|_| EpisodeSlot::new()).collect(),
             pairs: (0..n).map(|_| Slot::new()).collect(),
+            listen_counters: std::sync::atomic::AtomicBool::new(false),
+            listen_rise_ns: AtomicU64::new(0),
         }
     }
 
     /// Memory held, in bytes.
     pub fn memory_bytes(&self) -> usize {
-        (self.listeners.len() + self.paws.len() + self.episodes.len() + self.pairs.len())
-            * size_of::<Slot>()
+        (self.listeners.len() + self.paws.len() + self.pairs.len()) * size_of::<Slot>()
+            + self.episodes.len() * size_of::<EpisodeSlot>()
     }
 
     fn locate<'s>(&self, slots: &'s [Slot], key: &impl std::hash::Hash) -> (&'s Slot, u64) {
@@ -87,35 +122,97 @@ impl Shared {
         (&slots[(h >> 7) as usize & (slots.len() - 1)], h)
     }
 
-    fn mark(&self, key: &impl std::hash::Hash, until: u64) {
-        let (s, tag) = self.locate(&self.episodes, key);
-        s.a.store(until, Relaxed);
+    fn episode(&self, key: &impl std::hash::Hash) -> (&EpisodeSlot, u64) {
+        let h = self.hasher.hash_one(key) | 1;
+        let slots = &self.episodes;
+        (&slots[(h >> 7) as usize & (slots.len() - 1)], h)
+    }
+
+    fn mark(&self, key: &impl std::hash::Hash, from: u64, until: u64) {
+        let (s, tag) = self.episode(key);
+        if s.tag.load(Relaxed) != tag {
+            for f in &s.folded {
+                f.store(0, Relaxed);
+            }
+        }
+        s.from.store(from, Relaxed);
+        s.until.store(until, Relaxed);
         s.tag.store(tag, Relaxed);
     }
 
-    fn marked(&self, key: &impl std::hash::Hash, now: u64) -> bool {
-        let (s, tag) = self.locate(&self.episodes, key);
-        s.tag.load(Relaxed) == tag && now < s.a.load(Relaxed)
+    /// Whether the episode of `key` folds a verdict of `kind` about a connection begun at
+    /// `began`; if so it is counted as folded.
+    fn fold(&self, key: &impl std::hash::Hash, began: u64, kind: Kind) -> bool {
+        let (s, tag) = self.episode(key);
+        let folds = s.tag.load(Relaxed) == tag
+            && s.from.load(Relaxed) <= began
+            && began < s.until.load(Relaxed);
+        if folds && let Some(i) = FOLDABLE.iter().position(|k| *k == kind) {
+            s.folded[i].fetch_add(1, Relaxed);
+        }
+        folds
     }
 
-    /// Server endpoint `ep` is in a SYN flood until `until` (ns).
-    pub fn set_flooding(&self, ep: &impl std::hash::Hash, until: u64) {
-        self.mark(&(0u8, ep), until);
+    /// Takes the fold counts of the episode of `key` (its end).
+    fn take_folded(&self, key: &impl std::hash::Hash) -> [(Kind, u64); FOLDABLE.len()] {
+        let (s, tag) = self.episode(key);
+        let mine = s.tag.load(Relaxed) == tag;
+        std::array::from_fn(|i| {
+            let n = if mine {
+                s.folded[i].swap(0, Relaxed)
+            } else {
+                0
+            };
+            (FOLDABLE[i], n)
+        })
     }
 
-    /// Whether `ep` is in a SYN flood at `now`.
-    pub fn flooding(&self, ep: &impl std::hash::Hash, now: u64) -> bool {
-        self.marked(&(0u8, ep), now)
+    /// Server endpoint `ep` is in a SYN flood: verdicts of connections begun in
+    /// `[from, until)` (ns) fold into it.
+    pub fn set_flooding(&self, ep: &impl std::hash::Hash, from: u64, until: u64) {
+        self.mark(&(0u8, ep), from, until);
     }
 
-    /// Host `ip` is in a reset storm until `until` (ns).
-    pub fn set_storming(&self, ip: &[u8; 16], until: u64) {
-        self.mark(&(1u8, ip), until);
+    /// Whether the flood of `ep` folds a `kind` verdict of a connection begun at `began`
+    /// (counted when it does).
+    pub fn flood_folds(&self, ep: &impl std::hash::Hash, began: u64, kind: Kind) -> bool {
+        self.fold(&(0u8, ep), began, kind)
     }
 
-    /// Whether host `ip` is in a reset storm at `now`.
-    pub fn storming(&self, ip: &[u8; 16], now: u64) -> bool {
-        self.marked(&(1u8, ip), now)
+    /// What the flood of `ep` folded so far, by kind (taken: the counts restart).
+    pub fn flood_folded(&self, ep: &impl std::hash::Hash) -> [(Kind, u64); FOLDABLE.len()] {
+        self.take_folded(&(0u8, ep))
+    }
+
+    /// Host `ip` is in a reset storm: its RSTs sent in `[from, until)` fold into it.
+    pub fn set_storming(&self, ip: &[u8; 16], from: u64, until: u64) {
+        self.mark(&(1u8, ip), from, until);
+    }
+
+    /// Whether the storm of `ip` folds a RST it sent at `at` (counted when it does).
+    pub fn storm_folds(&self, ip: &[u8; 16], at: u64) -> bool {
+        self.fold(&(1u8, ip), at, Kind::Reset)
+    }
+
+    /// What the storm of `ip` folded so far.
+    pub fn storm_folded(&self, ip: &[u8; 16]) -> [(Kind, u64); FOLDABLE.len()] {
+        self.take_folded(&(1u8, ip))
+    }
+
+    /// The host's listen-queue counters are heard from now on (inline mode).
+    pub fn hear_listen_counters(&self) {
+        self.listen_counters.store(true, Relaxed);
+    }
+
+    /// The host's listen-queue overflows or drops rose; seen at capture time `now` (ns).
+    pub fn listen_counters_rose(&self, now: u64) {
+        self.listen_rise_ns.fetch_max(now, Relaxed);
+    }
+
+    /// Whether the host may have dropped a handshake at a listener since `since`: always
+    /// when its counters are not heard (a capture file), else only if they rose since.
+    pub fn listen_drops_since(&self, since: u64) -> bool {
+        !self.listen_counters.load(Relaxed) || self.listen_rise_ns.load(Relaxed) >= since
     }
 
     /// A packet from host `from` to host `to` was captured.

@@ -191,6 +191,9 @@ pub struct Inline {
     pub kernel_names: Option<std::sync::Arc<crate::detect::kernel::KernelNames>>,
     /// The host's socket table (sock_diag), opened in the interface's network namespace.
     pub sockdiag: Option<crate::capture::sockdiag::SockDiag>,
+    /// CLOCK_MONOTONIC (ns) once both directions were attached: packets before it may have
+    /// been seen one way only (ingress goes live before egress).
+    pub watched_from_mono: u64,
 }
 
 impl Inline {
@@ -528,6 +531,7 @@ pub fn attach_inline(opts: &InlineOptions) -> Result<Inline, LoadError> {
     } else {
         (None, None)
     };
+    let watched_from_mono = crate::capture::clock::MonoToWall::monotonic_now_ns();
     let mut rings = Vec::with_capacity(workers as usize);
     for name in &ring_names[..workers as usize] {
         let ring = RingBuf::try_from(
@@ -563,6 +567,7 @@ pub fn attach_inline(opts: &InlineOptions) -> Result<Inline, LoadError> {
         sockdiag: crate::capture::sockdiag::SockDiag::open()
             .inspect_err(|e| tracing::warn!(error = %e, "cannot open sock_diag: probe leaks will not be confirmed against the socket table"))
             .ok(),
+        watched_from_mono,
     })
 }
 

@@ -601,6 +601,19 @@ impl Collector for Scrape {
         )?;
         family(
             &mut enc,
+            "synscope_events_folded_by_kind",
+            "Per-connection events folded into a syn_flood / reset_storm episode, by kind",
+            Counter,
+            crate::detect::shared::FOLDABLE
+                .iter()
+                .enumerate()
+                .map(|(k, kind)| {
+                    let n: u64 = st.workers.iter().map(|s| s.counters.folded_by[k]).sum();
+                    ([("kind", kind.as_str().to_string())], n)
+                }),
+        )?;
+        family(
+            &mut enc,
             "synscope_records",
             "Ring records (inline) or AF_XDP frames (tap) read by each worker",
             Counter,

@@ -196,6 +196,15 @@ pub fn render(t: &Totals, frames: u64, parse_errors: &BTreeMap<&'static str, u64
             .collect::<Vec<_>>()
             .join(" / ")
     );
+    if c.folded > 0 {
+        let by: Vec<String> = crate::detect::shared::FOLDABLE
+            .iter()
+            .zip(c.folded_by)
+            .filter(|(_, n)| *n > 0)
+            .map(|(k, n)| format!("{} {n}", k.as_str()))
+            .collect();
+        let _ = writeln!(s, "folded into floods/storms: {}", by.join(", "));
+    }
     if !parse_errors.is_empty() {
         let errs: Vec<String> = parse_errors
             .iter()
@@ -277,6 +286,11 @@ pub fn json(t: &Totals, mode: &str, frames_or_records: u64) -> serde_json::Value
         "duplicates": c.duplicates,
         "events": c.events,
         "events_folded": c.folded,
+        "events_folded_by_kind": crate::detect::shared::FOLDABLE
+            .iter()
+            .zip(c.folded_by)
+            .map(|(k, n)| (k.as_str().to_string(), json!(n)))
+            .collect::<serde_json::Map<_, _>>(),
         "undecided": c.undecided,
         "endpoints": endpoints,
     })

@@ -84,6 +84,11 @@ pub fn run(
         ..sinks
     };
     let crew = Crew::new(&sinks);
+    // Connections first seen before egress was attached raise no verdict.
+    let cfg = Config {
+        watched_from: u64::try_from(crew.clock.to_unix_ns(inline.watched_from_mono)).unwrap_or(0),
+        ..cfg
+    };
     let mut handles = Vec::new();
     for (i, ring) in std::mem::take(&mut inline.rings).into_iter().enumerate() {
         let mut core = crew.worker(i, &cfg);

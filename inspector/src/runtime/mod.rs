@@ -399,6 +399,12 @@ impl Crew {
             ..
         } = self;
         drop(tx);
+        // Inline: the engines check an overflow verdict against the host's own counters.
+        let listen = sinks.host_tcp_base.map(|base| {
+            shared.hear_listen_counters();
+            (shared.clone(), listen_drops(&base), Instant::now())
+        });
+        let mut listen = listen;
         let mut agg = Aggregator::new(Rates::of(cfg), handles.len(), shared);
         let mut latency = latency_histogram();
         let mut take = |m: Msg, agg: &mut Aggregator, sinks: &mut Sinks<'_>| {
@@ -450,6 +456,19 @@ impl Crew {
                     lock(m).set_attached(source.iface, false);
                 }
                 break;
+            }
+            if let Some((shared, last, at)) = &mut listen
+                && at.elapsed() >= LISTEN_READ_EVERY
+            {
+                *at = Instant::now();
+                if let Ok(now) = nstat::read() {
+                    let n = listen_drops(&now);
+                    if n > *last {
+                        *last = n;
+                        let t = clock.to_unix_ns(MonoToWall::monotonic_now_ns());
+                        shared.listen_counters_rose(u64::try_from(t).unwrap_or(0));
+                    }
+                }
             }
             if let Some(m) = &sinks.metrics
                 && kernel_read.elapsed() >= SNAPSHOT_EVERY
@@ -733,6 +752,20 @@ impl WorkerCore {
         self.tick_or_end(true);
         (self.engine, self.report)
     }
+}
+
+/// How often the output thread reads the host's listen-queue counters (inline mode): well
+/// within the second an overflow verdict takes at the least.
+const LISTEN_READ_EVERY: Duration = Duration::from_millis(100);
+
+/// TcpExtListenOverflows + TcpExtListenDrops of a reading of the watched counters.
+fn listen_drops(c: &[u64; nstat::WATCHED.len()]) -> u64 {
+    nstat::WATCHED
+        .iter()
+        .zip(c)
+        .filter(|(n, _)| matches!(**n, "ListenOverflows" | "ListenDrops"))
+        .map(|(_, v)| *v)
+        .sum()
 }
 
 /// The host counters that confirm `e` (inline mode): for an accept-queue overflow the
