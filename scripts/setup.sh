@@ -7,11 +7,13 @@ log() { printf 'setup: %s\n' "$*" >&2; }
 
 # Debian packages: build (clang/llvm/libelf for BPF tooling), lab and tests (iproute2,
 # iptables, tcpdump, tshark, python3 for the raw-packet probe client; prometheus/promtool and
-# curl for the metrics tests, which start their own Prometheus).
+# curl for the metrics tests, which start their own Prometheus; haproxy, nginx and wrk for the
+# LB node tests, which start their own instances inside network namespaces).
 APT_PACKAGES=(
   build-essential pkg-config clang llvm libelf-dev zlib1g-dev m4 libpcap-dev gcc-multilib
   iproute2 iptables nftables tcpdump tshark bpftool ethtool procps psmisc
   python3 python3-scapy iperf3 curl prometheus systemd logrotate tmux
+  haproxy nginx wrk
 )
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
@@ -23,6 +25,15 @@ if ((${#missing[@]})); then
   echo 'wireshark-common wireshark-common/install-setuid boolean false' | debconf-set-selections
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  # Debian starts the web servers it just installed as system services; the tests run their
+  # own, so the ones this step installed are stopped and disabled (a machine's own are left).
+  if [ -d /run/systemd/system ]; then
+    for p in "${missing[@]}"; do
+      case "$p" in
+        haproxy | nginx) systemctl disable --now --quiet "$p" || true ;;
+      esac
+    done
+  fi
 fi
 
 command -v rustup >/dev/null || { log "rustup not found: install Rust with rustup first"; exit 1; }
