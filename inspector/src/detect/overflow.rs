@@ -75,12 +75,16 @@ impl Engine {
         let Some(conn) = self.table.get_mut(slot) else {
             return;
         };
+        let paws = conn.rare.as_mut().and_then(|r| r.paws.take());
         if conn.reuse().is_some() {
-            // The new attempt on a reused tuple was not taken: the collision is the verdict.
+            // The new attempt on a reused tuple was not taken: the collision is the verdict
+            // (and the PAWS collision it may carry).
             self.report_reuse(slot, at, out);
+            if let Some((prev, age, ts)) = paws {
+                self.emit_paws(out, slot, at, prev, age, ts, false);
+            }
             return;
         }
-        let paws = conn.rare.as_mut().and_then(|r| r.paws.take());
         let bare_ack = conn.bare_ack();
         let alive = conn
             .listener_seen
