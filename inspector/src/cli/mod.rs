@@ -240,11 +240,15 @@ impl ReportArgs {
         totals: &crate::detect::engine::Totals,
         mode: &str,
         input: u64,
+        extra: serde_json::Map<String, serde_json::Value>,
     ) -> anyhow::Result<()> {
         let Some(path) = &self.summary_json else {
             return Ok(());
         };
-        let v = crate::output::summary::json(totals, mode, input);
+        let mut v = crate::output::summary::json(totals, mode, input);
+        if let Some(o) = v.as_object_mut() {
+            o.extend(extra);
+        }
         // The temporary file sits next to the target (never outside it, whatever the path
         // looks like) and is removed if the write fails.
         let mut tmp = path.as_os_str().to_owned();
@@ -630,7 +634,8 @@ fn run_pcap(a: &PcapArgs) -> anyhow::Result<()> {
         ));
     }
     print_summary(sink == Some(JsonSink::Stdout), &summary)?;
-    a.report.write_summary_json(&totals, "pcap", r.frames)?;
+    a.report
+        .write_summary_json(&totals, "pcap", r.frames, Default::default())?;
     if let (Some(state), Some(server)) = (state, server) {
         {
             let mut m = crate::runtime::lock(&state);
@@ -745,7 +750,7 @@ fn run_live(a: &LiveArgs) -> anyhow::Result<()> {
     };
     print_summary(ndjson_on_stdout, &report.render())?;
     a.report
-        .write_summary_json(&report.totals, mode, report.records())?;
+        .write_summary_json(&report.totals, mode, report.records(), report.json_extra())?;
     if report.interface_lost {
         anyhow::bail!(
             "interface {} went away; a supervisor restarting synscope attaches again when it is back",

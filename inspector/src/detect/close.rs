@@ -43,7 +43,7 @@ impl Engine {
         if role == C
             && conn.half[C].fin_ns == 0
             && conn.ack_ns != 0
-            && !conn.data_seen
+            && !conn.data_by_seq(C, seg.seq, ack.then_some(seg.ack))
             && seg.payload_len == 0
             && now.saturating_sub(conn.ack_ns) <= self.ctx.cfg.probe_window
             && let Some(c) = self.ctx.probe(Endpoint::from(seg.src).ip, server_ep)

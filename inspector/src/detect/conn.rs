@@ -230,6 +230,27 @@ impl Conn {
             || (self.late_ack_ns != 0 && self.early_rst().is_some())
     }
 
+    /// Whether a segment from `role` with `seq` and (if it carries one) `ack` shows data
+    /// exchanged after the handshake, from its sequence numbers alone: a live capture sees no
+    /// data segments, and a follow-table collision may lose the few it would have seen.
+    pub(super) fn data_by_seq(&self, role: usize, seq: u32, ack: Option<u32>) -> bool {
+        if self.synack_count == 0 || self.syn_count == 0 {
+            return self.data_seen;
+        }
+        let (own_next, peer_next) = if role == C {
+            (
+                self.client_isn.wrapping_add(1).wrapping_add(self.syn_data),
+                self.server_isn.wrapping_add(1),
+            )
+        } else {
+            (
+                self.server_isn.wrapping_add(1),
+                self.client_isn.wrapping_add(1).wrapping_add(self.syn_data),
+            )
+        };
+        self.data_seen || seq != own_next || ack.is_some_and(|a| a != peer_next)
+    }
+
     /// The receive window `role` advertised last, scaled when both SYNs offered scaling
     /// (RFC 7323 §2.2; a SYN's own window is never scaled).
     pub(super) fn window_of(&self, role: usize) -> u32 {

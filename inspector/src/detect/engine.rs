@@ -133,6 +133,9 @@ pub struct EngineCounters {
     /// Verdicts not reported because their connection began before both directions were
     /// watched (attached under load: its SYN-ACK or answer may have gone by unseen).
     pub unwatched: u64,
+    /// RSTs of a recognised prober's routine probes: counted in the prober table, no
+    /// `reset` event each.
+    pub probe_resets: u64,
     /// Connections dropped from a full table before their verdict was settled.
     pub evicted_pending: u64,
     /// Handshakes still open when the input ended, too young for a verdict.
@@ -159,6 +162,7 @@ impl EngineCounters {
         }
         self.evicted_pending += o.evicted_pending;
         self.unwatched += o.unwatched;
+        self.probe_resets += o.probe_resets;
         self.undecided += o.undecided;
         self.kernel_joined += o.kernel_joined;
         self.kernel_unmatched += o.kernel_unmatched;

@@ -1395,3 +1395,73 @@ fn an_overflow_verdict_needs_the_hosts_counters_to_agree_when_they_are_heard() {
     assert_eq!(run(Some(50)), ["syn_unanswered"], "a rise before the SYN");
     assert_eq!(run(Some(150)), ["accept_queue_overflow"]);
 }
+
+#[test]
+fn a_leaked_probes_late_ack_is_an_established_handshake_as_the_kernel_counts_it() {
+    let mut sim = probe(Some(0), 1001);
+    sim.until(5000);
+    let st = sim.eng.endpoints().iter().next().unwrap().1;
+    assert_eq!(
+        st.established, 1,
+        "the server took the late ACK (TcpPassiveOpens)"
+    );
+    // A RST the server took: the late ACK meets no socket, nothing is established.
+    let mut sim = probe(Some(1_000_001), 1001);
+    sim.until(5000);
+    let st = sim.eng.endpoints().iter().next().unwrap().1;
+    assert_eq!(st.established, 0);
+}
+
+#[test]
+fn a_recognised_probers_routine_probes_are_counted_not_told() {
+    // HAProxy's TCP check: SYN, SYN-ACK, RST|ACK (no final ACK), every 100 ms.
+    let mut sim = Sim::new();
+    for i in 0..10u16 {
+        let t = u64::from(i) * 100;
+        sim.at(t, c(1000 + i, SYN, 1000, 0))
+            .at(t + 1, s(1000 + i, SA, 5000, 1001))
+            .at(t + 2, c(1000 + i, RA, 1001, 5001));
+    }
+    sim.until(20_000);
+    assert_eq!(
+        sim.kinds(),
+        ["reset", "reset", "reset"],
+        "until the source is recognised"
+    );
+    assert_eq!(sim.eng.counters().probe_resets, 7);
+    let probes: u64 = sim
+        .eng
+        .probers()
+        .export()
+        .iter()
+        .map(|(_, c)| c.probes)
+        .sum();
+    assert_eq!(probes, 10);
+}
+
+#[test]
+fn a_fin_whose_sequence_numbers_show_data_is_no_probe() {
+    // Inline mode sees no data segments: the client's FIN 10 ms after the handshake carries
+    // seq and ack beyond the ISNs, so a request and a response went by.
+    let mut sim = Sim::new();
+    sim.eng.ctx.cfg.full_visibility = false;
+    handshake(&mut sim, 1, 0);
+    sim.at(12, c(1, FA, 1001 + 80, 5001 + 600))
+        .at(13, s(1, FA, 5001 + 600, 1002 + 80))
+        .until(20_000);
+    assert!(sim.eng.probers().export().is_empty());
+    // The same with bare ISNs is a graceful probe.
+    let mut sim = Sim::new();
+    handshake(&mut sim, 1, 0);
+    sim.at(12, c(1, FA, 1001, 5001))
+        .at(13, s(1, FA, 5001, 1002))
+        .until(20_000);
+    let probes: u64 = sim
+        .eng
+        .probers()
+        .export()
+        .iter()
+        .map(|(_, c)| c.probes)
+        .sum();
+    assert_eq!(probes, 1);
+}

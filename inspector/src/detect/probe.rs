@@ -47,6 +47,7 @@ impl Engine {
     /// The client's ACK of the SYN-ACK after its own RST.
     pub(super) fn on_late_ack(&mut self, slot: u32, now: u64, out: &mut Vec<Event>) {
         let reorder = self.ctx.cfg.reorder_window;
+        let key = self.table.key(slot);
         let Some(conn) = self.table.get_mut(slot) else {
             return;
         };
@@ -56,6 +57,17 @@ impl Engine {
         if conn.late_ack_ns != 0 {
             return;
         }
+        // A server that dropped the RST takes the ACK: its kernel completes the handshake
+        // (TcpPassiveOpens), which counts as established here too.
+        let taken = early.paws_fail || !early.seq_ok;
+        if taken {
+            let server = key.get(conn.client.peer());
+            let st = self.ctx.stats(conn, server);
+            st.established += 1;
+        }
+        let Some(conn) = self.table.get_mut(slot) else {
+            return;
+        };
         if now.saturating_sub(early.ns) > reorder {
             // Too late to be the RST's reordered predecessor: an ACK of its own.
             conn.rare_mut().early_rst = None;

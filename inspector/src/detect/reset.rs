@@ -295,7 +295,7 @@ impl Engine {
             since_established: (conn.ack_ns != 0).then(|| now.saturating_sub(conn.ack_ns)),
             closing: conn.half.iter().any(|h| h.fin_ns != 0),
             midstream: conn.midstream,
-            data_seen: conn.data_seen,
+            data_seen: conn.data_by_seq(role, seg.seq, has_ack.then_some(seg.ack)),
         };
         let (mut class, phase, mut eff) = classify(&input, &windows);
         // A server in SYN_RECV (Linux `tcp_check_req`) ignores a RST+ACK whose ack is not its
@@ -324,6 +324,7 @@ impl Engine {
         // A probe: the client resets right after its handshake without data (its FIN, if it
         // sent one first, counted already), or while the server is still in SYN_RECV. Its
         // first RST only: a second one is the same probe.
+        let mut routine_probe = false;
         if role == C
             && first_rst
             && !half_open_end
@@ -331,6 +332,10 @@ impl Engine {
             && let Some(c) = self.ctx.probe(Endpoint::from(seg.src).ip, server_ep)
         {
             c.probes += 1;
+            // A recognised prober's routine probe is counted (prober table, metrics), not
+            // told: a 100 ms health check would be 864,000 events a day per real server.
+            // What goes wrong with a probe (reordering, leak) is still an event.
+            routine_probe = c.configured || c.probes > super::prober::RECOGNIZED_AFTER;
         }
         self.ctx.tally.rst(Endpoint::from(seg.src).ip, class);
         let ack = has_ack.then_some(seg.ack);
@@ -364,7 +369,11 @@ impl Engine {
             ack,
             input.expected_seq,
         );
-        self.emit(out, slot, Kind::Reset, role, None, now, ev);
+        if routine_probe {
+            self.ctx.counters.probe_resets += 1;
+        } else {
+            self.emit(out, slot, Kind::Reset, role, None, now, ev);
+        }
         let Some(conn) = self.table.get_mut(slot) else {
             return;
         };

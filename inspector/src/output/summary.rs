@@ -180,12 +180,14 @@ pub fn render(t: &Totals, frames: u64, parse_errors: &BTreeMap<&'static str, u64
     let t = &t.table;
     let _ = writeln!(
         s,
-        "engine: {frames} frames, {} TCP packets, {} unmatched, {} duplicates, {} events, {} folded into floods/storms, {} handshakes undecided at the end; flows {} live, {} created, evicted {}",
+        "engine: {frames} frames, {} TCP packets, {} unmatched, {} duplicates, {} events, {} folded into floods/storms, {} routine probe RSTs counted, {} verdicts of connections begun before both directions were watched, {} handshakes undecided at the end; flows {} live, {} created, evicted {}",
         c.packets,
         c.unmatched,
         c.duplicates,
         c.events,
         c.folded,
+        c.probe_resets,
+        c.unwatched,
         c.undecided,
         t.live,
         t.created,
@@ -286,6 +288,19 @@ pub fn json(t: &Totals, mode: &str, frames_or_records: u64) -> serde_json::Value
         "duplicates": c.duplicates,
         "events": c.events,
         "events_folded": c.folded,
+        "unwatched": c.unwatched,
+        "probe_resets": c.probe_resets,
+        "probers": crate::detect::prober::probers(&t.probes)
+            .iter()
+            .map(|((ip, server), p)| json!({
+                "source": crate::detect::prober::source_addr(ip).to_string(),
+                "server": server.to_string(),
+                "probes": p.probes,
+                "rst_before_ack": p.rst_before_ack,
+                "leaks": p.leaks,
+                "configured": p.configured,
+            }))
+            .collect::<Vec<_>>(),
         "events_folded_by_kind": crate::detect::shared::FOLDABLE
             .iter()
             .zip(c.folded_by)

@@ -127,6 +127,42 @@ pub struct XskReport {
 }
 
 impl LiveReport {
+    /// What `--summary-json` carries of a live run besides the engines' totals: the kernel's
+    /// counters (`ring_full` and the other drops included), the host's TCP counters, the
+    /// userspace drops and the confirmed leaks, as the text summary shows them.
+    pub fn json_extra(&self) -> serde_json::Map<String, serde_json::Value> {
+        use serde_json::{Value, json};
+        let kernel: serde_json::Map<String, Value> = stats::NAMES
+            .iter()
+            .zip(self.kernel)
+            .map(|(n, v)| ((*n).to_string(), Value::from(v)))
+            .collect();
+        let mut m = serde_json::Map::new();
+        m.insert("ran_s".into(), json!(self.ran.as_secs_f64()));
+        m.insert("kernel".into(), Value::Object(kernel));
+        m.insert(
+            "dropped_messages".into(),
+            json!(self.workers.iter().map(|w| w.dropped_messages).sum::<u64>()),
+        );
+        m.insert("output_errors".into(), json!(self.output_errors));
+        if let Some(d) = &self.host_tcp {
+            let h: serde_json::Map<String, Value> = nstat::WATCHED
+                .iter()
+                .zip(d)
+                .map(|(n, v)| ((*n).to_string(), Value::from(*v)))
+                .collect();
+            m.insert("host_tcp_counters".into(), Value::Object(h));
+        }
+        if let Some(l) = &self.leaks {
+            m.insert(
+                "leaks".into(),
+                json!({"confirmed": l.confirmed, "unconfirmed": l.unconfirmed,
+                       "open_at_exit": l.open_at_exit, "reaped": l.reaped}),
+            );
+        }
+        m
+    }
+
     /// Records read by all workers.
     pub fn records(&self) -> u64 {
         self.workers.iter().map(|w| w.records).sum()
