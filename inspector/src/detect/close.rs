@@ -65,6 +65,16 @@ impl Engine {
             }
         } else {
             h.fin_count = h.fin_count.saturating_add(1);
+            if conn.state == State::Closed {
+                // A FIN retransmitted after the close (LAST_ACK waiting for its ACK): the
+                // closed flow stays `closed_linger` after its last FIN, so a later
+                // retransmission never starts a mid-stream flow whose FIN looks unanswered.
+                self.table.arm(
+                    slot,
+                    TimerKind::Expire,
+                    now.saturating_add(self.ctx.cfg.closed_linger),
+                );
+            }
         }
         let Some(conn) = self.table.get_mut(slot) else {
             return;
@@ -114,6 +124,12 @@ impl Engine {
         let Some(conn) = self.table.get(slot) else {
             return;
         };
+        // A flow first seen at its FIN: the FIN may answer one sent before the capture saw
+        // the flow (a LAST_ACK retransmission after the closed flow left the table), so its
+        // silence proves nothing. In scope: FINs of connections whose opening was captured.
+        if conn.midstream {
+            return;
+        }
         for role in [C, S] {
             let (h, p) = (&conn.half[role], &conn.half[1 - role]);
             let peer_spoke =
