@@ -248,8 +248,9 @@ impl Node {
 
     /// HAProxy on the LB: HTTP mode, round robin over both real servers with a TCP health check
     /// every 100 ms (connect, then RST: what HAProxy's `check` does without `option httpchk`).
-    /// Returns once its frontend listens.
-    fn haproxy(&self) -> Haproxy {
+    /// `rs1_opts` are added to real server 1's line (e.g. a `source` port range). Returns once
+    /// its frontend listens.
+    fn haproxy(&self, rs1_opts: &str) -> Haproxy {
         let d = self.dir.join("haproxy");
         std::fs::create_dir_all(&d).expect("haproxy dir");
         let sock = d.join("admin.sock");
@@ -258,7 +259,7 @@ impl Node {
              defaults\n  mode http\n  timeout connect 5s\n  timeout client 10s\n  timeout server 10s\n\
              frontend fe\n  bind {FRONTEND}:{PORT}\n  default_backend be\n\
              backend be\n  balance roundrobin\n\
-             \x20 server rs1 {RS1}:{PORT} check inter 100\n\
+             \x20 server rs1 {RS1}:{PORT} check inter 100 {rs1_opts}\n\
              \x20 server rs2 {RS2}:{PORT} check inter 100\n",
             sock.display()
         );
@@ -532,6 +533,14 @@ impl Report {
     fn collect(live: Live, summary: &Path) -> Report {
         let (events, code, stderr) = live.stop();
         assert_eq!(code, 0, "synscope failed:\n{stderr}");
+        // Kept beside the summary for a look after a failure (the node keeps its directory).
+        let mut ndjson = String::new();
+        for e in &events {
+            ndjson.push_str(&e.to_string());
+            ndjson.push('\n');
+        }
+        let _ = std::fs::write(summary.with_extension("events.ndjson"), ndjson);
+        let _ = std::fs::write(summary.with_extension("stderr.txt"), &stderr);
         let summary = serde_json::from_str(
             &std::fs::read_to_string(summary).expect("--summary-json written"),
         )
@@ -602,6 +611,19 @@ impl Report {
     /// Prints the events by kind, the watched endpoint's summary and a few alarms.
     fn print(&self, scenario: &str) {
         eprintln!("[{scenario}] events by kind: {:?}", self.by_kind());
+        let mut resets = BTreeMap::<String, usize>::new();
+        for e in self.of("reset") {
+            let ev = &e["evidence"];
+            *resets
+                .entry(format!(
+                    "{}/{}/from {}",
+                    ev["rst_class"].as_str().unwrap_or("?"),
+                    ev["phase"].as_str().unwrap_or("?"),
+                    ev["from"].as_str().unwrap_or("?")
+                ))
+                .or_default() += 1;
+        }
+        eprintln!("[{scenario}] reset events by class/phase/sender: {resets:?}");
         let ep = self.endpoint();
         eprintln!(
             "[{scenario}] synscope on {RS1}:{PORT}: syns {} (retransmissions {}), established {}, closed normally {}, anomalies {}, resets {}; events_folded {} {}; ring_full {}",
@@ -614,6 +636,12 @@ impl Report {
             self.summary["events_folded"],
             self.summary["events_folded_by_kind"],
             self.counter("ring_full")
+        );
+        eprintln!(
+            "[{scenario}] follow_collision {}, selected {}, records_read {}",
+            self.counter("follow_collision"),
+            self.counter("selected"),
+            self.counter("records_read")
         );
         for l in self.stderr.lines().filter(|l| {
             l.contains(" probes, ")
@@ -731,7 +759,7 @@ fn clean_load_at_full_rate_is_quiet_and_counts_equal_the_kernel() {
     let dump = node.tcpdump("clean");
     let (live, summary) = synscope(&node);
     let before = node.counters(node.rs1_ns());
-    let haproxy = node.haproxy();
+    let haproxy = node.haproxy("");
     let (requests, wrk_out) = node.wrk(32, 5).finish();
     let haproxy_log = haproxy.stop();
     thread::sleep(Duration::from_millis(1500));
@@ -800,9 +828,11 @@ fn clean_load_at_full_rate_is_quiet_and_counts_equal_the_kernel() {
     c.finish();
 }
 
-/// 2. Attach under load: wrk runs at full rate through HAProxy (checks included) before
-///    synscope starts; synscope runs ~4 s and stops while the load still runs. Nothing is
-///    wrong, so no warning: flows begun before synscope watched both directions raise nothing.
+/// 2. Attach on a busy node, twice: first with only HAProxy's health checks running, then
+///    under wrk's full-rate load (started 2.5 s before synscope). Each run lasts longer than
+///    `fin_timeout` (5 s), so a FIN sent before the attach whose answer synscope missed would
+///    be reported, and stops while the traffic still runs. Nothing is wrong, so no warning:
+///    flows begun before synscope watched both directions raise nothing.
 #[test]
 fn attach_under_load_raises_no_warning() {
     let Some(_serial) = preflight() else {
@@ -811,61 +841,75 @@ fn attach_under_load_raises_no_warning() {
     let node = Node::create();
     let _rs1 = node.nginx(1, "");
     let _rs2 = node.nginx(2, "");
-    let _haproxy = node.haproxy();
-    let wrk = node.wrk(32, 9);
+    let _haproxy = node.haproxy("");
+    let mut c = Checks::new("attach");
+    thread::sleep(Duration::from_millis(1000));
+    let checks_only = attach_once(&node, "attach, checks only", Duration::from_millis(6500));
+    c.eq(
+        "checks only: warnings (severity above info) by kind",
+        checks_only,
+        BTreeMap::new(),
+    );
+    let wrk = node.wrk(32, 10);
     thread::sleep(Duration::from_millis(2500));
-    let (live, summary) = synscope(&node);
+    let loaded = attach_once(&node, "attach, under load", Duration::from_millis(6500));
+    let (requests, _) = wrk.finish();
+    c.that(
+        "the load ran",
+        requests > 1000,
+        format!("{requests} requests in 10 s"),
+    );
+    c.eq(
+        "under load: warnings (severity above info) by kind",
+        loaded,
+        BTreeMap::new(),
+    );
+    c.finish();
+}
+
+/// Starts synscope on the busy node, runs it `run`, stops it while the traffic goes on;
+/// returns its warnings by kind (after printing them by settle time).
+fn attach_once(node: &Node, label: &str, run: Duration) -> BTreeMap<String, usize> {
+    let (live, summary) = synscope(node);
     let attached = unix_now();
     let before = node.counters(node.rs1_ns());
-    thread::sleep(Duration::from_secs(4));
+    thread::sleep(run);
     let after = node.counters(node.rs1_ns());
     let stopping = unix_now();
     let r = Report::collect(live, &summary);
-    let (requests, _) = wrk.finish();
-
     let d = |n: &str| after.since(&before, n);
     eprintln!(
-        "[attach] wrk: {requests} requests in 9 s; kernel during the ~4 s: TcpPassiveOpens +{}, TcpExtEmbryonicRsts +{}, TcpExtListenOverflows +{}",
+        "[{label}] kernel during the run: TcpPassiveOpens +{}, TcpExtEmbryonicRsts +{}, TcpExtListenOverflows +{}",
         d("TcpPassiveOpens"),
         d("TcpExtEmbryonicRsts"),
         d("TcpExtListenOverflows")
     );
-    r.print("attach");
-    // When each alarm's verdict was settled, against the attach and the stop (diagnostics).
+    r.print(label);
+    // When each alarm's verdict was settled, in whole seconds after the attach (diagnostics:
+    // a verdict about a flow begun before the attach comes at a timeout after it).
     let day = |t: f64| t % 86_400.0;
     let mut when = BTreeMap::<String, usize>::new();
     for e in r.alarms() {
         let Some(ts) = ts_of_day(e) else { continue };
-        let bucket = if ts < day(attached) + 1.0 {
-            "within 1 s of the attach"
-        } else if ts > day(stopping) - 1.0 {
-            "within 1 s of the stop"
-        } else {
-            "mid-run"
-        };
+        let after_attach = (ts - day(attached)).floor() as i64;
         *when
-            .entry(format!("{} {bucket}", e["kind"].as_str().unwrap_or("?")))
+            .entry(format!(
+                "{} at +{after_attach} s",
+                e["kind"].as_str().unwrap_or("?")
+            ))
             .or_default() += 1;
     }
-    eprintln!("[attach] warnings by settle time: {when:?}");
-    let mut c = Checks::new("attach");
-    c.that(
-        "the load ran",
-        requests > 1000,
-        format!("{requests} requests"),
+    eprintln!(
+        "[{label}] warnings by settle time (stopped at +{:.1} s): {when:?}",
+        stopping - attached
     );
-    c.eq(
-        "kernel: TcpExtListenOverflows delta",
+    assert_eq!(
         d("TcpExtListenOverflows"),
         0,
+        "{label}: the node overflowed, the run is no clean one"
     );
-    c.eq("ring_full", r.counter("ring_full"), 0);
-    c.eq(
-        "warnings (severity above info) by kind",
-        kinds_count(&r.alarms()),
-        BTreeMap::new(),
-    );
-    c.finish();
+    assert_eq!(r.counter("ring_full"), 0, "{label}: ring_full");
+    kinds_count(&r.alarms())
 }
 
 /// 3. A random SYN drop: an iptables rule in the real server's namespace drops 1% of the SYNs
@@ -904,7 +948,7 @@ fn random_syn_drop_is_retransmission_not_overflow() {
     let mut add = vec!["iptables", "-w", "-A"];
     add.extend(rule);
     node.lab.exec(node.rs1_ns(), &add).expect("iptables rule");
-    let haproxy = node.haproxy();
+    let haproxy = node.haproxy("");
     let (requests, _) = node.wrk(32, 5).finish();
     haproxy.stop();
     // A check's abandoned SYN is given up 3.75 s after it was sent.
@@ -997,7 +1041,7 @@ fn stopped_server_every_refusal_is_reported() {
     let dump = node.tcpdump("stopped");
     let (live, summary) = synscope(&node);
     let before = node.counters(node.rs1_ns());
-    let haproxy = node.haproxy();
+    let haproxy = node.haproxy("");
     let wrk = node.wrk(32, 5);
     thread::sleep(Duration::from_millis(2500));
     rs1.stop_with(nix::sys::signal::Signal::SIGKILL);
@@ -1066,7 +1110,7 @@ fn real_accept_queue_overflow_is_reported() {
     let _rs2 = node.nginx(2, "");
     let (live, summary) = synscope(&node);
     let before = node.counters(node.rs1_ns());
-    let haproxy = node.haproxy();
+    let haproxy = node.haproxy("");
     let wrk = node.wrk(32, 7);
     thread::sleep(Duration::from_millis(2000));
     rs1.signal(nix::sys::signal::Signal::SIGSTOP);
@@ -1133,6 +1177,115 @@ fn real_accept_queue_overflow_is_reported() {
         "every accept_queue_overflow agrees with the host's ListenOverflows",
         disagree.is_empty(),
         format!("{} disagree, e.g. {:?}", disagree.len(), disagree.first()),
+    );
+    c.finish();
+}
+
+/// 6. Port reuse at full rate: HAProxy connects to the watched real server from 16 source
+///    ports only (`source 192.0.2.1:40000-40015`), so every port is reused within
+///    milliseconds — some within the same millisecond, with an equal TSval — while the real
+///    server still holds the previous connection in TIME_WAIT (nginx closes first). Linux
+///    accepts each such SYN (its ISN is beyond the old connection: RFC 6191,
+///    `tcp_timewait_state_process`) and answers with a SYN-ACK: a new connection, no
+///    collision. No warning, and the counts stay exact (established = `TcpPassiveOpens`
+///    delta, SYNs = tcpdump's).
+#[test]
+fn port_reuse_into_time_wait_is_a_new_connection() {
+    let Some(_serial) = preflight() else {
+        return;
+    };
+    let node = Node::create();
+    let _rs1 = node.nginx(1, "");
+    let _rs2 = node.nginx(2, "");
+    let dump = node.tcpdump("reuse");
+    let (live, summary) = synscope(&node);
+    let before = node.counters(node.rs1_ns());
+    let haproxy = node.haproxy(&format!("source {LB_TO_RS1}:40000-40015"));
+    let (requests, _) = node.wrk(32, 5).finish();
+    haproxy.stop();
+    thread::sleep(Duration::from_millis(1500));
+    let after = node.counters(node.rs1_ns());
+    let r = Report::collect(live, &summary);
+    let pcap = dump.stop();
+
+    let d = |n: &str| after.since(&before, n);
+    // The SYNs as tcpdump prints them: source port and TSval, in capture order.
+    let out = Command::new("tcpdump")
+        .args(["-n", "-r"])
+        .arg(&pcap)
+        .arg(format!(
+            "dst host {RS1} and dst port {PORT} and tcp[tcpflags] & tcp-syn != 0 and tcp[tcpflags] & tcp-ack == 0"
+        ))
+        .output()
+        .expect("tcpdump -r");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut last_ts = BTreeMap::<String, String>::new();
+    let (mut syns, mut reused, mut same_tsval) = (0u64, 0u64, 0u64);
+    for l in text.lines() {
+        let Some(port) = l
+            .split_whitespace()
+            .nth(2)
+            .and_then(|a| a.rsplit('.').next())
+        else {
+            continue;
+        };
+        let tsval = l
+            .split("TS val ")
+            .nth(1)
+            .and_then(|t| t.split_whitespace().next())
+            .unwrap_or("")
+            .to_owned();
+        syns += 1;
+        if let Some(prev) = last_ts.insert(port.to_owned(), tsval.clone()) {
+            reused += 1;
+            same_tsval += u64::from(prev == tsval);
+        }
+    }
+    eprintln!(
+        "[reuse] wrk: {requests} requests; tcpdump: {syns} SYNs from {} source ports, {reused} reusing a port, {same_tsval} with the TSval of the port's previous SYN; kernel: TcpPassiveOpens +{}, TcpExtEmbryonicRsts +{}, TcpExtTW +{}, TcpExtPAWSTimewait +{}, TcpOutRsts +{}",
+        last_ts.len(),
+        d("TcpPassiveOpens"),
+        d("TcpExtEmbryonicRsts"),
+        d("TcpExtTW"),
+        d("TcpExtPAWSTimewait"),
+        d("TcpOutRsts")
+    );
+    r.print("reuse");
+    let ep = r.endpoint();
+    let mut c = Checks::new("reuse");
+    c.that(
+        "the load ran",
+        requests > 1000,
+        format!("{requests} requests"),
+    );
+    c.that(
+        "ports were reused",
+        last_ts.len() <= 16 && reused > 1000,
+        format!(
+            "{} ports, {reused} reuses ({same_tsval} with the TSval of the port's previous SYN)",
+            last_ts.len()
+        ),
+    );
+    c.eq(
+        "kernel: TcpExtPAWSTimewait delta (no SYN rejected by TIME_WAIT)",
+        d("TcpExtPAWSTimewait"),
+        0,
+    );
+    c.eq("ring_full", r.counter("ring_full"), 0);
+    c.eq(
+        "warnings (severity above info) by kind",
+        kinds_count(&r.alarms()),
+        BTreeMap::new(),
+    );
+    c.eq(
+        "established on the endpoint vs kernel TcpPassiveOpens delta",
+        ep["established"].as_i64().unwrap_or(-1),
+        d("TcpPassiveOpens"),
+    );
+    c.eq(
+        "SYNs on the endpoint vs tcpdump's SYNs",
+        ep["syns"].as_u64().unwrap_or(0),
+        syns,
     );
     c.finish();
 }
