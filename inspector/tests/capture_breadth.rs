@@ -365,6 +365,95 @@ fn an_unsupported_link_type_lists_what_is_read() {
     );
 }
 
+/// A pcapng interface of `link`, µs timestamps, no snap length.
+fn idb(link: u16) -> write::Iface {
+    write::Iface {
+        link,
+        snaplen: 0,
+        tsresol: 6,
+        tsoffset: 0,
+    }
+}
+
+#[test]
+fn an_unused_interface_of_an_unread_link_type_does_not_refuse_the_file() {
+    // As Wireshark's dumpcap writes them: 126 interfaces declared, one of type 274 (unread by
+    // synscope), packets on Ethernet only; then one packet on the 274 interface.
+    let inner = Inner::v4();
+    let syn = eth_frame(0x0800, &inner.syn());
+    let rst = eth_frame(0x0800, &inner.rst());
+    let mut ifaces = vec![idb(1); 126];
+    ifaces[57] = idb(274);
+    ifaces[58] = idb(113);
+    let t = 1_725_966_494_956_327;
+    for (name, odd, skipped) in [("unused", false, None), ("used", true, Some(1))] {
+        let mut epbs: Vec<write::Epb<'_>> = vec![(0, t, syn.len() as u32, &syn)];
+        if odd {
+            epbs.push((57, t + 10, 4, &[1, 2, 3, 4]));
+        }
+        epbs.push((0, t + 35, rst.len() as u32, &rst));
+        let path = tmp(&format!("dumpcap-{name}.pcapng"));
+        std::fs::write(&path, write::pcapng_ifaces(&ifaces, &epbs)).expect("write");
+        let (ev, summary) = synscope(&path);
+        let _ = std::fs::remove_file(&path);
+        assert_eq!(kinds(&ev), ["syn_rejected"], "{name}: {summary}");
+        assert_eq!(ev[0]["server"], inner.server.to_string(), "{name}");
+        match skipped {
+            None => assert!(!summary.contains("skipped frames"), "{name}: {summary}"),
+            Some(n) => assert!(
+                summary.contains(&format!("skipped frames: unsupported_link_type {n}\n")),
+                "{name}: {summary}"
+            ),
+        }
+    }
+}
+
+#[test]
+fn fcs_length_bits_in_the_link_type_are_ethernet() {
+    // libpcap's LT_LINKTYPE_EXT bits above link type 1, as in tcpdump's own test captures,
+    // and the 4 FCS bytes they announce after each frame: tshark and synscope read the same.
+    let inner = Inner::v4();
+    let fcs = |ip: &[u8]| {
+        let mut f = eth_frame(0x0800, ip);
+        f.extend_from_slice(&[0xde, 0xad, 0xbe, 0xef]);
+        f
+    };
+    for link in [0x3000_0001, 0x5000_0001] {
+        assert_refused_everywhere(
+            &format!("fcs_{link:x}"),
+            &two_frames(link, &fcs(&inner.syn()), &fcs(&inner.rst())),
+            &inner,
+        );
+    }
+}
+
+#[test]
+fn a_syn_refused_22_us_later_on_a_clock_near_2_64_us_is_rejected_not_unanswered() {
+    // PcapPlusPlus's pcapng example: µs timestamps near 2^64 (a writer's bug). Clamped to one
+    // instant, every timer fired at once and the refused SYN was `syn_unanswered`.
+    let inner = Inner::v4();
+    let syn = eth_frame(0x0800, &inner.syn());
+    let rst = eth_frame(0x0800, &inner.rst());
+    let t = 18_446_744_073_204_160_194;
+    let file = write::pcapng_ifaces(
+        &[idb(1)],
+        &[
+            (0, t, syn.len() as u32, &syn),
+            (0, t + 22, rst.len() as u32, &rst),
+        ],
+    );
+    let path = tmp("clock-2-64.pcapng");
+    std::fs::write(&path, file).expect("write");
+    let (ev, summary) = synscope(&path);
+    let _ = std::fs::remove_file(&path);
+    assert_eq!(kinds(&ev), ["syn_rejected"], "{summary}");
+    assert_eq!(ev[0]["client"], inner.client.to_string());
+    assert_eq!(ev[0]["evidence"]["rst_class"], "refused");
+    // The time of day and fraction of the file's own clock (tshark: 586524-01-19
+    // 07:53:24.160216), on 1970-01-02.
+    assert_eq!(ev[0]["ts"], "1970-01-02T07:53:24.160216Z", "{summary}");
+}
+
 /// A data segment of `len` payload bytes from the server, as an Ethernet frame.
 fn data_frame(inner: &Inner, len: usize) -> Vec<u8> {
     eth_frame(

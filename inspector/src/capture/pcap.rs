@@ -1,8 +1,20 @@
 //! Offline input: pcap and pcapng files, read by `pcap-parser`'s streaming readers (a circular
-//! buffer: no allocation per packet). Link types: see [`LinkType::SUPPORTED`]. µs and ns
-//! timestamps, pcapng `if_tsresol` and `if_tsoffset` honoured. Records cut by a snap length
-//! (caplen < orig_len) are read; a record longer than its file's or interface's snap length
-//! is counted and skipped.
+//! buffer: no allocation per packet). Link types: see [`LinkType::SUPPORTED`]; their upper 16
+//! bits (libpcap's FCS length) are ignored, as libpcap does. µs and ns timestamps, pcapng
+//! `if_tsresol` and `if_tsoffset` honoured. Records cut by a snap length (caplen < orig_len)
+//! are read; a record longer than its file's or interface's snap length is counted and skipped.
+//!
+//! A pcapng interface of a link type synscope does not read (Wireshark's dumpcap declares every
+//! interface of the machine: USB, Bluetooth, ETW) is no error: the packets that use it are
+//! counted ([`SKIP_LINK_TYPE`]) and skipped. A legacy pcap file has one link type for all its
+//! packets, so there an unsupported one is still an error.
+//!
+//! A pcapng interface whose clock leaves what 64 bits of nanoseconds since 1970 hold (1970 to
+//! 2554: a writer that stored a negative time, PcapPlusPlus's example has µs near 2^64) keeps
+//! its intervals instead of being clamped into one instant: its first such packet is placed at
+//! the latest time read before it (or, first in the file, at its own time of day on
+//! 1970-01-02), and every later packet of the interface by its distance to that one, the tick
+//! counter taken modulo 2^64.
 
 use std::{
     fs::File,
@@ -37,7 +49,7 @@ pub enum PcapError {
         "{file}: unsupported link type {link}: synscope reads {}",
         LinkType::SUPPORTED
     )]
-    LinkType { file: PathBuf, link: i32 },
+    LinkType { file: PathBuf, link: u16 },
     #[error(
         "{file}: packet {packet} is truncated or corrupt ({detail}); {processed} packets before it were processed"
     )]
@@ -77,6 +89,8 @@ pub enum Record<'a> {
 pub const SKIP_CAPLEN: &str = "caplen_over_snaplen";
 /// A pcapng simple packet block before any interface description.
 pub const SKIP_NO_INTERFACE: &str = "no_interface";
+/// A pcapng packet on an interface whose link type synscope does not read.
+pub const SKIP_LINK_TYPE: &str = "unsupported_link_type";
 
 /// The reader's buffer: it must hold one whole record, and grows by doubling up to
 /// [`MAX_BUFFER`] for a longer one.
@@ -98,12 +112,70 @@ pub fn read_file(file: &Path, f: impl FnMut(Record<'_>)) -> Result<u64, PcapErro
 
 /// A pcapng interface.
 struct Iface {
-    link: LinkType,
+    /// Its framing, or the number of a link type synscope does not read (its packets are
+    /// counted and skipped; the first one is logged).
+    link: Result<LinkType, u16>,
     snaplen: u32,
     /// Timestamp units per second (`if_tsresol`).
     units: u64,
     /// Seconds added to every timestamp (`if_tsoffset`).
     offset: i64,
+    /// Set when the interface's clock left the range of a `u64` of ns since 1970: the ticks of
+    /// its first packet outside, and the time that packet was given. Every later packet of the
+    /// interface is placed by its distance to it.
+    anchor: Option<(u64, u64)>,
+    /// A packet on an unsupported link type was logged.
+    warned: bool,
+}
+
+/// Timestamp units per second of an `if_tsresol` byte: 10^n, or 2^n with the top bit set;
+/// `None` beyond 64 bits. (`pcap-parser` 0.17 refuses every binary one: it compares the byte,
+/// top bit included, with 63.)
+fn ts_units(tsresol: u8) -> Option<u64> {
+    let n = u32::from(tsresol & 0x7f);
+    if tsresol & 0x80 == 0 {
+        10u64.checked_pow(n)
+    } else {
+        1u64.checked_shl(n)
+    }
+}
+
+const NS: i128 = 1_000_000_000;
+const DAY_NS: i128 = 86_400 * NS;
+
+impl Iface {
+    /// A packet's time in ns since 1970, from its timestamp in `if_tsresol` units; `latest` is
+    /// the latest time read before it (for an interface whose clock is out of range).
+    fn ts_ns(&mut self, ifindex: u32, ticks: u64, latest: u64) -> u64 {
+        let units = i128::from(self.units);
+        if let Some((t0, ns0)) = self.anchor {
+            // Modulo 2^64: a counter that wraps past 2^64 steps forward.
+            let rel = i128::from(ticks.wrapping_sub(t0) as i64) * NS / units;
+            return (i128::from(ns0) + rel).clamp(0, i128::from(u64::MAX)) as u64;
+        }
+        let ns = i128::from(ticks) * NS / units + i128::from(self.offset) * NS;
+        if let Ok(ns) = u64::try_from(ns) {
+            return ns;
+        }
+        // A writer's bug (a negative time stored unsigned, a wrong resolution): clamping would
+        // put every packet at the same instant and fire every timer at once. Keep the
+        // interface's intervals, starting where the file's clock is.
+        let at = if latest > 0 {
+            latest
+        } else {
+            (ns.rem_euclid(DAY_NS) + DAY_NS) as u64
+        };
+        tracing::warn!(
+            interface = ifindex,
+            ticks,
+            units_per_s = self.units,
+            "pcapng interface's timestamps lie outside 1970-2554 (a writer's bug): its packets \
+             keep their intervals from the first one, placed at {} ns since 1970",
+            at
+        );
+        self.anchor = Some((ticks, at));
+        at
+    }
 }
 
 /// The reading state shared by both formats.
@@ -119,6 +191,8 @@ struct State<'p, F> {
     legacy: Option<(LinkType, bool, u32)>,
     /// pcapng: the current section's interfaces.
     ifaces: Vec<Iface>,
+    /// The latest packet time handed out.
+    latest: u64,
 }
 
 impl<F: FnMut(Record<'_>)> State<'_, F> {
@@ -131,22 +205,46 @@ impl<F: FnMut(Record<'_>)> State<'_, F> {
         }
     }
 
-    fn link(&self, n: i32) -> Result<LinkType, PcapError> {
-        LinkType::from_linktype(n).ok_or_else(|| PcapError::LinkType {
-            file: self.file.to_owned(),
-            link: n,
-        })
-    }
-
     fn emit(&mut self, r: Record<'_>) {
+        if let Record::Frame(f) = &r {
+            self.latest = self.latest.max(f.ts_ns);
+        }
         (self.f)(r);
         self.n += 1;
+    }
+
+    /// The framing of pcapng interface `i`, or `None` after counting the packet as skipped
+    /// (an interface of a link type synscope does not read; the first such packet is logged).
+    fn iface_link(&mut self, i: usize) -> Option<LinkType> {
+        match self.ifaces[i].link {
+            Ok(link) => Some(link),
+            Err(n) => {
+                if !std::mem::replace(&mut self.ifaces[i].warned, true) {
+                    tracing::warn!(
+                        file = %self.file.display(),
+                        interface = i,
+                        link_type = n,
+                        "a packet uses a pcapng interface of a link type synscope does not read; \
+                         such packets are counted as {SKIP_LINK_TYPE} and skipped (synscope reads {})",
+                        LinkType::SUPPORTED
+                    );
+                }
+                self.emit(Record::Skipped(SKIP_LINK_TYPE));
+                None
+            }
+        }
     }
 
     fn block(&mut self, block: PcapBlockOwned<'_>) -> Result<(), PcapError> {
         match block {
             PcapBlockOwned::LegacyHeader(h) => {
-                let link = self.link(h.network.0)?;
+                // One link type for every packet of the file: one synscope does not read is an
+                // error.
+                let link =
+                    LinkType::from_linktype(h.network.0).map_err(|link| PcapError::LinkType {
+                        file: self.file.to_owned(),
+                        link,
+                    })?;
                 self.legacy = Some((link, h.is_nanosecond_precision(), h.snaplen));
             }
             PcapBlockOwned::Legacy(b) => {
@@ -168,8 +266,10 @@ impl<F: FnMut(Record<'_>)> State<'_, F> {
             }
             PcapBlockOwned::NG(Block::SectionHeader(_)) => self.ifaces.clear(),
             PcapBlockOwned::NG(Block::InterfaceDescription(idb)) => {
-                let link = self.link(idb.linktype.0)?;
-                let Some(units) = idb.ts_resolution() else {
+                // Checked when a packet uses it: dumpcap declares every interface of the
+                // machine, most never used.
+                let link = LinkType::from_linktype(idb.linktype.0);
+                let Some(units) = ts_units(idb.if_tsresol) else {
                     return Err(self.corrupt(format!(
                         "interface with an impossible if_tsresol {}",
                         idb.if_tsresol
@@ -180,37 +280,46 @@ impl<F: FnMut(Record<'_>)> State<'_, F> {
                     snaplen: idb.snaplen,
                     units,
                     offset: idb.if_tsoffset,
+                    anchor: None,
+                    warned: false,
                 });
             }
             PcapBlockOwned::NG(Block::EnhancedPacket(epb)) => {
-                let Some(i) = self.ifaces.get(epb.if_id as usize) else {
+                let n = epb.if_id as usize;
+                if n >= self.ifaces.len() {
                     return Err(self.corrupt(format!("unknown interface id {}", epb.if_id)));
+                }
+                let Some(link) = self.iface_link(n) else {
+                    return Ok(());
                 };
+                let latest = self.latest;
+                let i = &mut self.ifaces[n];
                 if i.snaplen != 0 && epb.caplen > i.snaplen {
                     self.emit(Record::Skipped(SKIP_CAPLEN));
                     return Ok(());
                 }
-                let ticks = u128::from(epb.ts_high) << 32 | u128::from(epb.ts_low);
-                let ns = (ticks * 1_000_000_000 / u128::from(i.units)) as i128
-                    + i128::from(i.offset) * 1_000_000_000;
+                let ticks = u64::from(epb.ts_high) << 32 | u64::from(epb.ts_low);
                 let frame = Frame {
-                    ts_ns: ns.clamp(0, i128::from(u64::MAX)) as u64,
+                    ts_ns: i.ts_ns(epb.if_id, ticks, latest),
                     ifindex: epb.if_id,
-                    link: i.link,
+                    link,
                     orig_len: epb.origlen,
                     data: epb.packet_data(),
                 };
                 self.emit(Record::Frame(frame));
             }
             PcapBlockOwned::NG(Block::SimplePacket(spb)) => {
-                let Some(i) = self.ifaces.first() else {
+                if self.ifaces.is_empty() {
                     self.emit(Record::Skipped(SKIP_NO_INTERFACE));
+                    return Ok(());
+                }
+                let Some(link) = self.iface_link(0) else {
                     return Ok(());
                 };
                 let frame = Frame {
                     ts_ns: 0,
                     ifindex: 0,
-                    link: i.link,
+                    link,
                     orig_len: spb.origlen,
                     data: spb.packet_data(),
                 };
@@ -311,6 +420,7 @@ pub fn read_sized(
         n: 0,
         legacy: None,
         ifaces: Vec::new(),
+        latest: 0,
     };
     let input = std::io::Cursor::new(head.as_slice()).chain(source);
     if head.starts_with(&[0x0a, 0x0d, 0x0d, 0x0a]) {
@@ -391,21 +501,57 @@ pub mod write {
             tsresol & 0x80 == 0 && tsresol <= 9,
             "decimal tsresol up to ns"
         );
+        let per_tick = 10u64.pow(9 - u32::from(tsresol));
+        let iface = Iface {
+            link,
+            snaplen,
+            tsresol,
+            tsoffset: 0,
+        };
+        let epbs: Vec<Epb<'_>> = recs
+            .iter()
+            .map(|&(ts, orig, data)| (0, ts / per_tick, orig, data))
+            .collect();
+        pcapng_ifaces(&[iface], &epbs)
+    }
+
+    /// An interface description block's fields.
+    #[derive(Clone, Copy, Debug)]
+    pub struct Iface {
+        pub link: u16,
+        pub snaplen: u32,
+        /// `if_tsresol`, written as it is.
+        pub tsresol: u8,
+        /// `if_tsoffset` in seconds; not written when 0.
+        pub tsoffset: i64,
+    }
+
+    /// An enhanced packet block: interface id, timestamp in the interface's units (as the file
+    /// holds it), length on the wire, captured bytes.
+    pub type Epb<'a> = (u32, u64, u32, &'a [u8]);
+
+    /// A pcapng file of one section: `ifaces`, then `epbs` as they are.
+    pub fn pcapng_ifaces(ifaces: &[Iface], epbs: &[Epb<'_>]) -> Vec<u8> {
         let mut f = Vec::new();
         let mut shb = 0x1a2b_3c4du32.to_le_bytes().to_vec();
         shb.extend_from_slice(&1u16.to_le_bytes());
         shb.extend_from_slice(&0u16.to_le_bytes());
         shb.extend_from_slice(&(-1i64).to_le_bytes());
         block(&mut f, 0x0a0d_0d0a, &shb);
-        let mut idb = link.to_le_bytes().to_vec();
-        idb.extend_from_slice(&[0, 0]);
-        idb.extend_from_slice(&snaplen.to_le_bytes());
-        idb.extend_from_slice(&[9, 0, 1, 0, tsresol, 0, 0, 0, 0, 0, 0, 0]);
-        block(&mut f, 1, &idb);
-        let per_tick = 10u64.pow(9 - u32::from(tsresol));
-        for (ts, orig, data) in recs {
-            let ticks = ts / per_tick;
-            let mut epb = 0u32.to_le_bytes().to_vec();
+        for i in ifaces {
+            let mut idb = i.link.to_le_bytes().to_vec();
+            idb.extend_from_slice(&[0, 0]);
+            idb.extend_from_slice(&i.snaplen.to_le_bytes());
+            idb.extend_from_slice(&[9, 0, 1, 0, i.tsresol, 0, 0, 0]);
+            if i.tsoffset != 0 {
+                idb.extend_from_slice(&[14, 0, 8, 0]);
+                idb.extend_from_slice(&i.tsoffset.to_le_bytes());
+            }
+            idb.extend_from_slice(&[0, 0, 0, 0]);
+            block(&mut f, 1, &idb);
+        }
+        for &(id, ticks, orig, data) in epbs {
+            let mut epb = id.to_le_bytes().to_vec();
             epb.extend_from_slice(&((ticks >> 32) as u32).to_le_bytes());
             epb.extend_from_slice(&(ticks as u32).to_le_bytes());
             epb.extend_from_slice(&(data.len() as u32).to_le_bytes());
@@ -531,6 +677,172 @@ mod tests {
             r,
             Err("t.pcap: not a pcap or pcapng file (shorter than a file header)".to_owned())
         );
+    }
+
+    fn iface(link: u16, tsresol: u8) -> write::Iface {
+        write::Iface {
+            link,
+            snaplen: 0,
+            tsresol,
+            tsoffset: 0,
+        }
+    }
+
+    #[test]
+    fn an_interface_of_an_unread_link_type_fails_only_the_packets_that_use_it() {
+        // dumpcap declares every interface of the machine (here one of type 274, unread);
+        // packets use Ethernet and SLL.
+        let a = frame(10);
+        let ifaces = [iface(1, 6), iface(274, 6), iface(113, 6)];
+        let sll = [
+            &[0, 0, 0, 1, 0, 6, 2, 0, 0, 0, 0, 1, 0, 0, 8, 0][..],
+            &a[14..],
+        ]
+        .concat();
+        let f = write::pcapng_ifaces(&ifaces, &[(0, 1, 64, &a), (2, 2, 64, &sll), (0, 3, 64, &a)]);
+        let (v, r) = records(&f);
+        assert_eq!(
+            v,
+            [Ok((1000, 64, 64)), Ok((2000, 64, 66)), Ok((3000, 64, 64))]
+        );
+        assert_eq!(r, Ok(3));
+        // A packet on the unread interface is counted and skipped, not the end of the file.
+        let f = write::pcapng_ifaces(
+            &ifaces,
+            &[
+                (0, 1, 64, &a),
+                (1, 2, 64, &a),
+                (1, 3, 64, &a),
+                (0, 4, 64, &a),
+            ],
+        );
+        let (v, r) = records(&f);
+        assert_eq!(
+            v,
+            [
+                Ok((1000, 64, 64)),
+                Err(SKIP_LINK_TYPE),
+                Err(SKIP_LINK_TYPE),
+                Ok((4000, 64, 64))
+            ]
+        );
+        assert_eq!(r, Ok(4));
+    }
+
+    #[test]
+    fn fcs_length_bits_are_link_type_1_and_the_fcs_is_no_payload() {
+        // 0x3000_0001 (tcpdump's own test captures) and 0x5000_0001 (4-byte FCS present).
+        let seg = SegmentBuilder::v4([192, 0, 2, 1], 1, [192, 0, 2, 2], 2)
+            .flags(TcpFlags::ACK | TcpFlags::PSH)
+            .payload(&[7; 10]);
+        let mut eth = ethernet(&seg, &[]);
+        eth.extend_from_slice(&[0xde, 0xad, 0xbe, 0xef]);
+        let mut raw6 = crate::wire::emit::ip_tcp(
+            &SegmentBuilder::new(
+                "2001:db8::1".parse().unwrap(),
+                1,
+                "2001:db8::2".parse().unwrap(),
+                2,
+            )
+            .flags(TcpFlags::ACK)
+            .payload(&[7; 10]),
+        );
+        raw6.extend_from_slice(&[0xde, 0xad, 0xbe, 0xef]);
+        for (link, data, want) in [
+            (0x3000_0001, &eth, LinkType::Ethernet),
+            (0x5000_0001, &eth, LinkType::Ethernet),
+            (0x3000_00e5, &raw6, LinkType::RawIp),
+        ] {
+            let f = write::pcap(link, 65535, &[(1, data.len() as u32, data)]);
+            let mut seen = Vec::new();
+            let r = read_from(&f[..], Path::new("t.pcap"), |r| {
+                let Record::Frame(fr) = r else {
+                    panic!("skipped")
+                };
+                let (seg, _, _) = parse_frame(&fr).expect("parses");
+                seen.push((fr.link, seg.payload_len, fr.whole()));
+            });
+            assert_eq!(r.map_err(|e| e.to_string()), Ok(1), "{link:#x}");
+            assert_eq!(seen, [(want, 10, true)], "{link:#x}");
+        }
+        // The link type named in an error is the masked one.
+        let (_, r) = records(&write::pcap(0x3000_00bd, 65535, &[]));
+        assert!(r.unwrap_err().contains("unsupported link type 189:"));
+    }
+
+    #[test]
+    fn timestamps_beyond_2554_keep_their_intervals() {
+        let a = frame(0);
+        let ts = |f: &[u8]| -> Vec<u64> {
+            let (v, r) = records(f);
+            assert!(r.is_ok(), "{r:?}");
+            v.into_iter().map(|x| x.unwrap().0).collect()
+        };
+        // PcapPlusPlus's example: µs near 2^64 (a negative time stored unsigned), a SYN and
+        // its RST 22 µs apart. Clamped, both were u64::MAX ns.
+        let t = 18_446_744_073_204_160_194u64;
+        let v = ts(&write::pcapng_ifaces(
+            &[iface(1, 6)],
+            &[
+                (0, t, 54, &a),
+                (0, t + 22, 54, &a),
+                (0, t + 1_000_000, 54, &a),
+            ],
+        ));
+        // First in the file: its own time of day and fraction, on 1970-01-02.
+        let first = (i128::from(t) * 1000).rem_euclid(DAY_NS) + DAY_NS;
+        assert_eq!(first, 114_804_160_194_000);
+        let first = first as u64;
+        assert_eq!(v, [first, first + 22_000, first + 1_000_000_000]);
+        // A counter wrapping past 2^64 steps forward.
+        let v = ts(&write::pcapng_ifaces(
+            &[iface(1, 6)],
+            &[(0, u64::MAX - 9, 54, &a), (0, 12, 54, &a)],
+        ));
+        assert_eq!(v[1] - v[0], 22_000);
+        // Behind a sane interface: placed where the file's clock is, the sane one unchanged.
+        let sane = 1_422_528_033_092_194_163u64;
+        let v = ts(&write::pcapng_ifaces(
+            &[iface(1, 9), iface(1, 6)],
+            &[
+                (0, sane, 54, &a),
+                (1, t, 54, &a),
+                (1, t + 22, 54, &a),
+                (0, sane + 50_000, 54, &a),
+            ],
+        ));
+        assert_eq!(v, [sane, sane, sane + 22_000, sane + 50_000]);
+        // A negative if_tsoffset putting the clock before 1970: the same.
+        let before = write::Iface {
+            tsoffset: -2_000_000_000,
+            ..iface(1, 6)
+        };
+        let v = ts(&write::pcapng_ifaces(
+            &[before],
+            &[(0, 1_000_000, 54, &a), (0, 1_000_022, 54, &a)],
+        ));
+        assert_eq!(v[1] - v[0], 22_000);
+        assert!(v[0] > 0);
+    }
+
+    #[test]
+    fn a_binary_if_tsresol_and_if_tsoffset_are_honoured() {
+        // 2^-20 s units (pcap-parser 0.17 refused every binary if_tsresol), 1.5 s of them.
+        let a = frame(0);
+        let bin = write::Iface {
+            tsoffset: 1_700_000_000,
+            ..iface(1, 0x80 | 20)
+        };
+        let (v, r) = records(&write::pcapng_ifaces(&[bin], &[(0, 3 << 19, 54, &a)]));
+        assert_eq!(r, Ok(1));
+        assert_eq!(v, [Ok((1_700_000_001_500_000_000, 54, 54))]);
+        assert_eq!(ts_units(6), Some(1_000_000));
+        assert_eq!(ts_units(19), Some(10_000_000_000_000_000_000));
+        assert_eq!(ts_units(20), None);
+        assert_eq!(ts_units(0x80 | 63), Some(1 << 63));
+        assert_eq!(ts_units(0x80 | 64), None);
+        let (_, r) = records(&write::pcapng_ifaces(&[iface(1, 20)], &[]));
+        assert!(r.unwrap_err().contains("impossible if_tsresol 20"));
     }
 
     #[test]

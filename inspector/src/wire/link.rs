@@ -52,9 +52,15 @@ impl LinkType {
         Linux SLL (113), Linux SLL2 (276), BSD loopback NULL (0) and LOOP (108), PPP (9), \
         PPP in HDLC framing (50), NFLOG (239)";
 
-    /// The framing of a pcap/pcapng link-type number (tcpdump.org's LINKTYPE_ values).
-    pub fn from_linktype(n: i32) -> Option<Self> {
-        Some(match n {
+    /// The framing of a pcap/pcapng link-type number (tcpdump.org's LINKTYPE_ values), or the
+    /// number of one synscope does not read. Only the lower 16 bits name the link type: the
+    /// upper ones are libpcap's `LT_LINKTYPE_EXT` (an FCS length and its "present" flag,
+    /// `0x3000_0001` is Ethernet), which every libpcap reader masks off with
+    /// `LT_LINKTYPE(x) = x & 0xffff`. The FCS bytes it announces trail the IP packet, whose own
+    /// length bounds every parse, like Ethernet padding: nothing needs trimming.
+    pub fn from_linktype(n: i32) -> Result<Self, u16> {
+        let n = (n & 0xffff) as u16;
+        Ok(match n {
             0 => Self::Null,
             1 => Self::Ethernet,
             9 => Self::Ppp,
@@ -64,7 +70,7 @@ impl LinkType {
             113 => Self::LinuxSll,
             239 => Self::Nflog,
             276 => Self::LinuxSll2,
-            _ => return None,
+            n => return Err(n),
         })
     }
 }
@@ -441,8 +447,13 @@ mod tests {
             (239, LinkType::Nflog),
             (276, LinkType::LinuxSll2),
         ] {
-            assert_eq!(LinkType::from_linktype(n), Some(l), "{n}");
+            assert_eq!(LinkType::from_linktype(n), Ok(l), "{n}");
         }
-        assert_eq!(LinkType::from_linktype(105), None);
+        assert_eq!(LinkType::from_linktype(105), Err(105));
+        // libpcap's FCS-length bits above the link type (LT_LINKTYPE masks them off).
+        assert_eq!(LinkType::from_linktype(0x3000_0001), Ok(LinkType::Ethernet));
+        assert_eq!(LinkType::from_linktype(0x5400_0001), Ok(LinkType::Ethernet));
+        assert_eq!(LinkType::from_linktype(0x3000_00e5), Ok(LinkType::RawIp));
+        assert_eq!(LinkType::from_linktype(0x3000_00bd), Err(189));
     }
 }
