@@ -146,7 +146,7 @@ const DAY_NS: i128 = 86_400 * NS;
 impl Iface {
     /// A packet's time in ns since 1970, from its timestamp in `if_tsresol` units; `latest` is
     /// the latest time read before it (for an interface whose clock is out of range).
-    fn ts_ns(&mut self, ifindex: u32, ticks: u64, latest: u64) -> u64 {
+    fn ts_ns(&mut self, file: &Path, ifindex: u32, ticks: u64, latest: u64) -> u64 {
         let units = i128::from(self.units);
         if let Some((t0, ns0)) = self.anchor {
             // Modulo 2^64: a counter that wraps past 2^64 steps forward.
@@ -166,6 +166,7 @@ impl Iface {
             (ns.rem_euclid(DAY_NS) + DAY_NS) as u64
         };
         tracing::warn!(
+            file = %file.display(),
             interface = ifindex,
             ticks,
             units_per_s = self.units,
@@ -292,7 +293,7 @@ impl<F: FnMut(Record<'_>)> State<'_, F> {
                 let Some(link) = self.iface_link(n) else {
                     return Ok(());
                 };
-                let latest = self.latest;
+                let (latest, file) = (self.latest, self.file);
                 let i = &mut self.ifaces[n];
                 if i.snaplen != 0 && epb.caplen > i.snaplen {
                     self.emit(Record::Skipped(SKIP_CAPLEN));
@@ -300,7 +301,7 @@ impl<F: FnMut(Record<'_>)> State<'_, F> {
                 }
                 let ticks = u64::from(epb.ts_high) << 32 | u64::from(epb.ts_low);
                 let frame = Frame {
-                    ts_ns: i.ts_ns(epb.if_id, ticks, latest),
+                    ts_ns: i.ts_ns(file, epb.if_id, ticks, latest),
                     ifindex: epb.if_id,
                     link,
                     orig_len: epb.origlen,
