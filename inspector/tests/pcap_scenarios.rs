@@ -94,11 +94,11 @@ fn full_accept_queue_drops_later_syns_of_a_live_listener() {
         assert_eq!(e["evidence"]["signature"], "syn_dropped");
         assert_eq!(e["severity"], "critical");
         let age = e["evidence"]["last_handshake_age_ms"].as_u64().unwrap();
-        // SYNs at ~0.2, 1.2, 2.2 s; given up at 2.2 + 2.5 s; the 2nd client's handshake
-        // was at ~0.1 s.
+        // SYNs at ~0.2, 1.2, 2.2 s; the 2nd client's handshake was at ~0.1 s: the listener's
+        // liveness is measured at the first SYN (v3), not at the verdict.
         assert!(
-            (4550..4950).contains(&age),
-            "handshake of the 2nd client ~4.6 s before: {age}"
+            (20..400).contains(&age),
+            "handshake of the 2nd client ~0.1 s before the first SYN: {age}"
         );
         assert_eq!(e["evidence"]["syn_count"], 3);
         assert_eq!(e["evidence"]["ended"], "gave_up");

@@ -735,10 +735,13 @@ impl Engine {
                 f.contains(TcpFlags::ACK),
             );
         }
-        // The same segment captured twice (mirror ports, `-i any`): the copy is skipped.
+        // The same segment captured twice (mirror ports, `-i any`): the copy is skipped. On
+        // the host itself (inline) every packet passes its hook once: two equal segments are
+        // two packets (a flood replaying its SYNs faster than `duplicate_window`).
         let fp = fingerprint(seg);
         let h = &mut conn.half[role];
-        if h.seen
+        if !self.ctx.cfg.host_vantage
+            && h.seen
             && h.fingerprint == fp
             && now.saturating_sub(h.fingerprint_ns) <= self.ctx.cfg.duplicate_window
         {

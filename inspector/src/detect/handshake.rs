@@ -311,10 +311,13 @@ impl Engine {
         };
         // A completing ACK acks the SYN-ACK; with TCP Fast Open it may also ack data the
         // server sent right after it (Linux accepts any ack in (ISN, SND.NXT] there).
+        // From the client, an ack beyond the SYN-ACK proves it too: the server sends data only
+        // once the handshake is complete (a capture of control packets only, or a live one
+        // whose follow-up was lost, shows the client's FIN first).
         let completes = ack
             && (seg.ack == conn.server_isn.wrapping_add(1)
                 || (seq_lt(conn.server_isn.wrapping_add(1), seg.ack)
-                    && conn.half[S].next_seq.is_some_and(|n| !seq_lt(n, seg.ack))));
+                    && (role == C || conn.half[S].next_seq.is_some_and(|n| !seq_lt(n, seg.ack)))));
         match conn.state {
             State::SynReceived if role == C && completes => {
                 if conn.early_rst().is_some() {

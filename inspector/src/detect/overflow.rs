@@ -5,8 +5,10 @@
 //! retransmitted after a bare ACK alone is no evidence: `TCP_DEFER_ACCEPT` listeners (nginx
 //! `deferred`, Apache's `AcceptFilter`) drop bare ACKs by design, and an ACK lost after the
 //! tap looks the same; nor is a SYN-ACK that answers a retransmitted SYN.
-//! (b) `syn_dropped`: a SYN stream to an endpoint that completed other handshakes less than
-//! `listener_alive` before its first SYN ends unanswered: the listener is alive but drops SYNs.
+//! (a) is told at the second such retransmission: the first may cross a slow ACK.
+//! (b) `syn_dropped`: a retransmitted SYN stream to an endpoint that completed other handshakes
+//! less than `listener_alive` before its first SYN ends unanswered: the listener is alive but
+//! drops SYNs (a lone SYN, a stateless scanner's, proves nothing).
 //! Where the host's own counters are heard (inline), both need the kernel to have counted a
 //! listen-queue overflow or drop since the connection began: a SYN a firewall dropped in
 //! front of a busy listener is `syn_unanswered`, not an overflow.
@@ -52,7 +54,12 @@ impl Engine {
         if !unacked {
             return;
         }
+        // The first retransmission may cross a slow ACK (a 1.5 s round trip is longer than the
+        // server's 1 s timer); a listener that drops the ACK and the data retransmits again.
         conn.synack_after_ack = conn.synack_after_ack.saturating_add(1);
+        if conn.synack_after_ack < 2 {
+            return;
+        }
         let ev = evidence! {
             "signature" => "ack_dropped",
             "synack_after_ack" => conn.synack_after_ack,
@@ -86,8 +93,11 @@ impl Engine {
             return;
         }
         let bare_ack = conn.bare_ack();
+        // A stream a real client retransmitted: a lone SYN (a stateless scanner's) that goes
+        // unanswered says nothing about the listener's queue.
         let alive = conn
             .listener_seen
+            .filter(|_| conn.syn_count > 1)
             .filter(|&t| conn.syn_first.saturating_sub(t) < self.ctx.cfg.listener_alive)
             .filter(|_| paws.is_none() && bare_ack.is_none())
             .filter(|_| self.ctx.shared.listen_drops_since(conn.syn_first));
