@@ -75,11 +75,12 @@ impl SynCount {
         self.syns.saturating_sub(self.completed)
     }
 
-    /// A flood second: at least `rate` SYNs, and at least half of them never completing a
-    /// handshake (unanswered, half-open, refused, spoofed). Completions lag their SYNs by a
-    /// round trip, so a steady busy load balances within the second.
+    /// A flood second: at least `rate` SYNs that no completed handshake accounts for
+    /// (unanswered, half-open, refused, spoofed), whatever legitimate load runs beside them.
+    /// Completions lag their SYNs by a round trip, so a steady busy load balances within the
+    /// second.
     pub fn flooding(&self, rate: u64) -> bool {
-        self.syns >= rate && self.incomplete() * 2 >= self.syns
+        self.incomplete() >= rate
     }
 }
 
@@ -320,7 +321,7 @@ impl Aggregator {
             // Per-connection verdicts of connections begun during the episode fold into it.
             let from = ep_state.start_sec * SEC;
             self.shared
-                .set_flooding(&ep, from, ts + self.rates.fold_for);
+                .set_flooding(&ep, from, ts + self.rates.fold_for, starting);
             if starting {
                 out.push(Event {
                     ts_ns: ts,
@@ -352,7 +353,7 @@ impl Aggregator {
             }
             let from = e.start_sec * SEC;
             self.shared
-                .set_storming(&host, from, ts + self.rates.fold_for);
+                .set_storming(&host, from, ts + self.rates.fold_for, starting);
             if starting {
                 out.push(Event {
                     ts_ns: ts,

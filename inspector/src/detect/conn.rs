@@ -56,6 +56,8 @@ pub(super) struct Half {
     /// Fingerprint and capture time of the last segment (a copy of it is a duplicate).
     pub fingerprint: u64,
     pub fingerprint_ns: u64,
+    /// The last segment came through the egress hook (inline).
+    pub fingerprint_egress: bool,
 }
 
 /// A client RST seen while the server was in SYN_RECV (a probe, if an ACK follows).

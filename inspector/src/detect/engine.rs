@@ -736,11 +736,13 @@ impl Engine {
             );
         }
         // The same segment captured twice (mirror ports, `-i any`): the copy is skipped. On
-        // the host itself (inline) every packet passes its hook once: two equal segments are
-        // two packets (a flood replaying its SYNs faster than `duplicate_window`).
+        // the host itself (inline) a packet passes each hook once: only a copy through the
+        // other hook (a host forwarding out the interface it came in on) is the same packet;
+        // two equal segments through one hook are two packets (a flood replaying its SYNs
+        // faster than `duplicate_window`).
         let fp = fingerprint(seg);
         let h = &mut conn.half[role];
-        if !self.ctx.cfg.host_vantage
+        if (!self.ctx.cfg.host_vantage || h.fingerprint_egress != p.egress)
             && h.seen
             && h.fingerprint == fp
             && now.saturating_sub(h.fingerprint_ns) <= self.ctx.cfg.duplicate_window
@@ -750,6 +752,7 @@ impl Engine {
         }
         h.fingerprint = fp;
         h.fingerprint_ns = now;
+        h.fingerprint_egress = p.egress;
         if !h.seen {
             h.seen = true;
             // Once per flow and direction: the host pair has traffic this way.

@@ -563,15 +563,17 @@ fn a_new_isn_the_servers_time_wait_rejects_is_reuse_and_harmless_reuse_is_not() 
         .at(10_002, c(1, ACK, 501, 8001))
         .until(30_000);
     assert_eq!(sim.kinds(), Vec::<&str>::new());
-    // A second ISN while the first SYN still waits (sooner than an initial RTO) is the
-    // client's new attempt, judged on its own.
+    // A second ISN while the first SYN still waits is the client's new attempt, judged on
+    // its own; the first was abandoned unanswered.
     let mut sim = Sim::new();
     sim.at(0, c(1, SYN, 1000, 0))
         .at(500, c(1, SYN, 77, 0))
         .at(501, s(1, SA, 8000, 78))
         .at(502, c(1, ACK, 78, 8001))
         .until(10_000);
-    assert_eq!(sim.kinds(), Vec::<&str>::new());
+    assert_eq!(sim.kinds(), ["syn_unanswered"]);
+    assert_eq!(sim.out[0].ev("ended"), "replaced");
+    assert_eq!(sim.out[0].ev("isn"), 1000);
 }
 
 #[test]
@@ -1335,8 +1337,9 @@ fn connections_begun_before_both_directions_were_watched_raise_nothing() {
     sim.at(15_000, c(4, SYN, 1000, 0)).until(30_000);
     assert_eq!(sim.kinds(), ["syn_unanswered"]);
     assert_eq!(sim.out[0].client.unwrap().port, 4);
-    // Port 1's SYN is not told; port 3's FIN began a mid-stream flow, which raises nothing.
-    assert_eq!(sim.eng.counters().unwatched, 1);
+    // Port 1's SYN and port 2's first (abandoned) SYN are not told; port 3's FIN began a
+    // mid-stream flow, which raises nothing.
+    assert_eq!(sim.eng.counters().unwatched, 2);
 }
 
 #[test]
@@ -1529,4 +1532,73 @@ fn on_the_host_two_equal_segments_are_two_packets() {
     };
     assert_eq!(run(true), (5, 0));
     assert_eq!(run(false), (1, 4));
+}
+
+#[test]
+fn a_flood_beside_a_busy_legitimate_load_is_still_a_flood() {
+    // 1,500 completed connections/s and 1,200 spoofed SYNs/s (flood_rate 1000): the
+    // incomplete SYNs alone make the flood.
+    let mut f = Flood::new();
+    for i in 0..3000u64 {
+        let t = i / 3 * 2;
+        let p = 10_000 + (i % 30_000) as u16;
+        f.sim.at(t, c(p, SYN, i as u32, 0));
+        f.sim.at(t, s(p, SA, 7, i as u32 + 1));
+        f.sim.at(t, c(p, ACK, i as u32 + 1, 8));
+        f.feed();
+    }
+    for i in 0..2400u64 {
+        let src = [198, 51, 100, (i % 200) as u8];
+        f.sim.at(
+            i * 2000 / 2400,
+            SegmentBuilder::v4(src, 40_000 + i as u16, SERVER, 80)
+                .flags(SYN)
+                .seq(i as u32),
+        );
+        f.feed();
+    }
+    let sim = f.finish(20_000);
+    let n = sim.kinds().iter().filter(|k| **k == "syn_flood").count();
+    assert_eq!(n, 2, "start and end: {:?}", sim.kinds());
+}
+
+#[test]
+fn a_forwarded_segment_seen_at_both_hooks_counts_once_inline() {
+    // A host forwarding out the interface it came in on: ingress, then egress, one packet.
+    let mut sim = Sim::with(Config {
+        host_vantage: true,
+        ..Config::default()
+    });
+    let syn = seg(c(1, SYN, 1000, 0));
+    for egress in [false, true] {
+        sim.eng.process(
+            &Packet {
+                ts_ns: T0,
+                ifindex: 3,
+                seg: &syn,
+                egress,
+                weight: 1,
+            },
+            &mut sim.out,
+        );
+    }
+    let st = sim.eng.endpoints().iter().next().unwrap().1;
+    assert_eq!((st.syns, sim.eng.counters().duplicates), (1, 1));
+}
+
+#[test]
+fn a_probes_rst_after_a_synack_answering_its_retransmitted_syn_is_a_probe() {
+    // SYN, SYN-ACK lost, SYN again at 1 s, SYN-ACK, the prober's RST|ACK.
+    let mut sim = Sim::new();
+    sim.at(0, c(1, SYN, 1000, 0))
+        .at(1, s(1, SA, 5000, 1001))
+        .at(1000, c(1, SYN, 1000, 0))
+        .at(1001, s(1, SA, 5000, 1001))
+        .at(1002, c(1, RA, 1001, 5001))
+        .until(60_000);
+    assert!(
+        !sim.kinds().contains(&"synack_unacked"),
+        "{:?}",
+        sim.kinds()
+    );
 }

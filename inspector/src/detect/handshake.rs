@@ -108,13 +108,10 @@ impl Engine {
             return;
         }
         if conn.syn_count > 0 || conn.state != State::SynSent {
-            // A new ISN on a tuple already known. An attempt the client abandoned (it waited
-            // at least an initial RTO) gets its own verdict first: nobody answered it.
-            if conn.state == State::SynSent
-                && pending_syn
-                && !conn.midstream
-                && now.saturating_sub(conn.syn_first) >= SEC
-            {
+            // A new ISN on a tuple already known. An attempt the client abandoned gets its own
+            // verdict first: nobody answered it while it lived (a health check's short
+            // connect timeout, then the same port again).
+            if conn.state == State::SynSent && pending_syn && !conn.midstream {
                 self.ctx.end_syn_retry(conn, server_ep);
                 self.table.disarm(slot, TimerKind::Syn);
                 self.unanswered_syn(slot, now, Ended::Replaced, out);
@@ -144,6 +141,7 @@ impl Engine {
             if reuse.is_some() {
                 fresh.rare_mut().reuse = reuse;
             }
+            fresh.unwatched = now < self.ctx.cfg.watched_from;
             *conn = fresh;
             for k in TimerKind::ALL {
                 self.table.disarm(slot, k);
@@ -314,10 +312,19 @@ impl Engine {
         // From the client, an ack beyond the SYN-ACK proves it too: the server sends data only
         // once the handshake is complete (a capture of control packets only, or a live one
         // whose follow-up was lost, shows the client's FIN first).
+        // Bounded, with the client's own seq in its sequence space: a segment of an older
+        // connection on the tuple, or a blind one, does not complete it.
+        const SPAN: u32 = 1 << 28;
+        let in_span = |from: u32, x: u32| !seq_lt(x, from) && x.wrapping_sub(from) < SPAN;
+        let client_next = conn.client_isn.wrapping_add(1).wrapping_add(conn.syn_data);
+        let beyond_by_client = role == C
+            && in_span(conn.server_isn, seg.ack)
+            && (conn.syn_count == 0 || in_span(client_next, seg.seq));
         let completes = ack
             && (seg.ack == conn.server_isn.wrapping_add(1)
                 || (seq_lt(conn.server_isn.wrapping_add(1), seg.ack)
-                    && (role == C || conn.half[S].next_seq.is_some_and(|n| !seq_lt(n, seg.ack)))));
+                    && (beyond_by_client
+                        || conn.half[S].next_seq.is_some_and(|n| !seq_lt(n, seg.ack)))));
         match conn.state {
             State::SynReceived if role == C && completes => {
                 if conn.early_rst().is_some() {

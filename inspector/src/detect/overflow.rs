@@ -56,8 +56,14 @@ impl Engine {
         }
         // The first retransmission may cross a slow ACK (a 1.5 s round trip is longer than the
         // server's 1 s timer); a listener that drops the ACK and the data retransmits again.
+        // Inline the host's counters confirm it already (checked above): the first counts.
         conn.synack_after_ack = conn.synack_after_ack.saturating_add(1);
-        if conn.synack_after_ack < 2 {
+        let needed = if self.ctx.shared.listen_counters_heard() {
+            1
+        } else {
+            2
+        };
+        if conn.synack_after_ack < needed {
             return;
         }
         let ev = evidence! {
@@ -95,9 +101,10 @@ impl Engine {
         let bare_ack = conn.bare_ack();
         // A stream a real client retransmitted: a lone SYN (a stateless scanner's) that goes
         // unanswered says nothing about the listener's queue.
+        let heard = self.ctx.shared.listen_counters_heard();
         let alive = conn
             .listener_seen
-            .filter(|_| conn.syn_count > 1)
+            .filter(|_| conn.syn_count > 1 || heard)
             .filter(|&t| conn.syn_first.saturating_sub(t) < self.ctx.cfg.listener_alive)
             .filter(|_| paws.is_none() && bare_ack.is_none())
             .filter(|_| self.ctx.shared.listen_drops_since(conn.syn_first));

@@ -318,7 +318,14 @@ impl Engine {
         // The client resets a handshake whose SYN-ACK the server had to retransmit: its kernel
         // no longer knows the connection (it gave up; the SYN-ACKs were lost on the way). No
         // probe: the failed handshake is a half-open `synack_unacked`, ended by the client.
-        let half_open_end = in_syn_recv && conn.synack_count > 1;
+        // Only a no-socket RST (no ACK flag: the kernel's answer to a segment with one) after a
+        // server-timer retransmission (>= 900 ms, not answering a retransmitted SYN): a
+        // prober's RST|ACK after a SYN-ACK that answered its retransmitted SYN is a probe.
+        let half_open_end = in_syn_recv
+            && !has_ack
+            && conn.synack_count > 1
+            && conn.synack_gap >= 900 * super::engine::MS
+            && conn.synack_last.saturating_sub(conn.syn_last) >= 900 * super::engine::MS;
         let first_rst = !conn.half[role].rst_seen;
         conn.half[role].rst_seen = true;
         // A probe: the client resets right after its handshake without data (its FIN, if it

@@ -128,9 +128,9 @@ impl Shared {
         (&slots[(h >> 7) as usize & (slots.len() - 1)], h)
     }
 
-    fn mark(&self, key: &impl std::hash::Hash, from: u64, until: u64) {
+    fn mark(&self, key: &impl std::hash::Hash, from: u64, until: u64, starting: bool) {
         let (s, tag) = self.episode(key);
-        if s.tag.load(Relaxed) != tag {
+        if starting || s.tag.load(Relaxed) != tag {
             for f in &s.folded {
                 f.store(0, Relaxed);
             }
@@ -169,8 +169,9 @@ impl Shared {
 
     /// Server endpoint `ep` is in a SYN flood: verdicts of connections begun in
     /// `[from, until)` (ns) fold into it.
-    pub fn set_flooding(&self, ep: &impl std::hash::Hash, from: u64, until: u64) {
-        self.mark(&(0u8, ep), from, until);
+    /// `starting`: a new episode (its fold counts start from zero).
+    pub fn set_flooding(&self, ep: &impl std::hash::Hash, from: u64, until: u64, starting: bool) {
+        self.mark(&(0u8, ep), from, until, starting);
     }
 
     /// Whether the flood of `ep` folds a `kind` verdict of a connection begun at `began`
@@ -185,8 +186,8 @@ impl Shared {
     }
 
     /// Host `ip` is in a reset storm: its RSTs sent in `[from, until)` fold into it.
-    pub fn set_storming(&self, ip: &[u8; 16], from: u64, until: u64) {
-        self.mark(&(1u8, ip), from, until);
+    pub fn set_storming(&self, ip: &[u8; 16], from: u64, until: u64, starting: bool) {
+        self.mark(&(1u8, ip), from, until, starting);
     }
 
     /// Whether the storm of `ip` folds a RST it sent at `at` (counted when it does).
@@ -202,6 +203,11 @@ impl Shared {
     /// The host's listen-queue counters are heard from now on (inline mode).
     pub fn hear_listen_counters(&self) {
         self.listen_counters.store(true, Relaxed);
+    }
+
+    /// Whether the host's listen-queue counters are heard (inline mode).
+    pub fn listen_counters_heard(&self) -> bool {
+        self.listen_counters.load(Relaxed)
     }
 
     /// The host's listen-queue overflows or drops rose; seen at capture time `now` (ns).
