@@ -678,8 +678,8 @@ fn a_syn_meeting_time_wait_behind_a_nat_is_answered_by_the_old_connections_ack()
         ["syn_tuple_reuse", "paws_nat_collision"],
         "{summary}"
     );
-    // The collision is the verdict of B's attempt (not also syn_unanswered), told at the
-    // server's first bare ACK.
+    // The collision is the verdict of B's attempt (not also syn_unanswered), told when its
+    // SYN stream ends never answered by a SYN-ACK.
     assert_eq!(ev[0]["evidence"]["server_answer"], "bare_ack");
     assert_eq!(ev[0]["evidence"]["prev_state"], "closed");
     let p = &ev[1]["evidence"];

@@ -345,10 +345,10 @@ impl Engine {
                 // A bare ACK in answer to a SYN: the server holds an older connection on this
                 // tuple (Linux answers a SYN that PAWS or its sequence check rejects in
                 // TIME_WAIT this way, `tcp_timewait_state_process`).
+                // On a reused tuple that is the collision's evidence; whether it cost the
+                // connection is known at the stream's end: a retransmission may still be
+                // answered (the client's RST to this ACK ends TIME_WAIT).
                 conn.rare_mut().bare_ack = Some((seg.seq, seg.ack));
-                if conn.reuse().is_some() {
-                    self.report_reuse(slot, now, out);
-                }
             }
             State::SynReceived
                 if role == S && (seg.payload_len > 0 || fin) && !conn.half[C].seen =>
