@@ -1,20 +1,41 @@
 #!/usr/bin/env bash
-# Idempotent machine setup for building and testing synscope on Debian 12 (run as root).
-# Fast when everything is already installed: each step checks before it acts.
+# Idempotent machine setup for synscope on Debian 12 (run as root). Installs what the calling
+# command needs, and no more; fast when everything is already there (each step checks first).
+#
+#   ./scripts/setup.sh          build and demo: the C build chain (xsk-rs builds libbpf and
+#                               libxdp) and the lab's tools. The BPF object comes compiled from
+#                               xdp-prog/prebuilt/, so no nightly toolchain and no bpf-linker.
+#   ./scripts/setup.sh --bpf    also the nightly toolchain (rust-src) and bpf-linker: what
+#                               compiling xdp-prog/ needs (scripts/bpf-object.sh).
+#   ./scripts/setup.sh --test   everything scripts/test.sh runs: the above, the test tools
+#                               (tcpdump, tshark, Prometheus, HAProxy, nginx, wrk, ...),
+#                               cargo-fuzz and cargo-deb.
 set -euo pipefail
 
 log() { printf 'setup: %s\n' "$*" >&2; }
 
-# Debian packages: build (clang/llvm/libelf for BPF tooling), lab and tests (iproute2,
-# iptables, tcpdump, tshark, python3 for the raw-packet probe client; prometheus/promtool and
-# curl for the metrics tests, which start their own Prometheus; haproxy, nginx and wrk for the
-# LB node tests, which start their own instances inside network namespaces).
+mode="${1:-}"
+case "$mode" in
+  "" | --bpf | --test) ;;
+  *) log "usage: $0 [--bpf | --test]"; exit 2 ;;
+esac
+
+# Debian packages. Build: the C chain for libbpf/libxdp (xsk-rs). Demo: the lab (iproute2,
+# iptables, python3 for the raw-packet probe client).
 APT_PACKAGES=(
   build-essential pkg-config clang llvm libelf-dev zlib1g-dev m4 libpcap-dev gcc-multilib
-  iproute2 iptables nftables tcpdump tshark bpftool ethtool procps psmisc
-  python3 python3-scapy iperf3 curl prometheus systemd logrotate tmux
-  haproxy nginx wrk
+  iproute2 iptables procps python3
 )
+# Tests: tcpdump and tshark to compare with, scapy for crafted packets, Prometheus/promtool and
+# curl for the metrics tests (they start their own Prometheus), HAProxy, nginx and wrk for the
+# LB node tests (their own instances inside network namespaces), the packaging test's systemd
+# and logrotate.
+if [ "$mode" = --test ]; then
+  APT_PACKAGES+=(
+    nftables tcpdump tshark bpftool ethtool psmisc python3-scapy iperf3 curl prometheus
+    systemd logrotate tmux haproxy nginx wrk
+  )
+fi
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
@@ -38,6 +59,11 @@ fi
 
 command -v rustup >/dev/null || { log "rustup not found: install Rust with rustup first"; exit 1; }
 export PATH="$HOME/.cargo/bin:$PATH"
+
+if [ -z "$mode" ]; then
+  log "ready (build and demo; ./scripts/setup.sh --bpf adds what compiling xdp-prog/ needs)"
+  exit 0
+fi
 
 # The BPF crate needs a nightly toolchain with rust-src (for -Z build-std=core).
 if ! rustup toolchain list | grep -q '^nightly'; then
@@ -66,6 +92,11 @@ if ! command -v bpf-linker >/dev/null || [ "$(cat "$stamp" 2>/dev/null)" != "$ll
     --no-default-features --features "llvm-$llvm_major"
   echo "$llvm_so" >"$stamp"
 fi
+if [ "$mode" = --bpf ]; then
+  log "ready (build, demo and xdp-prog/)"
+  exit 0
+fi
+
 # cargo-fuzz drives the fuzz target (fuzz/) with libFuzzer on the nightly toolchain.
 if ! command -v cargo-fuzz >/dev/null; then
   log "installing cargo-fuzz"
@@ -76,4 +107,4 @@ if ! command -v cargo-deb >/dev/null; then
   log "installing cargo-deb"
   cargo install cargo-deb --locked
 fi
-log "ready"
+log "ready (everything scripts/test.sh runs)"

@@ -3,8 +3,13 @@
 # tests (network namespaces, veth, XDP; needs root). Sets the machine up first.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-./scripts/setup.sh
+./scripts/setup.sh --test
 export PATH="$HOME/.cargo/bin:$PATH"
+
+# The committed BPF object must be what xdp-prog/ and common/ compile to (a change there never
+# ships with a stale object): compiled here with nightly + bpf-linker and compared.
+echo "== BPF object"
+./scripts/bpf-object.sh --check
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
