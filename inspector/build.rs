@@ -56,7 +56,8 @@ fn main() -> anyhow::Result<()> {
     let mode = std::env::var("SYNSCOPE_BPF").unwrap_or_default();
     match mode.as_str() {
         "" | "prebuilt" if fresh => {
-            std::fs::copy(PREBUILT, out.join("synscope-xdp")).context("copying the prebuilt object")?;
+            std::fs::copy(PREBUILT, out.join("synscope-xdp"))
+                .context("copying the prebuilt object")?;
             Ok(())
         }
         "" | "prebuilt" | "build" => compile(&out).with_context(|| {
@@ -178,9 +179,7 @@ fn rustc_nightly_version() -> String {
 /// code and data sections (debug info and BTF carry build paths, so they are left out).
 fn program_difference(a: &[u8], b: &[u8]) -> anyhow::Result<Option<String>> {
     let (pa, pb) = (programs(a)?, programs(b)?);
-    let names = |p: &[(String, Vec<u8>, Vec<String>)]| -> Vec<String> {
-        p.iter().map(|s| s.0.clone()).collect()
-    };
+    let names = |p: &[Section]| -> Vec<String> { p.iter().map(|s| s.0.clone()).collect() };
     if names(&pa) != names(&pb) {
         return Ok(Some(format!(
             "sections {:?} vs {:?}",
@@ -204,8 +203,11 @@ fn program_difference(a: &[u8], b: &[u8]) -> anyhow::Result<Option<String>> {
     Ok(None)
 }
 
-/// (name, contents, relocations) of every code and data section.
-fn programs(elf: &[u8]) -> anyhow::Result<Vec<(String, Vec<u8>, Vec<String>)>> {
+/// One code or data section: name, contents, relocations (`offset:symbol`).
+type Section = (String, Vec<u8>, Vec<String>);
+
+/// Every code and data section of an object, by name.
+fn programs(elf: &[u8]) -> anyhow::Result<Vec<Section>> {
     use object::{Object, ObjectSection, ObjectSymbol, RelocationTarget, SectionKind};
     let file = object::File::parse(elf).context("parsing a BPF object")?;
     let mut out = Vec::new();
