@@ -732,6 +732,12 @@ fn run_live(a: &LiveArgs) -> anyhow::Result<()> {
             &crate::STOP,
             sinks,
         )?,
+        #[cfg(not(feature = "tap"))]
+        Mode::Tap => anyhow::bail!(
+            "this synscope was built without tap mode (cargo feature `tap`, on by default): \
+             build it with `cargo build --release`"
+        ),
+        #[cfg(feature = "tap")]
         Mode::Tap => crate::runtime::tap::run_tap(
             &crate::loader::TapOptions {
                 iface: a.iface.clone(),

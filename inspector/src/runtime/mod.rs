@@ -28,6 +28,7 @@ use synscope_common::stats;
 pub mod inline;
 pub mod leaks;
 pub mod replay;
+#[cfg(feature = "tap")]
 pub mod tap;
 
 use crate::{
@@ -674,7 +675,8 @@ impl WorkerCore {
         self.clock.to_unix_ns(mono_ns)
     }
 
-    /// Whether packets should carry their IP bytes (`--evidence`).
+    /// Whether packets should carry their IP bytes (`--evidence`; tap mode asks).
+    #[cfg(feature = "tap")]
     pub fn keeps_evidence(&self) -> bool {
         self.recorder.is_some()
     }
