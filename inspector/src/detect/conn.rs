@@ -131,7 +131,7 @@ pub(super) struct Conn {
     pub rare: Option<Box<Rare>>,
     pub late_ack_ns: u64,
     /// Kinds already reported on this connection (bits of `Kind::bit`).
-    pub reported: u16,
+    pub reported: u32,
     pub closed_ns: u64,
     /// An accepted RST ended the connection: nobody holds TIME_WAIT.
     pub closed_by_rst: bool,

@@ -1616,3 +1616,54 @@ fn a_probes_rst_after_a_synack_answering_its_retransmitted_syn_is_a_probe() {
         sim.kinds()
     );
 }
+
+#[test]
+fn a_synack_copy_does_not_bring_the_half_open_deadline_forward() {
+    // A copy 15 ms after the SYN-ACK; the client's ACK and data come at 2 s (a slow client).
+    let mut sim = Sim::new();
+    sim.at(0, c(1, SYN, 1000, 0))
+        .at(1, s(1, SA, 5000, 1001))
+        .at(16, s(1, SA, 5000, 1001).ip_id(7))
+        .at(2000, c(1, ACK, 1001, 5001))
+        .until(60_000);
+    assert_eq!(sim.kinds(), Vec::<&str>::new());
+}
+
+#[test]
+fn a_replacement_with_no_time_for_an_answer_or_after_one_keeps_no_verdict() {
+    // A new ISN 1 ms after the SYN: nothing could have answered yet.
+    let mut sim = Sim::new();
+    sim.at(0, c(1, SYN, 1000, 0))
+        .at(1, c(1, SYN, 2000, 0))
+        .at(2, s(1, SA, 8000, 2001))
+        .at(3, c(1, ACK, 2001, 8001))
+        .until(20_000);
+    assert_eq!(sim.kinds(), Vec::<&str>::new());
+    // The server answered with a RST the client did not take (a blind one), and the client
+    // retried at once: answered, not abandoned unanswered.
+    let mut sim = Sim::new();
+    sim.at(0, c(1, SYN, 1000, 0))
+        .at(1, s(1, TcpFlags::RST, 0, 0))
+        .at(500, c(1, SYN, 2000, 0))
+        .at(501, s(1, SA, 8000, 2001))
+        .at(502, c(1, ACK, 2001, 8001))
+        .until(20_000);
+    assert!(
+        !sim.kinds().contains(&"syn_unanswered"),
+        "{:?}",
+        sim.kinds()
+    );
+}
+
+#[test]
+fn a_capture_that_never_heard_the_server_host_is_no_overflow() {
+    // Client → server only: the handshake is inferred from the client's ACK, the next
+    // SYN stream is unanswered in this vantage; it is syn_unanswered, not an overflow.
+    let mut sim = Sim::new();
+    sim.at(0, c(1, SYN, 1000, 0))
+        .at(2, c(1, ACK, 1001, 5001))
+        .at(100, c(2, SYN, 9000, 0))
+        .at(1100, c(2, SYN, 9000, 0))
+        .until(6000);
+    assert_eq!(sim.kinds(), ["syn_unanswered"]);
+}

@@ -61,9 +61,11 @@ impl Kind {
         }
     }
 
-    /// Bit for "already reported on this connection".
-    pub fn bit(self) -> u16 {
-        1 << (self as u16)
+    /// Bit for "already reported on this connection" (`Conn::reported` is a u32: the
+    /// assertion below stops a 33rd kind at compile time instead of overflowing the shift).
+    pub fn bit(self) -> u32 {
+        const _: () = assert!(Kind::ALL.len() <= u32::BITS as usize);
+        1 << (self as u32)
     }
 
     /// How much an operator should care.
@@ -196,4 +198,54 @@ macro_rules! evidence {
         $( m.insert($k.to_owned(), serde_json::json!($v)); )*
         m
     }};
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Kind;
+
+    /// The kinds of the contract's tables (docs/anomalies.md: per-connection and aggregate),
+    /// the first cell of each row.
+    fn documented() -> Vec<String> {
+        let doc = include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/anomalies.md"));
+        let mut kinds = Vec::new();
+        let mut in_table = false;
+        for line in doc.lines() {
+            if line.starts_with("| kind |") {
+                in_table = true;
+                continue;
+            }
+            if !line.starts_with('|') {
+                in_table = false;
+                continue;
+            }
+            if in_table
+                && let Some(name) = line
+                    .strip_prefix("| `")
+                    .and_then(|r| r.split_once('`'))
+                    .map(|(n, _)| n.to_owned())
+            {
+                kinds.push(name);
+            }
+        }
+        kinds
+    }
+
+    #[test]
+    fn the_contract_documents_exactly_the_kinds_the_engine_emits() {
+        let mut doc = documented();
+        doc.sort();
+        let mut code: Vec<String> = Kind::ALL.iter().map(|k| k.as_str().to_owned()).collect();
+        code.sort();
+        assert_eq!(doc, code, "docs/anomalies.md tables vs Kind::ALL");
+    }
+
+    #[test]
+    fn every_kind_has_its_own_reported_bit() {
+        let mut seen = 0u32;
+        for k in Kind::ALL {
+            assert_eq!(seen & k.bit(), 0, "{k:?}");
+            seen |= k.bit();
+        }
+    }
 }

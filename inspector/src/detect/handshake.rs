@@ -111,7 +111,15 @@ impl Engine {
             // A new ISN on a tuple already known. An attempt the client abandoned gets its own
             // verdict first: nobody answered it while it lived (a health check's short
             // connect timeout, then the same port again).
-            if conn.state == State::SynSent && pending_syn && !conn.midstream {
+            // Not a copy-fast replacement (no answer was possible yet), and not one the
+            // server answered in any way (a RST it sent, even one the client did not take).
+            let server_silent = !conn.half[S].seen || conn.half[S].fingerprint_ns < conn.syn_first;
+            if conn.state == State::SynSent
+                && pending_syn
+                && !conn.midstream
+                && server_silent
+                && now.saturating_sub(conn.syn_first) >= 100 * MS
+            {
                 self.ctx.end_syn_retry(conn, server_ep);
                 self.table.disarm(slot, TimerKind::Syn);
                 self.unanswered_syn(slot, now, Ended::Replaced, out);
@@ -266,15 +274,19 @@ impl Engine {
                 let prev = conn.synack_last;
                 let gap = now.saturating_sub(conn.synack_last);
                 conn.synack_count = conn.synack_count.saturating_add(1);
+                if gap < 200 * MS {
+                    // A copy on the path (no retransmission timer is that short): counted,
+                    // but it neither moves the deadline nor is a retransmission.
+                    return;
+                }
                 conn.synack_gap = gap;
                 conn.synack_last = now;
-                if conn.state == State::SynReceived && self.table.is_armed(slot, TimerKind::SynAck)
+                // A SYN-ACK answering a retransmitted SYN never brings the deadline forward.
+                let due = quiet_deadline(now, gap, cfg_synack);
+                if conn.state == State::SynReceived
+                    && let Some(d) = self.table.deadline(slot, TimerKind::SynAck)
                 {
-                    self.table.arm(
-                        slot,
-                        TimerKind::SynAck,
-                        quiet_deadline(now, gap, cfg_synack),
-                    );
+                    self.table.arm(slot, TimerKind::SynAck, due.max(d));
                 }
                 self.check_ack_dropped(slot, now, prev, out);
             }

@@ -102,8 +102,16 @@ impl Engine {
         // A stream a real client retransmitted: a lone SYN (a stateless scanner's) that goes
         // unanswered says nothing about the listener's queue.
         let heard = self.ctx.shared.listen_counters_heard();
+        // A capture that never saw the server's host answer anything cannot tell a queue that
+        // drops SYNs from a direction it does not see.
+        let key = self.table.key(slot);
+        let Some(conn) = self.table.get_mut(slot) else {
+            return;
+        };
+        let server_heard = self.ctx.reverse_seen(&key, conn, C);
         let alive = conn
             .listener_seen
+            .filter(|_| server_heard)
             .filter(|_| conn.syn_count > 1 || heard)
             .filter(|&t| conn.syn_first.saturating_sub(t) < self.ctx.cfg.listener_alive)
             .filter(|_| paws.is_none() && bare_ack.is_none())
