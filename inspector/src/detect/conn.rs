@@ -54,10 +54,9 @@ pub(super) struct Half {
     pub acked_at_fin: Option<u32>,
     pub rst_seen: bool,
     /// Fingerprint and capture time of the last segment (a copy of it is a duplicate).
+    /// Its lowest bit: the segment came through the egress hook (inline).
     pub fingerprint: u64,
     pub fingerprint_ns: u64,
-    /// The last segment came through the egress hook (inline).
-    pub fingerprint_egress: bool,
 }
 
 /// A client RST seen while the server was in SYN_RECV (a probe, if an ACK follows).
@@ -100,11 +99,9 @@ pub(super) struct Conn {
     /// Gap between the last two SYNs (the client's current backoff), 0 with one SYN.
     pub syn_gap: u64,
     pub syn_count: u16,
-    /// The server endpoint's last completed handshake when the first SYN came (any
-    /// connection): a listener alive before the SYN (accept-queue overflow case (b)).
-    pub listener_seen: Option<u64>,
-    /// SYNs the SYN's record stood for (flood sampling: the ones the kernel skipped too).
-    pub syn_weight: u32,
+    /// How long before the first SYN (ms) the endpoint last completed a handshake, `u32::MAX`
+    /// when none is remembered: a listener alive before the SYN (accept-queue overflow (b)).
+    pub listener_age_ms: u32,
     /// The SYN was retransmitted and no answer came yet (the `syn_retrying` gauge).
     pub retrying: bool,
     /// First seen mid-stream: no handshake verdicts, RST phase `midstream`.
@@ -158,6 +155,9 @@ pub(super) struct Rare {
     /// rejects it: (prev_state, prev_isn). A collision only if the server does not answer the
     /// new SYN with a SYN-ACK.
     pub reuse: Option<(State, Option<u32>)>,
+    /// SYNs the SYN's record stood for when more than one (flood sampling: the ones the
+    /// kernel skipped too); 0 otherwise.
+    pub syn_weight: u32,
     /// The encapsulation the connection was seen in.
     pub tunnel: Option<crate::wire::Tunnel>,
     /// What the host's kernel said about the connection's packets (inline mode).
@@ -171,6 +171,10 @@ impl Conn {
     }
     pub(super) fn early_rst(&self) -> Option<EarlyRst> {
         self.rare.as_ref().and_then(|r| r.early_rst)
+    }
+    /// SYNs the connection's SYN record stood for (1 unless flood sampling skipped some).
+    pub(super) fn syn_weight(&self) -> u32 {
+        self.rare.as_ref().map_or(1, |r| r.syn_weight.max(1))
     }
     pub(super) fn reuse(&self) -> Option<(State, Option<u32>)> {
         self.rare.as_ref().and_then(|r| r.reuse)
@@ -193,8 +197,7 @@ impl Conn {
             syn_last: 0,
             syn_gap: 0,
             syn_count: 0,
-            syn_weight: 1,
-            listener_seen: None,
+            listener_age_ms: u32::MAX,
             retrying: false,
             midstream: state == State::Midstream,
             unwatched: false,

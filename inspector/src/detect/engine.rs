@@ -740,11 +740,11 @@ impl Engine {
         // other hook (a host forwarding out the interface it came in on) is the same packet;
         // two equal segments through one hook are two packets (a flood replaying its SYNs
         // faster than `duplicate_window`).
-        let fp = fingerprint(seg);
+        let fp = (fingerprint(seg) & !1) | u64::from(p.egress);
         let h = &mut conn.half[role];
-        if (!self.ctx.cfg.host_vantage || h.fingerprint_egress != p.egress)
+        if (!self.ctx.cfg.host_vantage || (h.fingerprint ^ fp) & 1 == 1)
             && h.seen
-            && h.fingerprint == fp
+            && (h.fingerprint | 1) == (fp | 1)
             && now.saturating_sub(h.fingerprint_ns) <= self.ctx.cfg.duplicate_window
         {
             self.ctx.counters.duplicates += 1;
@@ -752,7 +752,6 @@ impl Engine {
         }
         h.fingerprint = fp;
         h.fingerprint_ns = now;
-        h.fingerprint_egress = p.egress;
         if !h.seen {
             h.seen = true;
             // Once per flow and direction: the host pair has traffic this way.

@@ -160,8 +160,16 @@ impl Engine {
             return;
         };
         record_syn(conn, now, seg.seq, tsval, data, seg.options.fastopen);
-        conn.syn_weight = p.weight.max(1);
-        conn.listener_seen = self.ctx.shared.last_handshake(&server_ep);
+        if p.weight > 1 {
+            conn.rare_mut().syn_weight = p.weight;
+        }
+        conn.listener_age_ms = self
+            .ctx
+            .shared
+            .last_handshake(&server_ep)
+            .map_or(u32::MAX, |t| {
+                u32::try_from(now.saturating_sub(t) / MS).unwrap_or(u32::MAX - 1)
+            });
         let ep = self.ctx.stats(conn, server_ep);
         ep.syns += 1;
         if seg.options.fastopen.is_some() {
@@ -382,7 +390,7 @@ impl Engine {
         let (syn_first, synack_last) = (conn.syn_first, conn.synack_last);
         self.ctx
             .tally
-            .completed(server_ep, u64::from(conn.syn_weight.max(1)));
+            .completed(server_ep, u64::from(conn.syn_weight()));
         conn.state = State::Established;
         conn.ack_ns = now;
         self.ctx.end_syn_retry(conn, server_ep);

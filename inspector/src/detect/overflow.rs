@@ -109,11 +109,11 @@ impl Engine {
             return;
         };
         let server_heard = self.ctx.reverse_seen(&key, conn, C);
-        let alive = conn
-            .listener_seen
+        let alive = Some(conn.listener_age_ms)
+            .filter(|&age| age != u32::MAX)
+            .filter(|&age| u64::from(age) * MS < self.ctx.cfg.listener_alive)
             .filter(|_| server_heard)
             .filter(|_| conn.syn_count > 1 || heard)
-            .filter(|&t| conn.syn_first.saturating_sub(t) < self.ctx.cfg.listener_alive)
             .filter(|_| paws.is_none() && bare_ack.is_none())
             .filter(|_| self.ctx.shared.listen_drops_since(conn.syn_first));
         if let Some(last) = alive {
@@ -124,7 +124,7 @@ impl Engine {
                 "ended" => ended.as_str(),
                 "synack_after_ack" => Value::Null,
                 "stall_us" => Value::Null,
-                "last_handshake_age_ms" => conn.syn_first.saturating_sub(last) / MS,
+                "last_handshake_age_ms" => last,
             };
             self.emit(out, slot, Kind::AcceptQueueOverflow, C, None, at, ev);
         } else {
