@@ -396,7 +396,7 @@ impl Ctx {
         };
         if folded {
             self.counters.folded += 1;
-            if let Some(i) = super::shared::FOLDABLE.iter().position(|k| *k == kind) {
+            if let Some(i) = super::shared::fold_index(kind) {
                 self.counters.folded_by[i] += 1;
             }
             return;

@@ -111,8 +111,8 @@ impl Engine {
             // A new ISN on a tuple already known. An attempt the client abandoned gets its own
             // verdict first: nobody answered it while it lived (a health check's short
             // connect timeout, then the same port again).
-            // Not a copy-fast replacement (no answer was possible yet), and not one the
-            // server answered in any way (a RST it sent, even one the client did not take).
+            // Not a replacement too fast for any answer, and not an attempt the server
+            // answered in any way (a RST it sent, even one the client did not take).
             let server_silent = !conn.half[S].seen || conn.half[S].fingerprint_ns < conn.syn_first;
             if conn.state == State::SynSent
                 && pending_syn
@@ -128,8 +128,8 @@ impl Engine {
                 return;
             };
             // A collision only where the old connection is still alive or its TIME_WAIT
-            // rejects the SYN, and only if the server then does not answer it with a SYN-ACK
-            // (decided by the answer: `synack_answers_reuse`, `unanswered_syn`).
+            // rejects the SYN, and only if the server then never answers it with a SYN-ACK
+            // (a SYN-ACK clears `Rare::reuse` in `on_synack`; `unanswered_syn` reports it).
             let candidate = !conn.midstream
                 && match conn.state {
                     State::SynReceived => conn.early_rst().is_none() && pending_synack,
@@ -451,9 +451,7 @@ impl Engine {
             _ => {}
         }
     }
-}
 
-impl Engine {
     /// The SYN of a reused tuple was not taken (a bare ACK answered it, or nothing did):
     /// `syn_tuple_reuse`.
     pub(super) fn report_reuse(&mut self, slot: u32, at: u64, out: &mut Vec<Event>) {

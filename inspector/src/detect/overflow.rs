@@ -36,13 +36,11 @@ impl Engine {
         let Some(conn) = self.table.get_mut(slot) else {
             return;
         };
-        // The server's own retransmission timer starts at 1 s (TCP_TIMEOUT_INIT); a SYN-ACK
-        // sooner than that after the previous one answers a retransmitted SYN.
-        // A copy sooner than that (a duplicate on the path) is no retransmission either.
-        let answers_syn = conn.syn_last > prev_synack
-            || (conn.syn_count > 1 && now.saturating_sub(prev_synack) < 900 * MS);
-        let copy = now.saturating_sub(prev_synack) < 900 * MS;
-        if conn.ack_ns == 0 || conn.early_rst().is_some() || answers_syn || copy {
+        // The server's own retransmission timer starts at 1 s (TCP_TIMEOUT_INIT): a SYN-ACK
+        // sooner than that after the previous one answers a retransmitted SYN or is a copy on
+        // the path, and so is one that follows a later SYN.
+        let not_timer = conn.syn_last > prev_synack || now.saturating_sub(prev_synack) < 900 * MS;
+        if conn.ack_ns == 0 || conn.early_rst().is_some() || not_timer {
             return;
         }
         if !self.ctx.shared.listen_drops_since(conn.ack_ns) {
@@ -85,6 +83,7 @@ impl Engine {
         ended: Ended,
         out: &mut Vec<Event>,
     ) {
+        let key = self.table.key(slot);
         let Some(conn) = self.table.get_mut(slot) else {
             return;
         };
@@ -99,16 +98,12 @@ impl Engine {
             return;
         }
         let bare_ack = conn.bare_ack();
-        // A stream a real client retransmitted: a lone SYN (a stateless scanner's) that goes
-        // unanswered says nothing about the listener's queue.
-        let heard = self.ctx.shared.listen_counters_heard();
         // A capture that never saw the server's host answer anything cannot tell a queue that
         // drops SYNs from a direction it does not see.
-        let key = self.table.key(slot);
-        let Some(conn) = self.table.get_mut(slot) else {
-            return;
-        };
         let server_heard = self.ctx.reverse_seen(&key, conn, C);
+        // A stream a real client retransmitted: a lone SYN (a stateless scanner's) that goes
+        // unanswered says nothing about the listener's queue, unless the host's counters say.
+        let heard = self.ctx.shared.listen_counters_heard();
         let alive = Some(conn.listener_age_ms)
             .filter(|&age| age != u32::MAX)
             .filter(|&age| u64::from(age) * MS < self.ctx.cfg.listener_alive)

@@ -62,12 +62,8 @@ impl Engine {
         let taken = early.paws_fail || !early.seq_ok;
         if taken {
             let server = key.get(conn.client.peer());
-            let st = self.ctx.stats(conn, server);
-            st.established += 1;
+            self.ctx.stats(conn, server).established += 1;
         }
-        let Some(conn) = self.table.get_mut(slot) else {
-            return;
-        };
         if now.saturating_sub(early.ns) > reorder {
             // Too late to be the RST's reordered predecessor: an ACK of its own.
             conn.rare_mut().early_rst = None;

@@ -381,9 +381,6 @@ impl Engine {
         } else {
             self.emit(out, slot, Kind::Reset, role, None, now, ev);
         }
-        let Some(conn) = self.table.get_mut(slot) else {
-            return;
-        };
         if half_open_end {
             let key = self.table.key(slot);
             let Some(conn) = self.table.get_mut(slot) else {
@@ -409,6 +406,9 @@ impl Engine {
             }
             return;
         }
+        let Some(conn) = self.table.get_mut(slot) else {
+            return;
+        };
         if in_syn_recv {
             // The client resets while the server is in SYN_RECV: a probe, if an ACK follows.
             conn.rare_mut().early_rst = Some(EarlyRst {

@@ -23,6 +23,11 @@ pub const FOLDABLE: [Kind; 5] = [
     Kind::Reset,
 ];
 
+/// Where `kind` stands in [`FOLDABLE`] (the index of its fold counts).
+pub fn fold_index(kind: Kind) -> Option<usize> {
+    FOLDABLE.iter().position(|k| *k == kind)
+}
+
 /// An episode's slot: which connections it folds (begun in `[from, until)`, ns) and how many
 /// verdicts it folded, by [`FOLDABLE`] kind.
 struct EpisodeSlot {
@@ -117,19 +122,13 @@ impl Shared {
             + self.episodes.len() * size_of::<EpisodeSlot>()
     }
 
-    fn locate<'s>(&self, slots: &'s [Slot], key: &impl std::hash::Hash) -> (&'s Slot, u64) {
+    fn locate<'s, T>(&self, slots: &'s [T], key: &impl std::hash::Hash) -> (&'s T, u64) {
         let h = self.hasher.hash_one(key) | 1;
-        (&slots[(h >> 7) as usize & (slots.len() - 1)], h)
-    }
-
-    fn episode(&self, key: &impl std::hash::Hash) -> (&EpisodeSlot, u64) {
-        let h = self.hasher.hash_one(key) | 1;
-        let slots = &self.episodes;
         (&slots[(h >> 7) as usize & (slots.len() - 1)], h)
     }
 
     fn mark(&self, key: &impl std::hash::Hash, from: u64, until: u64, starting: bool) {
-        let (s, tag) = self.episode(key);
+        let (s, tag) = self.locate(&self.episodes, key);
         if starting || s.tag.load(Relaxed) != tag {
             for f in &s.folded {
                 f.store(0, Relaxed);
@@ -143,11 +142,11 @@ impl Shared {
     /// Whether the episode of `key` folds a verdict of `kind` about a connection begun at
     /// `began`; if so it is counted as folded.
     fn fold(&self, key: &impl std::hash::Hash, began: u64, kind: Kind) -> bool {
-        let (s, tag) = self.episode(key);
+        let (s, tag) = self.locate(&self.episodes, key);
         let folds = s.tag.load(Relaxed) == tag
             && s.from.load(Relaxed) <= began
             && began < s.until.load(Relaxed);
-        if folds && let Some(i) = FOLDABLE.iter().position(|k| *k == kind) {
+        if folds && let Some(i) = fold_index(kind) {
             s.folded[i].fetch_add(1, Relaxed);
         }
         folds
@@ -155,7 +154,7 @@ impl Shared {
 
     /// Takes the fold counts of the episode of `key` (its end).
     fn take_folded(&self, key: &impl std::hash::Hash) -> [(Kind, u64); FOLDABLE.len()] {
-        let (s, tag) = self.episode(key);
+        let (s, tag) = self.locate(&self.episodes, key);
         let mine = s.tag.load(Relaxed) == tag;
         std::array::from_fn(|i| {
             let n = if mine {

@@ -133,26 +133,25 @@ impl LiveReport {
     /// userspace drops and the confirmed leaks, as the text summary shows them.
     pub fn json_extra(&self) -> serde_json::Map<String, serde_json::Value> {
         use serde_json::{Value, json};
-        let kernel: serde_json::Map<String, Value> = stats::NAMES
-            .iter()
-            .zip(self.kernel)
-            .map(|(n, v)| ((*n).to_string(), Value::from(v)))
-            .collect();
+        // Counter names beside their values, as one JSON object.
+        let named = |names: &[&str], values: &[u64]| -> Value {
+            names
+                .iter()
+                .zip(values)
+                .map(|(n, v)| ((*n).to_string(), Value::from(*v)))
+                .collect::<serde_json::Map<_, _>>()
+                .into()
+        };
         let mut m = serde_json::Map::new();
         m.insert("ran_s".into(), json!(self.ran.as_secs_f64()));
-        m.insert("kernel".into(), Value::Object(kernel));
+        m.insert("kernel".into(), named(&stats::NAMES, &self.kernel));
         m.insert(
             "dropped_messages".into(),
             json!(self.workers.iter().map(|w| w.dropped_messages).sum::<u64>()),
         );
         m.insert("output_errors".into(), json!(self.output_errors));
         if let Some(d) = &self.host_tcp {
-            let h: serde_json::Map<String, Value> = nstat::WATCHED
-                .iter()
-                .zip(d)
-                .map(|(n, v)| ((*n).to_string(), Value::from(*v)))
-                .collect();
-            m.insert("host_tcp_counters".into(), Value::Object(h));
+            m.insert("host_tcp_counters".into(), named(&nstat::WATCHED, d));
         }
         if let Some(l) = &self.leaks {
             m.insert(
@@ -437,11 +436,10 @@ impl Crew {
         } = self;
         drop(tx);
         // Inline: the engines check an overflow verdict against the host's own counters.
-        let listen = sinks.host_tcp_base.map(|base| {
+        let mut listen = sinks.host_tcp_base.map(|base| {
             shared.hear_listen_counters();
             (shared.clone(), listen_drops(&base), Instant::now())
         });
-        let mut listen = listen;
         let mut agg = Aggregator::new(Rates::of(cfg), handles.len(), shared);
         let mut latency = latency_histogram();
         let mut take = |m: Msg, agg: &mut Aggregator, sinks: &mut Sinks<'_>| {
